@@ -1,0 +1,327 @@
+//! `Client`: connect, authenticate, then typed calls, one request at a time.
+//!
+//! Used by the worker, the master's job runner, the tests and users' programs. Every network
+//! wait is bounded: the handshake by `connect_timeout`, a request by its own wait plus
+//! `request_timeout`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::auth::AuthKey;
+use crate::error::ClientError;
+use crate::handshake::{self, ClientConnection};
+use crate::message::{
+    ClientMessage, Delivery, MasterMessage, Outcome, QueueStats, Reply, Request, Stats, Task,
+    TaskId, Wait,
+};
+
+/// Timeouts for a [`Client`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// Bound on TCP connect plus the whole handshake.
+    pub connect_timeout: Duration,
+    /// Bound on one request's round trip, on top of the time the request itself may wait.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a `put` achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// Ids of the accepted items are `first_id..first_id + accepted`.
+    pub first_id: TaskId,
+    /// How many items, from the front of the batch, were queued. Fewer than sent means the
+    /// queue stayed full until the wait ended (Python's `Full`).
+    pub accepted: u32,
+}
+
+/// What an `ack` or `complete` achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub done: u32,
+    /// Tasks this connection no longer held (already settled, or requeued to someone else).
+    pub stale: Vec<TaskId>,
+    /// Tasks at the end of the batch left untouched because the results queue stayed full.
+    pub pending: u32,
+}
+
+/// An authenticated connection to a master.
+#[derive(Debug)]
+pub struct Client {
+    conn: ClientConnection<TcpStream>,
+    peer: String,
+    next_id: u64,
+    options: ClientOptions,
+    shutting_down: bool,
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`) and authenticates with `key`.
+    pub async fn connect(addr: &str, key: &AuthKey) -> Result<Self, ClientError> {
+        Self::connect_with(addr, key, ClientOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        addr: &str,
+        key: &AuthKey,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let attempt = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+            // Small request/reply frames must not sit in Nagle's buffer.
+            let _ = stream.set_nodelay(true);
+            handshake::connect(stream, key, addr).await
+        };
+        let conn = timeout(options.connect_timeout, attempt)
+            .await
+            .map_err(|_| ClientError::Timeout(options.connect_timeout, "connecting"))??;
+        Ok(Self {
+            conn,
+            peer: addr.to_owned(),
+            next_id: 1,
+            options,
+            shutting_down: false,
+        })
+    }
+
+    /// The address this client connected to.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The frame cap the master set for this session; batches must encode below it.
+    pub fn max_frame(&self) -> usize {
+        self.conn.max_frame()
+    }
+
+    /// True once the master has announced that it is stopping.
+    pub fn master_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Sends one request and waits for its reply. `Reply::Error` becomes `ClientError::Server`.
+    pub async fn request(&mut self, request: Request) -> Result<Reply, ClientError> {
+        if self.shutting_down {
+            return Err(ClientError::ShuttingDown);
+        }
+        let bound = match request_wait(&request) {
+            Wait::No => Some(self.options.request_timeout),
+            Wait::Millis(ms) => Some(self.options.request_timeout + Duration::from_millis(ms)),
+            Wait::Forever => None,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let exchange = async {
+            self.conn
+                .send(&ClientMessage::Request { id, request })
+                .await?;
+            loop {
+                match self.conn.recv().await {
+                    Ok(Some(MasterMessage::Reply { id: got, reply })) if got == id => {
+                        return match reply {
+                            Reply::Error { kind, message } => {
+                                Err(ClientError::Server { kind, message })
+                            }
+                            reply => Ok(reply),
+                        }
+                    }
+                    Ok(Some(MasterMessage::Reply { id: got, .. })) => {
+                        return Err(ClientError::Protocol(format!(
+                            "reply for request {got} while waiting for {id}"
+                        )))
+                    }
+                    Ok(Some(MasterMessage::ShuttingDown)) => self.shutting_down = true,
+                    Ok(None) if self.shutting_down => return Err(ClientError::ShuttingDown),
+                    Ok(None) => return Err(ClientError::Closed("")),
+                    Err(err) if self.shutting_down => {
+                        tracing::debug!(cause = %err, "connection ended after shutdown notice");
+                        return Err(ClientError::ShuttingDown);
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+        };
+        match bound {
+            Some(bound) => timeout(bound, exchange)
+                .await
+                .map_err(|_| ClientError::Timeout(bound, "waiting for a reply"))?,
+            None => exchange.await,
+        }
+    }
+
+    /// Appends `items` to `queue` in order. See [`PutOutcome`] for a partial put.
+    pub async fn put(
+        &mut self,
+        queue: &str,
+        items: Vec<Bytes>,
+        wait: Wait,
+    ) -> Result<PutOutcome, ClientError> {
+        let request = Request::Put {
+            queue: queue.to_owned(),
+            items,
+            wait,
+        };
+        match self.request(request).await? {
+            Reply::Put { first_id, accepted } => Ok(PutOutcome { first_id, accepted }),
+            other => Err(unexpected("Put", &other)),
+        }
+    }
+
+    /// Takes up to `max` tasks under a lease: settle each with [`Client::complete`] or
+    /// [`Client::ack`]; if this connection ends first they go back to the queue. An empty
+    /// vector means the queue stayed empty for the whole wait (Python's `Empty`).
+    pub async fn get(
+        &mut self,
+        queue: &str,
+        max: u32,
+        wait: Wait,
+    ) -> Result<Vec<Task>, ClientError> {
+        self.get_with(queue, max, wait, Delivery::Lease).await
+    }
+
+    /// Takes up to `max` items and removes them at once, like Python's `Queue.get`.
+    pub async fn take(
+        &mut self,
+        queue: &str,
+        max: u32,
+        wait: Wait,
+    ) -> Result<Vec<Task>, ClientError> {
+        self.get_with(queue, max, wait, Delivery::Remove).await
+    }
+
+    async fn get_with(
+        &mut self,
+        queue: &str,
+        max: u32,
+        wait: Wait,
+        delivery: Delivery,
+    ) -> Result<Vec<Task>, ClientError> {
+        let request = Request::Get {
+            queue: queue.to_owned(),
+            max,
+            wait,
+            delivery,
+        };
+        match self.request(request).await? {
+            Reply::Tasks(tasks) => Ok(tasks),
+            other => Err(unexpected("Tasks", &other)),
+        }
+    }
+
+    /// Settles leased tasks without results.
+    pub async fn ack(&mut self, queue: &str, tasks: Vec<TaskId>) -> Result<Settled, ClientError> {
+        let request = Request::Ack {
+            queue: queue.to_owned(),
+            tasks,
+        };
+        self.settle(request).await
+    }
+
+    /// Settles leased tasks of `queue` and appends their results to `results`, atomically per
+    /// task.
+    pub async fn complete(
+        &mut self,
+        queue: &str,
+        results: &str,
+        outcomes: Vec<Outcome>,
+        wait: Wait,
+    ) -> Result<Settled, ClientError> {
+        let request = Request::Complete {
+            queue: queue.to_owned(),
+            results: results.to_owned(),
+            outcomes,
+            wait,
+        };
+        self.settle(request).await
+    }
+
+    async fn settle(&mut self, request: Request) -> Result<Settled, ClientError> {
+        match self.request(request).await? {
+            Reply::Settled {
+                done,
+                stale,
+                pending,
+            } => Ok(Settled {
+                done,
+                stale,
+                pending,
+            }),
+            other => Err(unexpected("Settled", &other)),
+        }
+    }
+
+    /// Creates `queue` or sets its capacity (`None` or 0: unbounded).
+    pub async fn declare(
+        &mut self,
+        queue: &str,
+        capacity: Option<u64>,
+    ) -> Result<QueueStats, ClientError> {
+        let request = Request::Declare {
+            queue: queue.to_owned(),
+            capacity,
+        };
+        self.queue_reply(request).await
+    }
+
+    /// One queue's size, capacity and waiters (Python's `qsize`, `empty`, `full`).
+    pub async fn inspect(&mut self, queue: &str) -> Result<QueueStats, ClientError> {
+        let request = Request::Inspect {
+            queue: queue.to_owned(),
+        };
+        self.queue_reply(request).await
+    }
+
+    async fn queue_reply(&mut self, request: Request) -> Result<QueueStats, ClientError> {
+        match self.request(request).await? {
+            Reply::Queue(stats) => Ok(stats),
+            other => Err(unexpected("Queue", &other)),
+        }
+    }
+
+    pub async fn stats(&mut self) -> Result<Stats, ClientError> {
+        match self.request(Request::Stats).await? {
+            Reply::Stats(stats) => Ok(stats),
+            other => Err(unexpected("Stats", &other)),
+        }
+    }
+
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        match self.request(Request::Ping).await? {
+            Reply::Pong => Ok(()),
+            other => Err(unexpected("Pong", &other)),
+        }
+    }
+}
+
+fn request_wait(request: &Request) -> Wait {
+    match request {
+        Request::Put { wait, .. } | Request::Get { wait, .. } | Request::Complete { wait, .. } => {
+            *wait
+        }
+        Request::Ack { .. }
+        | Request::Declare { .. }
+        | Request::Inspect { .. }
+        | Request::Stats
+        | Request::Ping => Wait::No,
+    }
+}
+
+fn unexpected(wanted: &str, got: &Reply) -> ClientError {
+    ClientError::Protocol(format!("expected a {wanted} reply, got {got:?}"))
+}

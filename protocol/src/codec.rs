@@ -1,0 +1,430 @@
+//! The frame format: a 4-byte big-endian length, then one bincode-encoded message.
+//!
+//! This is the only file that knows the encoding is bincode, so the format can change here alone.
+//! It owns two limits: the frame cap (checked on the length header, before any buffer grows) and
+//! bincode's allocation budget, which must track the cap because bincode allocates a declared
+//! length before reading it.
+
+use std::marker::PhantomData;
+
+use bincode::config::{Config, Configuration};
+use bytes::{BufMut, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::error::CodecError;
+
+/// Frame cap before the peer has authenticated: the handshake's largest message is well under
+/// 100 bytes, so an unauthenticated peer can never make us buffer more than this.
+pub const HANDSHAKE_MAX_FRAME: usize = 512;
+
+/// Default frame cap after authentication.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// The largest frame cap either side may configure.
+pub const MAX_FRAME_CEILING: usize = 64 << 20;
+
+const HEADER_LEN: usize = 4;
+
+/// A decoded value may claim at most this many bytes per input byte: a one-byte varint `u64`
+/// is counted by bincode as 8 bytes. Budgets below are `frame cap × CLAIM_FACTOR`.
+const CLAIM_FACTOR: usize = 8;
+
+/// The frame cap actually used for a requested one.
+pub fn clamp_max_frame(max_frame: usize) -> usize {
+    max_frame.clamp(HANDSHAKE_MAX_FRAME, MAX_FRAME_CEILING)
+}
+
+fn encode_config() -> Configuration {
+    bincode::config::standard()
+}
+
+/// Decodes with the smallest bincode limit that still admits every valid frame of `max_frame`
+/// bytes, so a lying length inside a frame costs at most a few times the frame cap.
+fn decode_limited<T: DeserializeOwned>(src: &[u8], max_frame: usize) -> Result<T, CodecError> {
+    fn run<T: DeserializeOwned, C: Config>(src: &[u8], config: C) -> Result<T, CodecError> {
+        let (value, used) = bincode::serde::decode_from_slice(src, config)
+            .map_err(|e| CodecError::Decode(e.to_string()))?;
+        if used != src.len() {
+            return Err(CodecError::Decode(format!(
+                "{} trailing bytes after the message",
+                src.len() - used
+            )));
+        }
+        Ok(value)
+    }
+    let budget = max_frame.saturating_mul(CLAIM_FACTOR);
+    let base = bincode::config::standard();
+    if budget <= 4 << 10 {
+        run(src, base.with_limit::<{ 4 << 10 }>())
+    } else if budget <= 8 << 20 {
+        run(src, base.with_limit::<{ 8 << 20 }>())
+    } else if budget <= 32 << 20 {
+        run(src, base.with_limit::<{ 32 << 20 }>())
+    } else if budget <= 128 << 20 {
+        run(src, base.with_limit::<{ 128 << 20 }>())
+    } else {
+        run(
+            src,
+            base.with_limit::<{ MAX_FRAME_CEILING * CLAIM_FACTOR }>(),
+        )
+    }
+}
+
+/// Decodes frames into `In` and encodes `Out` into frames, both under one frame cap.
+///
+/// Partial input is `Ok(None)`; a frame over the cap, or bytes that do not decode, are errors
+/// after which the connection must be closed.
+#[derive(Debug)]
+pub struct MessageCodec<In, Out> {
+    frames: LengthDelimitedCodec,
+    max_frame: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> MessageCodec<In, Out> {
+    pub fn new(max_frame: usize) -> Self {
+        let max_frame = clamp_max_frame(max_frame);
+        Self {
+            frames: LengthDelimitedCodec::builder()
+                .length_field_length(HEADER_LEN)
+                .max_frame_length(max_frame)
+                .new_codec(),
+            max_frame,
+            _types: PhantomData,
+        }
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Raises or lowers the cap, e.g. from the handshake cap to the session cap.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        let max_frame = clamp_max_frame(max_frame);
+        self.frames.set_max_frame_length(max_frame);
+        self.max_frame = max_frame;
+    }
+
+    /// The same limits for other message types (the switch from handshake to session).
+    pub fn retype<In2, Out2>(self) -> MessageCodec<In2, Out2> {
+        MessageCodec {
+            frames: self.frames,
+            max_frame: self.max_frame,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
+    type Item = In;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
+        match self.frames.decode(src) {
+            Ok(Some(frame)) => decode_limited(&frame, self.max_frame).map(Some),
+            Ok(None) => Ok(None),
+            Err(err) => Err(CodecError::from_frame_error(err, self.max_frame)),
+        }
+    }
+}
+
+impl<In, Out: Serialize> Encoder<&Out> for MessageCodec<In, Out> {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: &Out, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        let mut writer = dst.writer();
+        let encoded = bincode::serde::encode_into_std_write(item, &mut writer, encode_config());
+        let dst = writer.into_inner();
+        let len = match encoded {
+            Ok(len) => len,
+            Err(e) => {
+                dst.truncate(start);
+                return Err(CodecError::Encode(e.to_string()));
+            }
+        };
+        if len > self.max_frame {
+            dst.truncate(start);
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+}
+
+/// Encodes a job's typed payload (a task's input or result) in the same format as frames.
+pub fn encode_payload<T: Serialize>(value: &T) -> Result<bytes::Bytes, CodecError> {
+    bincode::serde::encode_to_vec(value, encode_config())
+        .map(Into::into)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a payload made by [`encode_payload`]; its allocations are bounded by its length.
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    decode_limited(payload, payload.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::*;
+    use bytes::Bytes;
+
+    type ClientSide = MessageCodec<MasterMessage, ClientMessage>;
+    type MasterSide = MessageCodec<ClientMessage, MasterMessage>;
+
+    fn round_trip_client(msg: ClientMessage) {
+        let mut enc = ClientSide::new(DEFAULT_MAX_FRAME);
+        let mut dec = MasterSide::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        enc.encode(&msg, &mut buf).unwrap();
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(msg));
+        assert!(buf.is_empty());
+    }
+
+    fn round_trip_master(msg: MasterMessage) {
+        let mut enc = MasterSide::new(DEFAULT_MAX_FRAME);
+        let mut dec = ClientSide::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        enc.encode(&msg, &mut buf).unwrap();
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(msg));
+        assert!(buf.is_empty());
+    }
+
+    fn queue_stats() -> QueueStats {
+        QueueStats {
+            name: "tasks".into(),
+            len: 3,
+            capacity: Some(10),
+            leased: 2,
+            waiting_getters: 1,
+            waiting_putters: 0,
+            put_total: 9,
+            delivered_total: 7,
+            settled_total: 5,
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let requests = vec![
+            Request::Put {
+                queue: "tasks".into(),
+                items: vec![Bytes::from_static(b"a"), Bytes::new()],
+                wait: Wait::Millis(250),
+            },
+            Request::Get {
+                queue: "tasks".into(),
+                max: 64,
+                wait: Wait::Forever,
+                delivery: Delivery::Lease,
+            },
+            Request::Get {
+                queue: "results".into(),
+                max: 1,
+                wait: Wait::No,
+                delivery: Delivery::Remove,
+            },
+            Request::Ack {
+                queue: "tasks".into(),
+                tasks: vec![1, u64::MAX],
+            },
+            Request::Complete {
+                queue: "tasks".into(),
+                results: "results".into(),
+                outcomes: vec![Outcome {
+                    task: 7,
+                    result: Bytes::from_static(b"49"),
+                }],
+                wait: Wait::Forever,
+            },
+            Request::Declare {
+                queue: "q".into(),
+                capacity: Some(5),
+            },
+            Request::Declare {
+                queue: "q".into(),
+                capacity: None,
+            },
+            Request::Inspect { queue: "q".into() },
+            Request::Stats,
+            Request::Ping,
+        ];
+        for (id, request) in requests.into_iter().enumerate() {
+            round_trip_client(ClientMessage::Request {
+                id: id as u64,
+                request,
+            });
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips() {
+        let replies = vec![
+            Reply::Put {
+                first_id: 10,
+                accepted: 2,
+            },
+            Reply::Tasks(vec![Task {
+                id: 1,
+                attempt: 2,
+                payload: Bytes::from_static(b"xyz"),
+            }]),
+            Reply::Tasks(vec![]),
+            Reply::Settled {
+                done: 3,
+                stale: vec![4],
+                pending: 1,
+            },
+            Reply::Queue(queue_stats()),
+            Reply::Stats(Stats {
+                uptime_ms: 5,
+                clients: 2,
+                connections_total: 3,
+                handshake_failures: 1,
+                completing_clients_total: 1,
+                queues: vec![queue_stats()],
+            }),
+            Reply::Pong,
+            Reply::Error {
+                kind: ErrorKind::BadQueueName,
+                message: "bad".into(),
+            },
+        ];
+        for (id, reply) in replies.into_iter().enumerate() {
+            round_trip_master(MasterMessage::Reply {
+                id: id as u64,
+                reply,
+            });
+        }
+        round_trip_master(MasterMessage::ShuttingDown);
+    }
+
+    #[test]
+    fn every_handshake_message_round_trips() {
+        let mut enc = MessageCodec::<MasterHandshake, ClientHandshake>::new(HANDSHAKE_MAX_FRAME);
+        let mut dec = MessageCodec::<ClientHandshake, MasterHandshake>::new(HANDSHAKE_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        for msg in [
+            ClientHandshake::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                nonce: [7; 32],
+            },
+            ClientHandshake::Proof { mac: [9; 32] },
+        ] {
+            enc.encode(&msg, &mut buf).unwrap();
+            assert_eq!(dec.decode(&mut buf).unwrap(), Some(msg));
+        }
+        for msg in [
+            MasterHandshake::Challenge {
+                version: PROTOCOL_VERSION,
+                nonce: [1; 32],
+            },
+            MasterHandshake::Welcome {
+                mac: [2; 32],
+                max_frame: 1 << 20,
+            },
+            MasterHandshake::Rejected(Rejection::NotTaskmill),
+            MasterHandshake::Rejected(Rejection::UnsupportedVersion { supported: 1 }),
+            MasterHandshake::Rejected(Rejection::AuthenticationFailed),
+            MasterHandshake::Rejected(Rejection::ShuttingDown),
+            MasterHandshake::Rejected(Rejection::Overloaded),
+        ] {
+            dec.encode(&msg, &mut buf).unwrap();
+            assert_eq!(enc.decode(&mut buf).unwrap(), Some(msg));
+        }
+    }
+
+    #[test]
+    fn oversize_frame_is_rejected_before_any_allocation() {
+        let mut dec = MasterSide::new(HANDSHAKE_MAX_FRAME);
+        let mut buf = BytesMut::with_capacity(8);
+        buf.put_u32(u32::MAX);
+        let capacity_before = buf.capacity();
+        let err = dec.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, CodecError::FrameTooLarge { max: 512, .. }),
+            "{err}"
+        );
+        assert_eq!(buf.capacity(), capacity_before, "decoder grew the buffer");
+    }
+
+    #[test]
+    fn lying_length_inside_a_frame_is_rejected_not_allocated() {
+        // A Put whose item claims 2^40 bytes: bincode would allocate that before reading.
+        let mut body = Vec::new();
+        body.push(0u8); // ClientMessage::Request
+        body.push(1); // id
+        body.push(0); // Request::Put
+        body.push(1); // queue name length
+        body.push(b'q');
+        body.push(1); // one item
+        body.push(253); // varint u64 follows
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.extend_from_slice(&body);
+        let err = MasterSide::new(DEFAULT_MAX_FRAME)
+            .decode(&mut buf)
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn truncated_input_waits_for_more_and_garbage_is_an_error() {
+        let mut enc = ClientSide::new(DEFAULT_MAX_FRAME);
+        let mut full = BytesMut::new();
+        enc.encode(
+            &ClientMessage::Request {
+                id: 1,
+                request: Request::Ping,
+            },
+            &mut full,
+        )
+        .unwrap();
+        let mut dec = MasterSide::new(DEFAULT_MAX_FRAME);
+        let mut partial = BytesMut::from(&full[..full.len() - 1]);
+        assert_eq!(dec.decode(&mut partial).unwrap(), None);
+
+        let mut garbage = BytesMut::new();
+        garbage.put_u32(5);
+        garbage.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
+        assert!(matches!(
+            dec.decode(&mut garbage),
+            Err(CodecError::Decode(_))
+        ));
+
+        let mut trailing = full.clone();
+        trailing[3] += 1;
+        trailing.put_u8(0);
+        assert!(matches!(
+            dec.decode(&mut trailing),
+            Err(CodecError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn encoder_refuses_frames_over_the_cap() {
+        let mut enc = ClientSide::new(HANDSHAKE_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        let big = ClientMessage::Request {
+            id: 1,
+            request: Request::Put {
+                queue: "q".into(),
+                items: vec![Bytes::from(vec![0u8; 1000])],
+                wait: Wait::No,
+            },
+        };
+        assert!(matches!(
+            enc.encode(&big, &mut buf),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+        assert!(buf.is_empty(), "a refused frame must leave nothing behind");
+    }
+}

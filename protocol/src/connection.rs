@@ -1,0 +1,73 @@
+//! `Connection`: a framed byte stream that sends and receives whole messages; nothing above it
+//! sees bytes.
+
+use futures::{SinkExt, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Framed;
+
+use crate::codec::MessageCodec;
+use crate::error::CodecError;
+
+/// One peer's framed stream: receives `In`, sends `Out`.
+#[derive(Debug)]
+pub struct Connection<S, In, Out> {
+    framed: Framed<S, MessageCodec<In, Out>>,
+}
+
+impl<S, In, Out> Connection<S, In, Out>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    In: DeserializeOwned,
+    Out: Serialize,
+{
+    pub fn new(stream: S, max_frame: usize) -> Self {
+        Self {
+            framed: Framed::new(stream, MessageCodec::new(max_frame)),
+        }
+    }
+
+    /// The next message; `Ok(None)` on a clean end of stream. A stream that ends in the middle
+    /// of a frame is an error. Cancel-safe: a partly read frame stays buffered.
+    pub async fn recv(&mut self) -> Result<Option<In>, CodecError> {
+        self.framed.next().await.transpose()
+    }
+
+    /// Writes one message and flushes.
+    pub async fn send(&mut self, msg: &Out) -> Result<(), CodecError> {
+        self.framed.send(msg).await
+    }
+
+    /// Queues one message without flushing, so many replies can leave in one write.
+    pub async fn feed(&mut self, msg: &Out) -> Result<(), CodecError> {
+        self.framed.feed(msg).await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), CodecError> {
+        SinkExt::<&Out>::flush(&mut self.framed).await
+    }
+
+    /// True when a whole frame may already be buffered, so reading will not wait on the socket.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.framed.read_buffer().is_empty()
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.framed.codec().max_frame()
+    }
+
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.framed.codec_mut().set_max_frame(max_frame);
+    }
+
+    /// The same stream and buffers, speaking other message types (handshake → session).
+    pub fn retype<In2, Out2>(self) -> Connection<S, In2, Out2> {
+        Connection {
+            framed: self.framed.map_codec(MessageCodec::retype),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        self.framed.get_ref()
+    }
+}

@@ -1,0 +1,205 @@
+//! Both sides of the handshake as straight-line async functions over a [`Connection`].
+//!
+//! Sequence: client `Hello` (magic, version, client nonce) → master `Challenge` (master nonce) →
+//! client `Proof` → master `Welcome` (master's proof, session frame cap) or `Rejected`. Deadlines
+//! are the caller's: wrap these in `tokio::time::timeout`.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::auth::{nonce, AuthKey, Role};
+use crate::codec::{clamp_max_frame, HANDSHAKE_MAX_FRAME};
+use crate::error::{ClientError, CodecError};
+use crate::message::{
+    ClientHandshake, ClientMessage, MasterHandshake, MasterMessage, Rejection, MAGIC,
+    PROTOCOL_VERSION,
+};
+use crate::Connection;
+
+/// An authenticated connection as seen by the master.
+pub type MasterConnection<S> = Connection<S, ClientMessage, MasterMessage>;
+
+/// An authenticated connection as seen by a client.
+pub type ClientConnection<S> = Connection<S, MasterMessage, ClientMessage>;
+
+/// Why the master refused a connection during the handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("closed by the peer during the handshake")]
+    Closed,
+    #[error("not a taskmill client (bad magic)")]
+    NotTaskmill,
+    #[error("client speaks protocol version {0}, we speak {PROTOCOL_VERSION}")]
+    Version(u16),
+    #[error("wrong authkey (client proof did not verify)")]
+    AuthenticationFailed,
+    #[error("unexpected {0} during the handshake")]
+    Unexpected(&'static str),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Runs the master's side on a fresh stream; on success the connection's frame cap is raised
+/// to `max_frame` and it speaks the session messages.
+pub async fn accept<S>(
+    stream: S,
+    key: &AuthKey,
+    max_frame: usize,
+) -> Result<MasterConnection<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn =
+        Connection::<S, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
+    let client_nonce = match conn.recv().await? {
+        Some(ClientHandshake::Hello {
+            magic,
+            version,
+            nonce,
+        }) => {
+            if magic != MAGIC {
+                reject(&mut conn, Rejection::NotTaskmill).await;
+                return Err(HandshakeError::NotTaskmill);
+            }
+            if version != PROTOCOL_VERSION {
+                let supported = PROTOCOL_VERSION;
+                reject(&mut conn, Rejection::UnsupportedVersion { supported }).await;
+                return Err(HandshakeError::Version(version));
+            }
+            nonce
+        }
+        Some(ClientHandshake::Proof { .. }) => return Err(HandshakeError::Unexpected("proof")),
+        None => return Err(HandshakeError::Closed),
+    };
+    let master_nonce = nonce();
+    conn.send(&MasterHandshake::Challenge {
+        version: PROTOCOL_VERSION,
+        nonce: master_nonce,
+    })
+    .await?;
+    match conn.recv().await? {
+        Some(ClientHandshake::Proof { mac }) => {
+            let ok = key.verify(
+                Role::Client,
+                PROTOCOL_VERSION,
+                &client_nonce,
+                &master_nonce,
+                &mac,
+            );
+            if !ok {
+                reject(&mut conn, Rejection::AuthenticationFailed).await;
+                return Err(HandshakeError::AuthenticationFailed);
+            }
+        }
+        Some(ClientHandshake::Hello { .. }) => return Err(HandshakeError::Unexpected("hello")),
+        None => return Err(HandshakeError::Closed),
+    }
+    let mac = key.proof(Role::Master, PROTOCOL_VERSION, &client_nonce, &master_nonce);
+    // Advertise the cap as the codec will enforce it, so both sides use the same number.
+    let max_frame = clamp_max_frame(max_frame);
+    conn.send(&MasterHandshake::Welcome {
+        mac,
+        max_frame: max_frame as u32,
+    })
+    .await?;
+    let mut conn = conn.retype();
+    conn.set_max_frame(max_frame);
+    Ok(conn)
+}
+
+/// Tells the peer why before the caller drops the connection. Best effort: the peer may be gone.
+pub async fn reject<S>(conn: &mut Connection<S, ClientHandshake, MasterHandshake>, why: Rejection)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = conn.send(&MasterHandshake::Rejected(why)).await;
+}
+
+/// Runs the client's side on a fresh stream. `peer` names the master in errors.
+pub async fn connect<S>(
+    stream: S,
+    key: &AuthKey,
+    peer: &str,
+) -> Result<ClientConnection<S>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn =
+        Connection::<S, MasterHandshake, ClientHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
+    let client_nonce = nonce();
+    conn.send(&ClientHandshake::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        nonce: client_nonce,
+    })
+    .await?;
+    let master_nonce = match recv_handshake(&mut conn, false).await? {
+        MasterHandshake::Challenge { version, nonce } if version == PROTOCOL_VERSION => nonce,
+        MasterHandshake::Challenge { version, .. } => {
+            return Err(ClientError::VersionMismatch {
+                master: version,
+                client: PROTOCOL_VERSION,
+            })
+        }
+        MasterHandshake::Welcome { .. } => {
+            return Err(ClientError::Protocol("welcome before our proof".into()))
+        }
+        MasterHandshake::Rejected(why) => return Err(rejection_error(why)),
+    };
+    let mac = key.proof(Role::Client, PROTOCOL_VERSION, &client_nonce, &master_nonce);
+    conn.send(&ClientHandshake::Proof { mac }).await?;
+    match recv_handshake(&mut conn, true).await? {
+        MasterHandshake::Welcome { mac, max_frame } => {
+            let genuine = key.verify(
+                Role::Master,
+                PROTOCOL_VERSION,
+                &client_nonce,
+                &master_nonce,
+                &mac,
+            );
+            if !genuine {
+                return Err(ClientError::MasterNotAuthenticated(peer.to_owned()));
+            }
+            let mut conn = conn.retype();
+            conn.set_max_frame(max_frame as usize);
+            Ok(conn)
+        }
+        MasterHandshake::Rejected(why) => Err(rejection_error(why)),
+        MasterHandshake::Challenge { .. } => Err(ClientError::Protocol("second challenge".into())),
+    }
+}
+
+async fn recv_handshake<S>(
+    conn: &mut Connection<S, MasterHandshake, ClientHandshake>,
+    proof_sent: bool,
+) -> Result<MasterHandshake, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match conn.recv().await {
+        Ok(Some(msg)) => Ok(msg),
+        // A master that drops us right after our proof is most likely refusing the key, but an
+        // old master or a different service does the same: say both.
+        Ok(None) | Err(CodecError::Io(_)) if proof_sent => Err(ClientError::Closed(
+            " after our proof (wrong authkey, or not a taskmill master?)",
+        )),
+        Ok(None) => Err(ClientError::Closed(
+            " during the handshake (not a taskmill master, or it is overloaded?)",
+        )),
+        Err(CodecError::FrameTooLarge { .. } | CodecError::Decode(_)) => Err(
+            ClientError::Protocol("the peer does not speak the taskmill protocol".into()),
+        ),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn rejection_error(why: Rejection) -> ClientError {
+    match why {
+        Rejection::AuthenticationFailed => ClientError::AuthenticationFailed,
+        Rejection::UnsupportedVersion { supported } => ClientError::VersionMismatch {
+            master: supported,
+            client: PROTOCOL_VERSION,
+        },
+        Rejection::ShuttingDown => ClientError::ShuttingDown,
+        Rejection::NotTaskmill | Rejection::Overloaded => ClientError::Rejected(why),
+    }
+}

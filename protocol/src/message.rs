@@ -1,0 +1,269 @@
+//! Every message on the wire, one enum per sender and phase; no encoding and no behaviour.
+//!
+//! Handshake messages hold only fixed-size fields, so an unauthenticated peer cannot make the
+//! decoder allocate. After the handshake, clients send [`ClientMessage`] and the master sends
+//! [`MasterMessage`]. `docs/protocol.md` is the prose form of this file.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// First four bytes of a client's hello: a cheap "is this even taskmill?" check.
+pub const MAGIC: [u8; 4] = *b"TMIL";
+
+/// The protocol version this crate speaks. Both sides must agree exactly.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Random bytes each side contributes so that every handshake's MACs are fresh.
+pub type Nonce = [u8; 32];
+
+/// An HMAC-SHA256 tag.
+pub type Mac = [u8; 32];
+
+/// Master-assigned identity of one queued item; unique for the master's lifetime.
+pub type TaskId = u64;
+
+/// Sent by the connecting client before it is authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientHandshake {
+    /// Opens the connection: who we are and a fresh nonce for the master to sign.
+    Hello {
+        magic: [u8; 4],
+        version: u16,
+        nonce: Nonce,
+    },
+    /// The client's answer to [`MasterHandshake::Challenge`].
+    Proof { mac: Mac },
+}
+
+/// Sent by the master while a connection is not yet authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterHandshake {
+    /// The master's nonce; the client must answer with [`ClientHandshake::Proof`].
+    Challenge { version: u16, nonce: Nonce },
+    /// The client's proof was right. Carries the master's own proof so the client can tell a
+    /// real master from an impostor, and the limits the session will enforce.
+    Welcome {
+        mac: Mac,
+        /// Largest frame, in bytes, either side may send from now on.
+        max_frame: u32,
+    },
+    /// The handshake failed; the master closes the connection after sending this.
+    Rejected(Rejection),
+}
+
+/// Why the master refused a connection during the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The hello did not start with [`MAGIC`].
+    NotTaskmill,
+    /// The client speaks another protocol version.
+    UnsupportedVersion { supported: u16 },
+    /// The client's proof did not verify: it holds a different authkey.
+    AuthenticationFailed,
+    /// The master is stopping and takes no new connections.
+    ShuttingDown,
+    /// The master is at its connection limit; try again later.
+    Overloaded,
+}
+
+/// Sent by an authenticated client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// A request; the master answers with a [`MasterMessage::Reply`] carrying the same `id`.
+    /// Requests may be pipelined; replies to requests that wait can arrive out of order.
+    Request { id: u64, request: Request },
+}
+
+/// Sent by the master to an authenticated client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MasterMessage {
+    /// The answer to the request with the same `id`.
+    Reply { id: u64, reply: Reply },
+    /// Unsolicited: the master is stopping. Requests already received still get their
+    /// replies (bounded by the master's grace period); then the connection closes.
+    ShuttingDown,
+}
+
+/// How long a `put` or `get` may wait for room or for an item (Python's `block`/`timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Wait {
+    /// Answer at once (`put_nowait` / `get_nowait`).
+    No,
+    /// Wait up to this many milliseconds.
+    Millis(u64),
+    /// Wait until it can be done or the connection closes.
+    Forever,
+}
+
+/// What `get` does with the items it hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// The items stay owned by this connection until acknowledged ([`Request::Ack`] or
+    /// [`Request::Complete`]); if the connection ends first they go back to the queue.
+    Lease,
+    /// The items are removed as they are sent, like Python's `Queue.get` (at most once).
+    Remove,
+}
+
+/// An item as handed out by `get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    /// 1 on first delivery, incremented each time the item is handed out again.
+    pub attempt: u32,
+    pub payload: Bytes,
+}
+
+/// A worker's answer to one leased task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub task: TaskId,
+    pub result: Bytes,
+}
+
+/// The operations a client can ask of the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Append items, in order, waiting for room per `wait`. Answer: [`Reply::Put`].
+    Put {
+        queue: String,
+        items: Vec<Bytes>,
+        wait: Wait,
+    },
+    /// Take up to `max` items (at least one unless the wait ends). Answer: [`Reply::Tasks`].
+    Get {
+        queue: String,
+        max: u32,
+        wait: Wait,
+        delivery: Delivery,
+    },
+    /// Settle leased tasks without a result. Answer: [`Reply::Settled`].
+    Ack { queue: String, tasks: Vec<TaskId> },
+    /// For each outcome, in order and atomically per task: settle the lease on `queue` and
+    /// append the result to `results`, waiting for room there per `wait`. A result whose lease
+    /// this connection no longer holds is dropped and reported stale. Answer: [`Reply::Settled`].
+    Complete {
+        queue: String,
+        results: String,
+        outcomes: Vec<Outcome>,
+        wait: Wait,
+    },
+    /// Create a queue or change its capacity; `None` or `Some(0)` means unbounded.
+    /// Answer: [`Reply::Queue`].
+    Declare {
+        queue: String,
+        capacity: Option<u64>,
+    },
+    /// One queue's state (Python's `qsize`, `empty`, `full`). Answer: [`Reply::Queue`].
+    Inspect { queue: String },
+    /// The master's state. Answer: [`Reply::Stats`].
+    Stats,
+    /// Answer: [`Reply::Pong`].
+    Ping,
+}
+
+/// The master's answers, one per [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// `accepted` items, a prefix of those sent, were appended and got the consecutive ids
+    /// `first_id..first_id + accepted`. `accepted` below the count sent means the queue stayed
+    /// full until the wait ended (Python's `Full`); the rest were not queued.
+    Put {
+        first_id: TaskId,
+        accepted: u32,
+    },
+    /// The items taken; empty means the queue stayed empty until the wait ended (`Empty`).
+    Tasks(Vec<Task>),
+    /// `done` tasks settled (a prefix of those named, minus `stale`). `stale` were not leased by
+    /// this connection (already settled, or requeued). `pending` tasks at the end were not
+    /// touched because the results queue stayed full; their leases are still held.
+    Settled {
+        done: u32,
+        stale: Vec<TaskId>,
+        pending: u32,
+    },
+    /// A queue's state.
+    Queue(QueueStats),
+    /// The master's state.
+    Stats(Stats),
+    Pong,
+    /// The request could not be carried out; the connection stays usable.
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Why a request failed. The connection stays open after any of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// A queue name that is empty, too long or has characters outside `[A-Za-z0-9._:-]`.
+    BadQueueName,
+    /// Creating the queue would pass the master's limit on the number of queues.
+    TooManyQueues,
+    /// A request field is out of range (for example `max` of 0).
+    BadRequest,
+    /// This connection already has as many waiting requests as the master allows.
+    TooManyWaiting,
+    /// `Inspect` named a queue that does not exist.
+    NoSuchQueue,
+    /// An item is larger than [`max_payload`] allows for this session's frame cap.
+    PayloadTooLarge,
+    /// The answer would not fit in one frame (e.g. `Stats` with very many queues under a small
+    /// frame cap).
+    ReplyTooLarge,
+}
+
+/// Bytes a frame needs around one item (message tags, ids, lengths), rounded up.
+pub const ITEM_ENVELOPE: usize = 64;
+
+/// The largest item a session with frame cap `max_frame` accepts: one item must always fit in
+/// a `Tasks` reply on its own.
+pub fn max_payload(max_frame: usize) -> usize {
+    max_frame.saturating_sub(ITEM_ENVELOPE)
+}
+
+/// A snapshot of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub name: String,
+    /// Items waiting to be handed out (Python's `qsize`).
+    pub len: u64,
+    /// `None` when unbounded.
+    pub capacity: Option<u64>,
+    /// Items handed out under a lease and not yet settled.
+    pub leased: u64,
+    pub waiting_getters: u64,
+    pub waiting_putters: u64,
+    pub put_total: u64,
+    pub delivered_total: u64,
+    pub settled_total: u64,
+}
+
+impl QueueStats {
+    /// Python's `empty()`: nothing waiting to be handed out.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Python's `full()`: a `put` would have to wait. Leased items do not count against the
+    /// capacity; a requeued lease may push `len` past it, since a task is never dropped.
+    pub fn is_full(&self) -> bool {
+        self.capacity.is_some_and(|cap| self.len >= cap)
+    }
+}
+
+/// A snapshot of the whole master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub uptime_ms: u64,
+    /// Authenticated connections now open.
+    pub clients: u64,
+    /// Connections accepted since start, authenticated or not.
+    pub connections_total: u64,
+    /// Handshakes that failed (wrong key, bad version, garbage, deadline).
+    pub handshake_failures: u64,
+    /// Distinct connections that completed at least one task since start.
+    pub completing_clients_total: u64,
+    pub queues: Vec<QueueStats>,
+}

@@ -1,0 +1,25 @@
+//! The squares job's typed payloads and queue names, shared by the master's job and the worker.
+
+use serde::{Deserialize, Serialize};
+
+/// The queue the squares job puts its inputs on (the Python example's `get_task_queue`).
+pub const TASKS_QUEUE: &str = "tasks";
+
+/// The queue workers put results on (the Python example's `get_result_queue`).
+pub const RESULTS_QUEUE: &str = "results";
+
+/// One input. `seq` is the job's own numbering, so results can be matched and deduplicated even
+/// when the same random input appears twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SquareTask {
+    pub seq: u64,
+    pub input: i64,
+}
+
+/// One answer: `square` is `input²` as `i128`, which no `i64` input can overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SquareResult {
+    pub seq: u64,
+    pub input: i64,
+    pub square: i128,
+}
