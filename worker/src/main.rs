@@ -1,0 +1,86 @@
+//! `taskmill-worker`: parse flags, set up logging and signals, run the worker loop.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use taskmill_worker::support::{cancel_on_signal, init_tracing, load_key, parse_duration};
+use taskmill_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Pulls integer tasks from a taskmill master, squares them and pushes the results back.
+///
+/// Tasks are leased: if this worker dies, the master gives its tasks to another worker.
+/// If the master is not up yet or goes away, the worker retries with capped exponential
+/// backoff. SIGINT/SIGTERM finish the batch in hand, push its results and exit 0.
+///
+/// The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "taskmill-worker", version)]
+struct Cli {
+    /// Master address (host:port).
+    #[arg(long, env = "TASKMILL_MASTER", default_value = "127.0.0.1:5000")]
+    master: String,
+    /// File holding the shared authkey (at least 16 bytes; one trailing newline is ignored).
+    /// Without it the key is read from TASKMILL_AUTHKEY.
+    #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
+    authkey_file: Option<PathBuf>,
+    /// Tasks leased and worked on at once (like Python's Pool(K)).
+    #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    concurrency: u32,
+    /// Exit after no task has arrived for this long (e.g. 5, 500ms, 2m). Default: run until stopped.
+    #[arg(long, env = "TASKMILL_IDLE_EXIT", value_parser = parse_duration)]
+    idle_exit: Option<Duration>,
+    /// Longest delay between reconnect attempts.
+    #[arg(long, env = "TASKMILL_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
+    max_backoff: Duration,
+    /// Bound on connecting plus authenticating.
+    #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let key = match load_key(cli.authkey_file.as_deref()) {
+        Ok(key) => key,
+        Err(err) => {
+            eprintln!("taskmill-worker: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = WorkerConfig::new(cli.master, key);
+    config.concurrency = cli.concurrency;
+    config.idle_exit = cli.idle_exit;
+    config.max_backoff = cli.max_backoff;
+    config.client.connect_timeout = cli.connect_timeout;
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("taskmill-worker: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match taskmill_worker::run(config, shutdown).await {
+            Ok(report) => {
+                tracing::info!(
+                    completed = report.completed,
+                    stale = report.stale,
+                    rejected = report.rejected,
+                    connections = report.connections,
+                    "worker finished"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("taskmill-worker: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

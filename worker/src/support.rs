@@ -1,0 +1,77 @@
+//! Process plumbing both taskmill binaries share: duration flags, logging, the authkey, signals.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use taskmill_protocol::{AuthKey, KeyError};
+use tokio_util::sync::CancellationToken;
+
+/// Parses `5`, `2.5` (seconds) or a unit suffix like `500ms`, `10s`, `2m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 5, 2.5, 500ms, 10s, 2m)"))
+}
+
+/// Logs to stderr at the level `RUST_LOG` sets (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// The authkey from `file` or `TASKMILL_AUTHKEY`, logging a warning about loose permissions.
+pub fn load_key(file: Option<&Path>) -> Result<AuthKey, KeyError> {
+    let (key, warning) = AuthKey::load(file)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    Ok(key)
+}
+
+/// Cancels `token` on SIGINT or SIGTERM (the stop signal of container runtimes, where the
+/// process is PID 1 and gets no default handling).
+pub async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_plain_seconds_and_units() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("0.25").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
