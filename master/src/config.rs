@@ -1,0 +1,226 @@
+//! The master's command line (every flag also read from a `TASKMILL_*` variable) and the
+//! validated configuration the library runs on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use taskmill_protocol::codec::MAX_FRAME_CEILING;
+use taskmill_protocol::{AuthKey, DEFAULT_MAX_FRAME};
+use taskmill_worker::support::parse_duration;
+
+use crate::queue::QueueLimits;
+
+/// Smallest frame cap worth running with: every reply but a huge `Stats` fits.
+pub const MIN_MAX_FRAME: usize = 4096;
+
+/// What a running master enforces.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub key: AuthKey,
+    /// Bound on the whole handshake; a silent or slow peer is dropped when it passes.
+    pub handshake_timeout: Duration,
+    /// Frame cap after authentication, both directions.
+    pub max_frame: usize,
+    /// Connections served at once; more get `Rejected(Overloaded)`.
+    pub max_connections: usize,
+    /// Waiting requests one connection may have.
+    pub max_waiting: usize,
+    /// A client that does not take its replies for this long is disconnected.
+    pub write_timeout: Duration,
+    /// Time given to in-flight requests after a shutdown signal.
+    pub shutdown_grace: Duration,
+    pub limits: QueueLimits,
+}
+
+impl ServerConfig {
+    /// Production defaults around `key`.
+    pub fn new(key: AuthKey) -> Self {
+        Self {
+            key,
+            handshake_timeout: Duration::from_secs(5),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+            max_waiting: 64,
+            write_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            limits: QueueLimits {
+                default_capacity: Some(1_000_000),
+                max_queues: 1024,
+            },
+        }
+    }
+}
+
+/// taskmill master: serves authenticated task and result queues over TCP.
+///
+/// Workers (taskmill-worker) connect with the shared authkey, lease integer tasks, square them
+/// and push results back. The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never
+/// from the command line. Logging level: RUST_LOG (default info).
+#[derive(Debug, Parser)]
+#[command(name = "taskmill-master", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the queues until SIGINT/SIGTERM (the long-running broker).
+    Serve(ServeArgs),
+    /// The squares job: serve the queues, put N random integers on `tasks`, collect and verify
+    /// every square from `results`, print a summary. Exits 0 only if all N came back correct.
+    Run(RunArgs),
+    /// Print a running master's queues and connection counters.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TASKMILL_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How many integers to square.
+    #[arg(long, env = "TASKMILL_TASKS")]
+    pub tasks: u64,
+    /// Also run K workers inside this process, against this master's own port.
+    #[arg(long, env = "TASKMILL_LOCAL_WORKERS", default_value_t = 0)]
+    pub local_workers: usize,
+    /// Tasks each local worker leases at once.
+    #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub concurrency: u32,
+    /// Address to listen on. Default: 0.0.0.0:5000, or a free loopback port when the job
+    /// uses only --local-workers.
+    #[arg(long, env = "TASKMILL_LISTEN")]
+    pub listen: Option<String>,
+    /// Smallest random input.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub min: i64,
+    /// Largest random input.
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
+    pub max: i64,
+    /// Seed for the inputs, to repeat a run exactly. Default: random.
+    #[arg(long, env = "TASKMILL_SEED")]
+    pub seed: Option<u64>,
+    /// Tasks per put request.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
+    /// Give up when the whole job takes longer than this (e.g. 90s, 10m). Default: no limit.
+    #[arg(long, env = "TASKMILL_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Give up when no new result has arrived for this long.
+    #[arg(long, env = "TASKMILL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Master address (host:port).
+    #[arg(long, env = "TASKMILL_MASTER", default_value = "127.0.0.1:5000")]
+    pub master: String,
+    /// File holding the authkey; default: TASKMILL_AUTHKEY.
+    #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
+    pub authkey_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Bound on connecting, authenticating and the request.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Flags shared by `serve` and `run`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// File holding the shared authkey (at least 16 bytes; one trailing newline is ignored).
+    /// Without it the key is read from TASKMILL_AUTHKEY.
+    #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
+    pub authkey_file: Option<PathBuf>,
+    /// Bound on a connection's whole handshake.
+    #[arg(long, env = "TASKMILL_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Largest frame in bytes after authentication (4096 to 67108864).
+    #[arg(long, env = "TASKMILL_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+    /// Connections served at once; further ones are refused as overloaded.
+    #[arg(long, env = "TASKMILL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most queues that may exist.
+    #[arg(long, env = "TASKMILL_MAX_QUEUES", default_value_t = 1024)]
+    pub max_queues: usize,
+    /// Capacity of a queue created on first use; 0 for unbounded.
+    #[arg(long, env = "TASKMILL_QUEUE_CAPACITY", default_value_t = 1_000_000)]
+    pub queue_capacity: u64,
+    /// Waiting (blocked) requests one connection may have.
+    #[arg(long, env = "TASKMILL_MAX_WAITING", default_value_t = 64)]
+    pub max_waiting: usize,
+    /// Disconnect a client that does not read its replies for this long.
+    #[arg(long, env = "TASKMILL_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// Time in-flight requests get after SIGINT/SIGTERM.
+    #[arg(long, env = "TASKMILL_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// A flag value that cannot work, with the flag's name.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub problem: String,
+}
+
+impl ServerArgs {
+    /// Checks ranges and builds the config around `key`.
+    pub fn into_config(self, key: AuthKey) -> Result<ServerConfig, ConfigError> {
+        let bad = |flag, problem: String| Err(ConfigError { flag, problem });
+        if !(MIN_MAX_FRAME..=MAX_FRAME_CEILING).contains(&self.max_frame) {
+            return bad(
+                "max-frame",
+                format!(
+                    "{} is outside {MIN_MAX_FRAME}..={MAX_FRAME_CEILING}",
+                    self.max_frame
+                ),
+            );
+        }
+        for (flag, value) in [
+            ("max-connections", self.max_connections),
+            ("max-queues", self.max_queues),
+            ("max-waiting", self.max_waiting),
+        ] {
+            if value == 0 {
+                return bad(flag, "must be at least 1".into());
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake-timeout", "must be more than 0".into());
+        }
+        if self.write_timeout.is_zero() {
+            return bad("write-timeout", "must be more than 0".into());
+        }
+        Ok(ServerConfig {
+            key,
+            handshake_timeout: self.handshake_timeout,
+            max_frame: self.max_frame,
+            max_connections: self.max_connections,
+            max_waiting: self.max_waiting,
+            write_timeout: self.write_timeout,
+            shutdown_grace: self.shutdown_grace,
+            limits: QueueLimits {
+                default_capacity: Some(self.queue_capacity).filter(|&c| c > 0),
+                max_queues: self.max_queues,
+            },
+        })
+    }
+}

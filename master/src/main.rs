@@ -1,0 +1,129 @@
+//! `taskmill-master`: parse flags, set up logging and signals, bind, call the library.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use taskmill_master::config::{Cli, Command, RunArgs, ServeArgs, StatsArgs};
+use taskmill_master::job::{self, JobConfig};
+use taskmill_master::stats;
+use taskmill_protocol::{AuthKey, Client, ClientOptions, KeyError};
+use taskmill_worker::support::{cancel_on_signal, init_tracing, load_key};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("taskmill-master: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Run(args) => run(args).await,
+            Command::Stats(args) => show_stats(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("taskmill-master: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let key = load_key(args.server.authkey_file.as_deref())?;
+    let config = args.server.into_config(key)?;
+    let listener = bind(&args.listen).await?;
+    // Scripts and tests read the bound port from this line (the flag may say port 0).
+    println!("listening on {}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    taskmill_master::run(listener, config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let key = match load_key(args.server.authkey_file.as_deref()) {
+        Ok(key) => key,
+        // Nobody else needs the key when every worker runs in this process.
+        Err(KeyError::Missing) if args.local_workers > 0 && args.listen.is_none() => {
+            AuthKey::random()
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let listen = args.listen.clone().unwrap_or_else(|| {
+        if args.local_workers > 0 {
+            "127.0.0.1:0".to_owned()
+        } else {
+            "0.0.0.0:5000".to_owned()
+        }
+    });
+    let config = args.server.into_config(key)?;
+    let listener = bind(&listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    if args.local_workers == 0 {
+        eprintln!("waiting for workers: start taskmill-worker --master <this host>:{} with the same authkey", listener.local_addr()?.port());
+    }
+    let job = JobConfig {
+        tasks: args.tasks,
+        min: args.min,
+        max: args.max,
+        seed: args.seed.unwrap_or(JobConfig::new(0).seed),
+        batch: args.batch,
+        timeout: args.timeout,
+        stall_timeout: args.stall_timeout,
+        local_workers: args.local_workers,
+        worker_concurrency: args.concurrency,
+        progress: !args.json,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let report = job::run(listener, config, job, shutdown).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", job::render(&report));
+    }
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn show_stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let key = load_key(args.authkey_file.as_deref())?;
+    let options = ClientOptions {
+        connect_timeout: args.timeout,
+        request_timeout: args.timeout,
+    };
+    let mut client = Client::connect_with(&args.master, &key, options).await?;
+    let stats = client.stats().await.context("stats request failed")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats::render_json(&args.master, &stats))?
+        );
+    } else {
+        print!("{}", stats::render_table(&args.master, &stats));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("cannot listen on {addr}: the port is in use (pick another with --listen or TASKMILL_LISTEN)")
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot listen on {addr}")),
+    }
+}

@@ -1,0 +1,366 @@
+//! Socket-free tests of queue semantics; paused time makes every wait deterministic.
+
+use std::time::Duration;
+
+use super::*;
+
+const MB: usize = 1 << 20;
+
+fn broker() -> Broker {
+    Broker::new(QueueLimits {
+        default_capacity: None,
+        max_queues: 8,
+    })
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn payloads(tasks: &[Task]) -> Vec<&[u8]> {
+    tasks.iter().map(|t| t.payload.as_ref()).collect()
+}
+
+fn ready<T: std::fmt::Debug, W: std::fmt::Debug>(step: Step<T, W>) -> T {
+    match step {
+        Step::Ready(t) => t,
+        Step::Wait(w) => panic!("expected an answer now, got a waiter {w:?}"),
+    }
+}
+
+fn waiting<T: std::fmt::Debug, W: std::fmt::Debug>(step: Step<T, W>) -> W {
+    match step {
+        Step::Wait(w) => w,
+        Step::Ready(t) => panic!("expected a waiter, got {t:?}"),
+    }
+}
+
+fn in_ms(ms: u64) -> Option<Deadline> {
+    Some(Deadline::now() + Duration::from_millis(ms))
+}
+
+#[test]
+fn items_come_out_in_put_order_with_consecutive_ids() {
+    let br = broker();
+    let s = br.open_session();
+    let p = ready(br.put(s, "q", vec![b("a"), b("b"), b("c")], false).unwrap());
+    assert_eq!((p.done(), p.pending()), (3, 0));
+    let got = ready(br.get(s, "q", 2, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(payloads(&got), [b"a", b"b"]);
+    assert_eq!(got[0].id, p.first_id);
+    assert_eq!(got[1].id, p.first_id + 1);
+    let got = ready(br.get(s, "q", 10, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(payloads(&got), [b"c"]);
+}
+
+#[test]
+fn nowait_reports_empty_and_full_at_once() {
+    let br = broker();
+    let s = br.open_session();
+    assert!(ready(br.get(s, "q", 1, MB, Delivery::Remove, false).unwrap()).is_empty());
+    br.declare("q", Some(2)).unwrap();
+    let p = ready(br.put(s, "q", vec![b("1"), b("2"), b("3")], false).unwrap());
+    assert_eq!((p.done(), p.pending()), (2, 1), "a prefix is accepted");
+    let stats = br.inspect("q").unwrap();
+    assert!(stats.is_full() && stats.len == 2);
+}
+
+#[test]
+fn capacity_zero_or_none_is_unbounded_and_names_are_checked() {
+    let br = broker();
+    let s = br.open_session();
+    assert_eq!(br.declare("q", Some(0)).unwrap().capacity, None);
+    let p = ready(br.put(s, "q", vec![Bytes::new(); 1000], false).unwrap());
+    assert_eq!(p.done(), 1000);
+    for bad in ["", "has space", "slash/", &"x".repeat(MAX_QUEUE_NAME + 1)] {
+        assert!(matches!(
+            br.put(s, bad, vec![], false),
+            Err(QueueError::BadName(_))
+        ));
+    }
+    assert!(matches!(
+        br.inspect("nope"),
+        Err(QueueError::NoSuchQueue(_))
+    ));
+}
+
+#[test]
+fn queue_count_is_limited() {
+    let br = broker();
+    for i in 0..8 {
+        br.declare(&format!("q{i}"), None).unwrap();
+    }
+    assert!(matches!(
+        br.declare("one-too-many", None),
+        Err(QueueError::TooManyQueues { max: 8, .. })
+    ));
+    assert!(
+        br.declare("q3", Some(4)).is_ok(),
+        "existing queues still work"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn blocked_get_times_out_empty_and_leaves_no_waiter() {
+    let br = broker();
+    let s = br.open_session();
+    let w = waiting(br.get(s, "q", 1, MB, Delivery::Lease, true).unwrap());
+    assert_eq!(br.inspect("q").unwrap().waiting_getters, 1);
+    assert!(w
+        .wait(in_ms(100), CancellationToken::new())
+        .await
+        .is_empty());
+    assert_eq!(br.inspect("q").unwrap().waiting_getters, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blocked_get_is_woken_by_a_put() {
+    let br = broker();
+    let (s1, s2) = (br.open_session(), br.open_session());
+    let w = waiting(br.get(s1, "q", 5, MB, Delivery::Lease, true).unwrap());
+    let waiter = tokio::spawn(w.wait(None, CancellationToken::new()));
+    tokio::task::yield_now().await;
+    ready(br.put(s2, "q", vec![b("x"), b("y")], false).unwrap());
+    let got = waiter.await.unwrap();
+    assert_eq!(payloads(&got), [b"x", b"y"]);
+    let stats = br.inspect("q").unwrap();
+    assert_eq!((stats.len, stats.leased), (0, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_getters_are_served_in_arrival_order() {
+    let br = broker();
+    let s = br.open_session();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let w = waiting(br.get(s, "q", 1, MB, Delivery::Remove, true).unwrap());
+        handles.push(tokio::spawn(w.wait(None, CancellationToken::new())));
+    }
+    ready(br.put(s, "q", vec![b("1"), b("2"), b("3")], false).unwrap());
+    let mut order = Vec::new();
+    for h in handles {
+        order.push(h.await.unwrap()[0].payload.clone());
+    }
+    assert_eq!(order, [b("1"), b("2"), b("3")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blocked_put_waits_for_room_and_times_out_with_a_prefix() {
+    let br = broker();
+    let s = br.open_session();
+    br.declare("q", Some(1)).unwrap();
+    ready(br.put(s, "q", vec![b("a")], false).unwrap());
+    let w = waiting(br.put(s, "q", vec![b("b"), b("c")], true).unwrap());
+    assert_eq!(br.inspect("q").unwrap().waiting_putters, 1);
+    let waiter = tokio::spawn(w.wait(in_ms(1000), CancellationToken::new()));
+    tokio::task::yield_now().await;
+    // One get makes room for exactly one more item.
+    let got = ready(br.get(s, "q", 1, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(payloads(&got), [b"a"]);
+    let progress = waiter.await.unwrap();
+    assert_eq!((progress.done(), progress.pending()), (1, 1));
+    let stats = br.inspect("q").unwrap();
+    assert_eq!((stats.len, stats.waiting_putters), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_putters_keep_their_order_and_new_puts_do_not_overtake() {
+    let br = broker();
+    let s = br.open_session();
+    br.declare("q", Some(1)).unwrap();
+    ready(br.put(s, "q", vec![b("0")], false).unwrap());
+    let first = waiting(br.put(s, "q", vec![b("1")], true).unwrap());
+    let second = waiting(br.put(s, "q", vec![b("2")], true).unwrap());
+    let first = tokio::spawn(first.wait(None, CancellationToken::new()));
+    let second = tokio::spawn(second.wait(None, CancellationToken::new()));
+    for expected in ["0", "1"] {
+        let got = ready(br.get(s, "q", 1, MB, Delivery::Remove, false).unwrap());
+        assert_eq!(got[0].payload, b(expected));
+    }
+    assert_eq!(first.await.unwrap().done(), 1);
+    // A nowait put now finds the queue full: the second waiter got the room first.
+    assert_eq!(
+        ready(br.put(s, "q", vec![b("x")], false).unwrap()).done(),
+        0
+    );
+    assert_eq!(second.await.unwrap().done(), 1);
+    let got = ready(br.get(s, "q", 5, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(payloads(&got), [b"2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiter_leaves_nothing_behind() {
+    let br = broker();
+    let s = br.open_session();
+    let w = waiting(br.get(s, "q", 1, MB, Delivery::Remove, true).unwrap());
+    drop(w);
+    br.declare("full", Some(1)).unwrap();
+    ready(br.put(s, "full", vec![b("a")], false).unwrap());
+    let p = waiting(br.put(s, "full", vec![b("b")], true).unwrap());
+    drop(p);
+    ready(br.put(s, "q", vec![b("kept")], false).unwrap());
+    let (q, full) = (br.inspect("q").unwrap(), br.inspect("full").unwrap());
+    assert_eq!(
+        (q.len, q.waiting_getters),
+        (1, 0),
+        "no item went to the dropped getter"
+    );
+    assert_eq!((full.len, full.waiting_putters), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_handed_to_a_waiter_that_is_dropped_go_back_to_the_front() {
+    let br = broker();
+    let s = br.open_session();
+    let w = waiting(br.get(s, "q", 2, MB, Delivery::Remove, true).unwrap());
+    // The put hands both items to the waiter before the waiter's future ever runs again.
+    ready(br.put(s, "q", vec![b("1"), b("2"), b("3")], false).unwrap());
+    drop(w);
+    let got = ready(br.get(s, "q", 10, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(payloads(&got), [b"1", b"2", b"3"]);
+    assert_eq!(
+        got[0].attempt, 1,
+        "an undelivered item is not counted as delivered"
+    );
+}
+
+#[test]
+fn closing_a_session_requeues_its_leases_at_the_front_in_order() {
+    let br = broker();
+    let (worker, other) = (br.open_session(), br.open_session());
+    ready(
+        br.put(other, "q", vec![b("1"), b("2"), b("3"), b("4")], false)
+            .unwrap(),
+    );
+    let got = ready(br.get(worker, "q", 2, MB, Delivery::Lease, false).unwrap());
+    assert_eq!(got[0].attempt, 1);
+    assert_eq!(br.close_session(worker), 2);
+    let again = ready(br.get(other, "q", 10, MB, Delivery::Lease, false).unwrap());
+    assert_eq!(payloads(&again), [b"1", b"2", b"3", b"4"]);
+    assert_eq!((again[0].attempt, again[2].attempt), (2, 1));
+}
+
+#[test]
+fn complete_settles_and_queues_the_result_atomically_and_rejects_stale_leases() {
+    let br = broker();
+    let (worker, other) = (br.open_session(), br.open_session());
+    ready(br.put(other, "tasks", vec![b("7"), b("8")], false).unwrap());
+    let got = ready(
+        br.get(worker, "tasks", 2, MB, Delivery::Lease, false)
+            .unwrap(),
+    );
+    let outcomes = vec![
+        Outcome {
+            task: got[0].id,
+            result: b("49"),
+        },
+        Outcome {
+            task: 999,
+            result: b("bogus"),
+        },
+    ];
+    let p = ready(
+        br.complete(worker, "tasks", "results", outcomes, false)
+            .unwrap(),
+    );
+    assert_eq!((p.done(), p.stale.clone(), p.pending()), (1, vec![999], 0));
+    // Another session cannot settle a lease it does not hold.
+    let stolen = vec![Outcome {
+        task: got[1].id,
+        result: b("64"),
+    }];
+    let p = ready(
+        br.complete(other, "tasks", "results", stolen, false)
+            .unwrap(),
+    );
+    assert_eq!(p.stale, vec![got[1].id]);
+    let results = ready(
+        br.get(other, "results", 10, MB, Delivery::Remove, false)
+            .unwrap(),
+    );
+    assert_eq!(payloads(&results), [b"49"]);
+    let tasks = br.inspect("tasks").unwrap();
+    assert_eq!((tasks.leased, tasks.settled_total), (1, 1));
+    assert_eq!(br.snapshot().1, 1, "one session has completed work");
+}
+
+#[tokio::test(start_paused = true)]
+async fn complete_into_a_full_queue_waits_and_keeps_the_lease_until_then() {
+    let br = broker();
+    let (worker, other) = (br.open_session(), br.open_session());
+    br.declare("results", Some(1)).unwrap();
+    ready(br.put(other, "results", vec![b("old")], false).unwrap());
+    ready(br.put(other, "tasks", vec![b("3")], false).unwrap());
+    let task = ready(
+        br.get(worker, "tasks", 1, MB, Delivery::Lease, false)
+            .unwrap(),
+    )
+    .remove(0);
+    let outcome = vec![Outcome {
+        task: task.id,
+        result: b("9"),
+    }];
+    let w = waiting(
+        br.complete(worker, "tasks", "results", outcome, true)
+            .unwrap(),
+    );
+    assert_eq!(
+        br.inspect("tasks").unwrap().leased,
+        1,
+        "not settled without its result"
+    );
+    let waiter = tokio::spawn(w.wait(None, CancellationToken::new()));
+    tokio::task::yield_now().await;
+    ready(
+        br.get(other, "results", 1, MB, Delivery::Remove, false)
+            .unwrap(),
+    );
+    assert_eq!(waiter.await.unwrap().done(), 1);
+    assert_eq!(br.inspect("tasks").unwrap().leased, 0);
+}
+
+#[test]
+fn ack_settles_only_what_the_session_holds() {
+    let br = broker();
+    let (worker, other) = (br.open_session(), br.open_session());
+    ready(br.put(other, "q", vec![b("a"), b("b")], false).unwrap());
+    let got = ready(br.get(worker, "q", 2, MB, Delivery::Lease, false).unwrap());
+    let p = br.ack(worker, "q", &[got[0].id, got[0].id, 12345]).unwrap();
+    assert_eq!((p.done(), p.stale), (1, vec![got[0].id, 12345]));
+    assert_eq!(
+        br.close_session(worker),
+        1,
+        "only the unacked task is requeued"
+    );
+}
+
+#[test]
+fn a_reply_is_cut_to_fit_the_frame_but_always_carries_one_item() {
+    let br = broker();
+    let s = br.open_session();
+    let big = Bytes::from(vec![0u8; 600]);
+    ready(
+        br.put(s, "q", vec![big.clone(), big.clone(), big], false)
+            .unwrap(),
+    );
+    let got = ready(br.get(s, "q", 10, 1000, Delivery::Remove, false).unwrap());
+    assert_eq!(got.len(), 1);
+    let got = ready(br.get(s, "q", 10, 100, Delivery::Remove, false).unwrap());
+    assert_eq!(
+        got.len(),
+        1,
+        "one item even when it alone is over the budget"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_ends_a_wait_early_with_partial_progress() {
+    let br = broker();
+    let s = br.open_session();
+    let stop = CancellationToken::new();
+    let w = waiting(br.get(s, "q", 1, MB, Delivery::Lease, true).unwrap());
+    let waiter = tokio::spawn(w.wait(None, stop.clone()));
+    stop.cancel();
+    assert!(waiter.await.unwrap().is_empty());
+    assert_eq!(br.inspect("q").unwrap().waiting_getters, 0);
+}

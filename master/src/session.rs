@@ -1,0 +1,379 @@
+//! One client connection: the handshake under its deadline, then requests to replies.
+//!
+//! Requests that can be answered at once are answered in arrival order. Requests that must wait
+//! become futures polled beside the socket, so a waiting `get` neither blocks this connection's
+//! other requests nor hides a disconnect. When the session ends, for any reason, its waiting
+//! futures are dropped (unregistering them) and then its leases are requeued.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use taskmill_protocol::handshake::{self, HandshakeError, MasterConnection};
+use taskmill_protocol::{
+    max_payload, ClientMessage, CodecError, ErrorKind, MasterMessage, Reply, Request, Stats, Wait,
+};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::queue::{PutProgress, PutWaiting, QueueError, SessionId, Step};
+use crate::server::Context;
+
+type Waiting = Pin<Box<dyn Future<Output = (u64, Reply)> + Send>>;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("client did not read its replies for {0:?}")]
+    WriteTimeout(Duration),
+}
+
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let config = &ctx.config;
+    let handshake = tokio::time::timeout(
+        config.handshake_timeout,
+        handshake::accept(stream, &config.key, config.max_frame),
+    );
+    let outcome = tokio::select! {
+        outcome = handshake => outcome,
+        () = shutdown.cancelled() => return,
+    };
+    let conn = match outcome {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(HandshakeError::Closed)) => {
+            // Port probes and TCP health checks connect and leave; not worth a warning.
+            ctx.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "connection closed before authenticating");
+            return;
+        }
+        Ok(Err(err)) => {
+            ctx.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, cause = %err, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, deadline = ?config.handshake_timeout, "handshake timed out");
+            return;
+        }
+    };
+    ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
+    let id = ctx.broker.open_session();
+    debug!(%peer, session = id, "client authenticated");
+    let mut session = Session {
+        conn,
+        ctx: &ctx,
+        id,
+        shutdown,
+    };
+    let result = session.serve().await;
+    let requeued = ctx.broker.close_session(id);
+    ctx.counters.clients.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => debug!(%peer, session = id, requeued, "client disconnected"),
+        Err(err) => warn!(%peer, session = id, requeued, cause = %err, "connection closed"),
+    }
+    if requeued > 0 {
+        info!(%peer, requeued, "requeued the tasks the closed connection held");
+    }
+}
+
+struct Session<'a> {
+    conn: MasterConnection<TcpStream>,
+    ctx: &'a Context,
+    id: SessionId,
+    shutdown: CancellationToken,
+}
+
+enum Event {
+    Message(Result<Option<ClientMessage>, CodecError>),
+    Done((u64, Reply)),
+    Idle,
+    Shutdown,
+}
+
+impl Session<'_> {
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        let mut waiting: FuturesUnordered<Waiting> = FuturesUnordered::new();
+        // Replies are fed without flushing while more input is ready, then flushed in one write.
+        let mut unflushed = false;
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => Event::Shutdown,
+                Some(done) = waiting.next(), if !waiting.is_empty() => Event::Done(done),
+                msg = self.conn.recv() => Event::Message(msg),
+                () = std::future::ready(()), if unflushed => Event::Idle,
+            };
+            match event {
+                Event::Idle => {
+                    self.flush().await?;
+                    unflushed = false;
+                }
+                Event::Done((id, reply)) => {
+                    self.feed(&MasterMessage::Reply { id, reply }).await?;
+                    unflushed = true;
+                }
+                Event::Message(Ok(Some(ClientMessage::Request { id, request }))) => {
+                    let may_wait = waits(&request);
+                    let reply = if may_wait && waiting.len() >= self.ctx.config.max_waiting {
+                        Some(error_reply(
+                            ErrorKind::TooManyWaiting,
+                            format!(
+                                "this connection already has {} waiting requests",
+                                waiting.len()
+                            ),
+                        ))
+                    } else {
+                        match self.handle(id, request) {
+                            Step::Ready(reply) => Some(reply),
+                            Step::Wait(fut) => {
+                                waiting.push(fut);
+                                None
+                            }
+                        }
+                    };
+                    if let Some(reply) = reply {
+                        self.feed(&MasterMessage::Reply { id, reply }).await?;
+                        unflushed = true;
+                    }
+                }
+                Event::Message(Ok(None)) => return Ok(()),
+                Event::Message(Err(err)) => return Err(err.into()),
+                Event::Shutdown => return self.drain(waiting).await,
+            }
+        }
+    }
+
+    /// Announces the shutdown and answers the requests still waiting. They end at once, since
+    /// they watch the same token, with whatever they achieved.
+    async fn drain(&mut self, mut waiting: FuturesUnordered<Waiting>) -> Result<(), SessionError> {
+        let grace = self.ctx.config.shutdown_grace;
+        let finish = async {
+            self.conn.feed(&MasterMessage::ShuttingDown).await?;
+            while let Some((id, reply)) = waiting.next().await {
+                self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
+            }
+            self.conn.flush().await
+        };
+        match tokio::time::timeout(grace, finish).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(SessionError::WriteTimeout(grace)),
+        }
+    }
+
+    async fn feed(&mut self, msg: &MasterMessage) -> Result<(), SessionError> {
+        let limit = self.ctx.config.write_timeout;
+        let fed = match tokio::time::timeout(limit, self.conn.feed(msg)).await {
+            Ok(result) => result,
+            Err(_) => return Err(SessionError::WriteTimeout(limit)),
+        };
+        match (fed, msg) {
+            // The encoder refused the frame before writing anything: answer with an error instead.
+            (Err(CodecError::FrameTooLarge { len, max }), &MasterMessage::Reply { id, .. }) => {
+                let reply = error_reply(
+                    ErrorKind::ReplyTooLarge,
+                    format!("the reply is {len} bytes, over the frame cap of {max}"),
+                );
+                Box::pin(self.feed(&MasterMessage::Reply { id, reply })).await
+            }
+            (result, _) => result.map_err(Into::into),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        let limit = self.ctx.config.write_timeout;
+        match tokio::time::timeout(limit, self.conn.flush()).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(SessionError::WriteTimeout(limit)),
+        }
+    }
+
+    /// Carries out one request: the reply now, or a future that yields it once its wait ends.
+    fn handle(&self, id: u64, request: Request) -> Step<Reply, Waiting> {
+        let broker = &self.ctx.broker;
+        let stop = self.shutdown.clone();
+        let result = match request {
+            Request::Put { queue, items, wait } => self
+                .check_payloads(items.iter())
+                .and_then(|()| {
+                    broker
+                        .put(self.id, &queue, items, wait != Wait::No)
+                        .map_err(Into::into)
+                })
+                .map(|step| later(id, step, wait, stop, put_reply)),
+            Request::Complete {
+                queue,
+                results,
+                outcomes,
+                wait,
+            } => self
+                .check_payloads(outcomes.iter().map(|o| &o.result))
+                .and_then(|()| {
+                    broker
+                        .complete(self.id, &queue, &results, outcomes, wait != Wait::No)
+                        .map_err(Into::into)
+                })
+                .map(|step| later(id, step, wait, stop, settled_reply)),
+            Request::Get {
+                queue,
+                max,
+                wait,
+                delivery,
+            } => {
+                if max == 0 {
+                    return Step::Ready(error_reply(
+                        ErrorKind::BadRequest,
+                        "max must be at least 1".into(),
+                    ));
+                }
+                let budget = max_payload(self.conn.max_frame());
+                broker
+                    .get(self.id, &queue, max, budget, delivery, wait != Wait::No)
+                    .map_err(Into::into)
+                    .map(|step| match step {
+                        Step::Ready(tasks) => Step::Ready(Reply::Tasks(tasks)),
+                        Step::Wait(w) => Step::Wait(Box::pin(
+                            w.wait(deadline(wait), stop)
+                                .map(move |t| (id, Reply::Tasks(t))),
+                        ) as Waiting),
+                    })
+            }
+            Request::Ack { queue, tasks } => broker
+                .ack(self.id, &queue, &tasks)
+                .map_err(Into::into)
+                .map(|p| Step::Ready(settled_reply(p))),
+            Request::Declare { queue, capacity } => broker
+                .declare(&queue, capacity)
+                .map_err(Into::into)
+                .map(|s| Step::Ready(Reply::Queue(s))),
+            Request::Inspect { queue } => broker
+                .inspect(&queue)
+                .map_err(Into::into)
+                .map(|s| Step::Ready(Reply::Queue(s))),
+            Request::Stats => Ok(Step::Ready(Reply::Stats(self.stats()))),
+            Request::Ping => Ok(Step::Ready(Reply::Pong)),
+        };
+        result.unwrap_or_else(Step::Ready)
+    }
+
+    /// Refuses items too large to ever be handed out again in a `Tasks` reply.
+    fn check_payloads<'b>(
+        &self,
+        mut payloads: impl Iterator<Item = &'b Bytes>,
+    ) -> Result<(), Reply> {
+        let limit = max_payload(self.conn.max_frame());
+        match payloads.find(|p| p.len() > limit) {
+            Some(p) => Err(error_reply(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "an item of {} bytes exceeds this session's limit of {limit} bytes",
+                    p.len()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let counters = &self.ctx.counters;
+        let (queues, completing) = self.ctx.broker.snapshot();
+        Stats {
+            uptime_ms: self.ctx.broker.uptime().as_millis() as u64,
+            clients: counters.clients.load(Ordering::Relaxed),
+            connections_total: counters.connections_total.load(Ordering::Relaxed),
+            handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
+            completing_clients_total: completing,
+            queues,
+        }
+    }
+}
+
+/// The reply now, or a future for it once the put or complete has finished waiting.
+fn later(
+    id: u64,
+    step: Step<PutProgress, PutWaiting>,
+    wait: Wait,
+    stop: CancellationToken,
+    reply: fn(PutProgress) -> Reply,
+) -> Step<Reply, Waiting> {
+    match step {
+        Step::Ready(p) => Step::Ready(reply(p)),
+        Step::Wait(w) => Step::Wait(Box::pin(
+            w.wait(deadline(wait), stop).map(move |p| (id, reply(p))),
+        )),
+    }
+}
+
+fn put_reply(p: PutProgress) -> Reply {
+    Reply::Put {
+        first_id: p.first_id,
+        accepted: p.done(),
+    }
+}
+
+fn settled_reply(p: PutProgress) -> Reply {
+    Reply::Settled {
+        done: p.done(),
+        pending: p.pending(),
+        stale: p.stale,
+    }
+}
+
+fn deadline(wait: Wait) -> Option<tokio::time::Instant> {
+    match wait {
+        Wait::Millis(ms) => tokio::time::Instant::now().checked_add(Duration::from_millis(ms)),
+        Wait::No | Wait::Forever => None,
+    }
+}
+
+fn waits(request: &Request) -> bool {
+    match request {
+        Request::Put { wait, .. } | Request::Get { wait, .. } | Request::Complete { wait, .. } => {
+            *wait != Wait::No
+        }
+        Request::Ack { .. }
+        | Request::Declare { .. }
+        | Request::Inspect { .. }
+        | Request::Stats
+        | Request::Ping => false,
+    }
+}
+
+fn error_reply(kind: ErrorKind, message: String) -> Reply {
+    Reply::Error { kind, message }
+}
+
+impl From<QueueError> for Reply {
+    fn from(err: QueueError) -> Self {
+        let kind = match err {
+            QueueError::BadName(_) => ErrorKind::BadQueueName,
+            QueueError::TooManyQueues { .. } => ErrorKind::TooManyQueues,
+            QueueError::NoSuchQueue(_) => ErrorKind::NoSuchQueue,
+        };
+        error_reply(kind, err.to_string())
+    }
+}
