@@ -97,8 +97,12 @@ pub struct RunArgs {
     pub concurrency: u32,
     /// Address to listen on. Default: 0.0.0.0:5000, or a free loopback port when the job
     /// uses only --local-workers.
-    #[arg(long, env = "TASKMILL_LISTEN")]
+    #[arg(long, env = "TASKMILL_LISTEN", conflicts_with = "master")]
     pub listen: Option<String>,
+    /// Run the job against an already running master (host:port) instead of serving the
+    /// queues in this process (e.g. a `serve` master in docker compose).
+    #[arg(long, env = "TASKMILL_MASTER")]
+    pub master: Option<String>,
     /// Smallest random input.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub min: i64,

@@ -102,7 +102,7 @@ pub struct JobReport {
     pub duplicates: u64,
     /// Tasks with no result.
     pub missing: u64,
-    /// Connections that completed at least one task.
+    /// Worker connections that completed at least one task during the job.
     pub workers_seen: u64,
     pub seed: u64,
     pub elapsed_secs: f64,
@@ -131,20 +131,13 @@ pub enum JobError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves `listener`, runs the job against it (with `local_workers` in-process workers), then
-/// stops the workers and the server.
+/// Serves `listener`, runs the job against it, then stops the server.
 pub async fn run(
     listener: TcpListener,
     server: ServerConfig,
     job: JobConfig,
     shutdown: CancellationToken,
 ) -> Result<JobReport, JobError> {
-    if job.min > job.max {
-        return Err(JobError::EmptyRange {
-            min: job.min,
-            max: job.max,
-        });
-    }
     let addr = listener.local_addr()?;
     // A wildcard listen address is not something to connect to; loopback reaches the same port.
     let connect_addr = if addr.ip().is_unspecified() {
@@ -155,24 +148,45 @@ pub async fn run(
     let key = server.key.clone();
     let server_stop = CancellationToken::new();
     let server_task = tokio::spawn(crate::server::run(listener, server, server_stop.clone()));
+    let report = run_against(&connect_addr, &key, &job, &shutdown).await;
+    server_stop.cancel();
+    match server_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(cause = %err, "master stopped with an error"),
+        Err(err) => warn!(cause = %err, "master task panicked"),
+    }
+    report
+}
 
+/// Runs the job against the master at `addr`, with `job.local_workers` in-process workers
+/// that are stopped when it ends.
+pub async fn run_against(
+    addr: &str,
+    key: &AuthKey,
+    job: &JobConfig,
+    shutdown: &CancellationToken,
+) -> Result<JobReport, JobError> {
+    if job.min > job.max {
+        return Err(JobError::EmptyRange {
+            min: job.min,
+            max: job.max,
+        });
+    }
     let worker_stop = CancellationToken::new();
     let mut workers = JoinSet::new();
     for _ in 0..job.local_workers {
-        let mut config = WorkerConfig::new(connect_addr.clone(), key.clone());
+        let mut config = WorkerConfig::new(addr, key.clone());
         config.concurrency = job.worker_concurrency;
         workers.spawn(taskmill_worker::run(config, worker_stop.clone()));
     }
     info!(
         tasks = job.tasks,
         local_workers = job.local_workers,
-        %addr,
+        master = %addr,
         seed = job.seed,
         "squares job started"
     );
-
-    let report = drive(&connect_addr, &key, &job, &shutdown).await;
-
+    let report = drive(addr, key, job, shutdown).await;
     worker_stop.cancel();
     while let Some(done) = workers.join_next().await {
         match done {
@@ -180,12 +194,6 @@ pub async fn run(
             Ok(Err(err)) => warn!(cause = %err, "local worker failed"),
             Err(err) => warn!(cause = %err, "local worker panicked"),
         }
-    }
-    server_stop.cancel();
-    match server_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(cause = %err, "master stopped with an error"),
-        Err(err) => warn!(cause = %err, "master task panicked"),
     }
     report
 }
@@ -199,6 +207,8 @@ pub async fn drive(
 ) -> Result<JobReport, JobError> {
     let producer = Client::connect(addr, key).await?;
     let mut collector = Client::connect(addr, key).await?;
+    // The master may have served other work before: count only connections that complete now.
+    let completing_before = collector.stats().await?.completing_clients_total;
     let start = Instant::now();
     let batches = job.tasks.div_ceil(u64::from(job.batch)) as usize;
     let put_times: Arc<Vec<AtomicU64>> =
@@ -250,7 +260,7 @@ pub async fn drive(
     let workers_seen = collector
         .stats()
         .await
-        .map_or(0, |s| s.completing_clients_total);
+        .map_or(0, |s| s.completing_clients_total - completing_before);
     let elapsed = start.elapsed().as_secs_f64();
     Ok(JobReport {
         ending,

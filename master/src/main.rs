@@ -54,24 +54,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let key = match load_key(args.server.authkey_file.as_deref()) {
         Ok(key) => key,
         // Nobody else needs the key when every worker runs in this process.
-        Err(KeyError::Missing) if args.local_workers > 0 && args.listen.is_none() => {
+        Err(KeyError::Missing)
+            if args.local_workers > 0 && args.listen.is_none() && args.master.is_none() =>
+        {
             AuthKey::random()
         }
         Err(err) => return Err(err.into()),
     };
-    let listen = args.listen.clone().unwrap_or_else(|| {
-        if args.local_workers > 0 {
-            "127.0.0.1:0".to_owned()
-        } else {
-            "0.0.0.0:5000".to_owned()
-        }
-    });
-    let config = args.server.into_config(key)?;
-    let listener = bind(&listen).await?;
-    println!("listening on {}", listener.local_addr()?);
-    if args.local_workers == 0 {
-        eprintln!("waiting for workers: start taskmill-worker --master <this host>:{} with the same authkey", listener.local_addr()?.port());
-    }
     let job = JobConfig {
         tasks: args.tasks,
         min: args.min,
@@ -86,7 +75,28 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let report = job::run(listener, config, job, shutdown).await?;
+    let report = if let Some(master) = &args.master {
+        job::run_against(master, &key, &job, &shutdown).await?
+    } else {
+        let listen = args.listen.clone().unwrap_or_else(|| {
+            if args.local_workers > 0 {
+                "127.0.0.1:0".to_owned()
+            } else {
+                "0.0.0.0:5000".to_owned()
+            }
+        });
+        let config = args.server.into_config(key)?;
+        let listener = bind(&listen).await?;
+        let addr = listener.local_addr()?;
+        println!("listening on {addr}");
+        if args.local_workers == 0 {
+            eprintln!(
+                "waiting for workers: start `taskmill-worker --master <this host>:{}` with the same authkey",
+                addr.port()
+            );
+        }
+        job::run(listener, config, job, shutdown).await?
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

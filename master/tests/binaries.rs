@@ -1,0 +1,301 @@
+//! The real binaries as processes: `run` with two worker processes, `serve` + `stats`, SIGTERM
+//! handling, and refusing to start without a key.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "binary-test-key-0123";
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn master_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taskmill-master"))
+}
+
+/// The worker binary is another package's; `cargo test --workspace` builds it beside ours.
+fn worker_bin() -> PathBuf {
+    let path =
+        master_bin().with_file_name(format!("taskmill-worker{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// A child process that is killed and reaped if the test ends early.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .env("TASKMILL_AUTHKEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Guards a child spawned elsewhere (its stdout is not read).
+    fn adopt(child: Child) -> Self {
+        Self {
+            child,
+            lines: mpsc::channel().1,
+        }
+    }
+
+    /// The address from the `listening on ADDR` line.
+    fn listening_addr(&self) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("no `listening on` line in time");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                return addr.trim().to_owned();
+            }
+        }
+    }
+
+    fn stdout_rest(&self) -> String {
+        let mut out = String::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
+    fn signal(&self, signal: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn run_job_with_two_worker_processes_completes_and_sigterm_stops_the_workers() {
+    let mut master = Proc::spawn(Command::new(master_bin()).args([
+        "run",
+        "--tasks",
+        "20000",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--stall-timeout",
+        "30s",
+    ]));
+    let addr = master.listening_addr();
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|_| {
+            Proc::spawn(Command::new(worker_bin()).args([
+                "--master",
+                &addr,
+                "--max-backoff",
+                "200ms",
+            ]))
+        })
+        .collect();
+    let status = master.wait(LIMIT);
+    let report: serde_json::Value =
+        serde_json::from_str(&master.stdout_rest()).expect("the job prints its report as JSON");
+    assert!(status.success(), "job failed: {report}");
+    assert_eq!(report["ending"], "complete");
+    assert_eq!(report["verified"], 20000);
+    assert_eq!(report["missing"], 0);
+    for worker in &mut workers {
+        worker.signal(libc::SIGTERM);
+        let status = worker.wait(Duration::from_secs(15));
+        assert!(status.success(), "worker exit on SIGTERM: {status:?}");
+    }
+}
+
+#[test]
+fn serve_answers_stats_and_stops_cleanly_on_sigterm() {
+    let mut master =
+        Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let addr = master.listening_addr();
+    let out = Command::new(master_bin())
+        .args(["stats", "--master", &addr, "--json"])
+        .env("TASKMILL_AUTHKEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["master"], addr.as_str());
+    assert_eq!(stats["clients"], 1, "the stats connection itself");
+
+    let wrong = Command::new(master_bin())
+        .args(["stats", "--master", &addr])
+        .env("TASKMILL_AUTHKEY", "some-other-key-entirely")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong authkey"));
+
+    master.signal(libc::SIGTERM);
+    let status = master.wait(Duration::from_secs(15));
+    assert!(status.success(), "master exit on SIGTERM: {status:?}");
+}
+
+#[test]
+fn a_worker_process_drains_on_sigterm_while_connected_to_a_serving_master() {
+    let mut master =
+        Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let addr = master.listening_addr();
+    let mut worker = Proc::spawn(Command::new(worker_bin()).args(["--master", &addr]));
+    // Wait until the worker is connected, so SIGTERM interrupts a live session.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let out = Command::new(master_bin())
+            .args(["stats", "--master", &addr, "--json"])
+            .env("TASKMILL_AUTHKEY", KEY)
+            .output()
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if stats["clients"].as_u64() == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    worker.signal(libc::SIGTERM);
+    assert!(worker.wait(Duration::from_secs(15)).success());
+    master.signal(libc::SIGINT);
+    assert!(master.wait(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn a_worker_with_the_wrong_key_exits_with_a_clear_error_instead_of_retrying() {
+    let _master =
+        Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let addr = _master.listening_addr();
+    let mut worker = Command::new(worker_bin())
+        .args(["--master", &addr])
+        .env("TASKMILL_AUTHKEY", "a-different-key-here")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = worker.stderr.take().unwrap();
+    let mut worker = Proc::adopt(worker);
+    // A worker that retried a wrong key would never exit: the bounded wait fails the test.
+    let status = worker.wait(Duration::from_secs(15));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("authentication failed: wrong authkey?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_master_refuses_to_start_without_a_usable_key_and_says_how_to_set_one() {
+    let out = Command::new(master_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("TASKMILL_AUTHKEY")
+        .env_remove("TASKMILL_AUTHKEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TASKMILL_AUTHKEY") && err.contains("--authkey-file"),
+        "{err}"
+    );
+
+    let out = Command::new(master_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("TASKMILL_AUTHKEY", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
+
+    let help = Command::new(master_bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--tasks",
+        "--local-workers",
+        "--seed",
+        "--timeout",
+        "TASKMILL_LISTEN",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}");
+    }
+}
+
+#[test]
+fn run_with_local_workers_needs_no_key_and_prints_a_summary() {
+    let out = Command::new(master_bin())
+        .args([
+            "run",
+            "--tasks",
+            "3000",
+            "--local-workers",
+            "2",
+            "--seed",
+            "7",
+        ])
+        .env_remove("TASKMILL_AUTHKEY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK: every input came back exactly once"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verified:      3000"), "{stdout}");
+    assert!(stdout.contains("p99"), "{stdout}");
+}

@@ -1,0 +1,119 @@
+//! The squares job end to end in one process: real sockets, the real worker loop.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{config, key, within};
+use taskmill_master::job::{self, Ending, JobConfig};
+use taskmill_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn worker(addr: &str) -> WorkerConfig {
+    let mut config = WorkerConfig::new(addr, key());
+    config.concurrency = 128;
+    config.max_backoff = Duration::from_millis(200);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_tasks_through_three_workers_come_back_exactly_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop_workers = CancellationToken::new();
+    let workers: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(taskmill_worker::run(worker(&addr), stop_workers.clone())))
+        .collect();
+    let mut job_config = JobConfig::new(20_000);
+    job_config.min = -1_000_000;
+    job_config.max = 1_000_000;
+    job_config.batch = 500;
+    let report = within(
+        "squares job",
+        job::run(listener, config(), job_config, CancellationToken::new()),
+    )
+    .await
+    .unwrap();
+    assert!(report.success(), "{report:?}");
+    assert_eq!(
+        (report.verified, report.wrong, report.missing),
+        (20_000, 0, 0)
+    );
+    assert_eq!(report.workers_seen, 3, "every worker took part");
+    stop_workers.cancel();
+    let mut completed = 0;
+    for w in workers {
+        completed += within("worker exit", w).await.unwrap().unwrap().completed;
+    }
+    assert_eq!(completed, 20_000, "the workers' own counts agree");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_the_master_joins_once_it_is_up() {
+    // Reserve a port, then free it so the worker finds nothing listening there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let stop_worker = CancellationToken::new();
+    let early = tokio::spawn(taskmill_worker::run(worker(&addr), stop_worker.clone()));
+    // Keep the master down long enough for several refused connection attempts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !early.is_finished(),
+        "the worker gave up instead of retrying"
+    );
+    let listener = TcpListener::bind(&addr).await.unwrap();
+    let report = within(
+        "job served by the early worker",
+        job::run(
+            listener,
+            config(),
+            JobConfig::new(2_000),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(report.success(), "{report:?}");
+    assert_eq!(report.workers_seen, 1);
+    stop_worker.cancel();
+    let done = within("worker exit", early).await.unwrap().unwrap();
+    assert_eq!(done.completed, 2_000);
+    assert_eq!(done.connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_workers_reports_what_is_missing_when_it_stalls() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut job_config = JobConfig::new(100);
+    job_config.stall_timeout = Duration::from_millis(300);
+    let report = within(
+        "stalled job",
+        job::run(listener, config(), job_config, CancellationToken::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.ending, Ending::Stalled);
+    assert_eq!((report.missing, report.verified), (100, 0));
+    assert!(!report.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_idle_exit_stops_once_the_queue_stays_empty() {
+    let master = support::Master::start(config()).await;
+    let mut config = worker(&master.addr);
+    config.idle_exit = Some(Duration::from_millis(300));
+    config.poll = Duration::from_millis(100);
+    let report = within(
+        "idle exit",
+        taskmill_worker::run(config, CancellationToken::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.completed, report.connections), (0, 1));
+}
