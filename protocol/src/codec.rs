@@ -358,14 +358,14 @@ mod tests {
     #[test]
     fn lying_length_inside_a_frame_is_rejected_not_allocated() {
         // A Put whose item claims 2^40 bytes: bincode would allocate that before reading.
-        let mut body = Vec::new();
-        body.push(0u8); // ClientMessage::Request
-        body.push(1); // id
-        body.push(0); // Request::Put
-        body.push(1); // queue name length
-        body.push(b'q');
-        body.push(1); // one item
-        body.push(253); // varint u64 follows
+        let mut body = vec![
+            0u8, // ClientMessage::Request
+            1,   // id
+            0,   // Request::Put
+            1,   // queue name length
+            b'q', 1,   // one item
+            253, // varint u64 follows
+        ];
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let mut buf = BytesMut::new();
         buf.put_u32(body.len() as u32);
