@@ -116,6 +116,7 @@ async fn an_impostor_master_without_the_key_is_detected_by_the_client() {
         conn.send(&MasterHandshake::Welcome {
             mac,
             max_frame: 1 << 20,
+            heartbeat_ms: 5000,
         })
         .await
         .unwrap();

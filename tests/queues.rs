@@ -268,7 +268,7 @@ async fn pipelined_requests_are_answered_and_waiting_ones_are_bounded() {
     cfg.max_waiting = 2;
     let master = Master::start(cfg).await;
     let stream = TcpStream::connect(&master.addr).await.unwrap();
-    let mut conn = within(
+    let (mut conn, _) = within(
         "handshake",
         handshake::connect(stream, &support::key(), "test"),
     )

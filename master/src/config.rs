@@ -28,8 +28,12 @@ pub struct ServerConfig {
     pub max_waiting: usize,
     /// A client that does not take its replies for this long is disconnected.
     pub write_timeout: Duration,
-    /// Time given to in-flight requests after a shutdown signal.
+    /// Time given to in-flight work after a shutdown signal: the master drains (no new tasks
+    /// taken or leased) until every lease is settled or this passes, then stops.
     pub shutdown_grace: Duration,
+    /// A side that has sent nothing for this long sends a heartbeat; a client silent for two
+    /// intervals while it holds leases or waits is presumed dead and disconnected.
+    pub heartbeat_interval: Duration,
     pub limits: QueueLimits,
 }
 
@@ -44,9 +48,12 @@ impl ServerConfig {
             max_waiting: 64,
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(5),
             limits: QueueLimits {
                 default_capacity: Some(1_000_000),
                 max_queues: 1024,
+                lease_timeout: Duration::from_secs(30),
+                max_attempts: 5,
             },
         }
     }
@@ -172,9 +179,22 @@ pub struct ServerArgs {
     /// Disconnect a client that does not read its replies for this long.
     #[arg(long, env = "TASKMILL_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
-    /// Time in-flight requests get after SIGINT/SIGTERM.
+    /// After SIGINT/SIGTERM: how long to wait for leased tasks to be completed (no new tasks
+    /// are accepted or handed out meanwhile) before stopping.
     #[arg(long, env = "TASKMILL_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// How long a worker may hold a task before it is given to another worker (a `get` may ask
+    /// for another length; `touch` extends it).
+    #[arg(long, env = "TASKMILL_LEASE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lease_timeout: Duration,
+    /// Liveness interval: a client silent for two intervals while it holds tasks is presumed
+    /// dead, and its tasks are requeued.
+    #[arg(long, env = "TASKMILL_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Deliveries a task gets; given back after the last one (lease expired, holder gone,
+    /// nacked) it moves to the `<queue>.dead` queue.
+    #[arg(long, env = "TASKMILL_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
 }
 
 /// A flag value that cannot work, with the flag's name.
@@ -210,8 +230,17 @@ impl ServerArgs {
         if self.handshake_timeout.is_zero() {
             return bad("handshake-timeout", "must be more than 0".into());
         }
-        if self.write_timeout.is_zero() {
-            return bad("write-timeout", "must be more than 0".into());
+        for (flag, value) in [
+            ("write-timeout", self.write_timeout),
+            ("lease-timeout", self.lease_timeout),
+            ("heartbeat-interval", self.heartbeat_interval),
+        ] {
+            if value < Duration::from_millis(10) {
+                return bad(flag, format!("{value:?} is too short (10ms at least)"));
+            }
+        }
+        if self.max_attempts == 0 {
+            return bad("max-attempts", "must be at least 1".into());
         }
         Ok(ServerConfig {
             key,
@@ -221,9 +250,12 @@ impl ServerArgs {
             max_waiting: self.max_waiting,
             write_timeout: self.write_timeout,
             shutdown_grace: self.shutdown_grace,
+            heartbeat_interval: self.heartbeat_interval,
             limits: QueueLimits {
                 default_capacity: Some(self.queue_capacity).filter(|&c| c > 0),
                 max_queues: self.max_queues,
+                lease_timeout: self.lease_timeout,
+                max_attempts: self.max_attempts,
             },
         })
     }

@@ -100,6 +100,8 @@ pub struct JobReport {
     pub wrong: u64,
     /// Results for a task already seen (redelivered work), dropped.
     pub duplicates: u64,
+    /// Verified results that came from a redelivery (the task's first holder lost it).
+    pub redelivered: u64,
     /// Tasks with no result.
     pub missing: u64,
     /// Worker connections that completed at least one task during the job.
@@ -268,6 +270,7 @@ pub async fn drive(
         verified: tally.verified,
         wrong: tally.wrong,
         duplicates: tally.duplicates,
+        redelivered: tally.redelivered,
         missing: job.tasks - tally.seen,
         workers_seen,
         seed: job.seed,
@@ -322,6 +325,7 @@ struct Tally {
     verified: u64,
     wrong: u64,
     duplicates: u64,
+    redelivered: u64,
     latency: Histogram<u64>,
 }
 
@@ -333,6 +337,7 @@ impl Tally {
             verified: 0,
             wrong: 0,
             duplicates: 0,
+            redelivered: 0,
             latency: Histogram::new(3).expect("3 significant figures is valid"),
         }
     }
@@ -362,6 +367,9 @@ impl Tally {
         let expected = i128::from(input) * i128::from(input);
         if result.input == input && result.square == expected {
             self.verified += 1;
+            if result.attempt > 1 {
+                self.redelivered += 1;
+            }
         } else {
             warn!(seq = result.seq, input, got_input = result.input, got = %result.square, "wrong result");
             self.wrong += 1;
@@ -386,7 +394,8 @@ pub fn render(r: &JobReport) -> String {
          verified:      {}\n\
          wrong:         {}\n\
          missing:       {}\n\
-         duplicates:    {} (redelivered results, dropped)\n\
+         duplicates:    {} (results for tasks already verified, dropped)\n\
+         redelivered:   {} (tasks completed on a later attempt)\n\
          workers seen:  {}\n\
          elapsed:       {:.3} s\n\
          throughput:    {:.0} tasks/s\n\
@@ -398,6 +407,7 @@ pub fn render(r: &JobReport) -> String {
         r.wrong,
         r.missing,
         r.duplicates,
+        r.redelivered,
         r.workers_seen,
         r.elapsed_secs,
         r.tasks_per_sec,
@@ -512,6 +522,7 @@ mod tests {
                 seq,
                 input,
                 square: i128::from(input) * i128::from(input) + delta,
+                attempt: 2,
             })
             .unwrap()
         };
@@ -521,8 +532,14 @@ mod tests {
         tally.record(&job, &result(9, 0), 10, &times);
         tally.record(&job, b"junk", 10, &times);
         assert_eq!(
-            (tally.seen, tally.verified, tally.duplicates, tally.wrong),
-            (2, 1, 1, 3)
+            (
+                tally.seen,
+                tally.verified,
+                tally.duplicates,
+                tally.wrong,
+                tally.redelivered
+            ),
+            (2, 1, 1, 3, 1)
         );
     }
 }

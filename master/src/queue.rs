@@ -7,14 +7,22 @@
 //! and nothing is lost between a wake-up and a retry. Waiting futures clean up after
 //! themselves when dropped, so a client that disconnects while waiting leaves nothing behind.
 //!
+//! Leases expire: [`Broker::tick`], driven by a timer task, requeues tasks whose lease ran out
+//! and returns nacked tasks whose delay is over. A task handed out `max_attempts` times and
+//! given back again goes to `<queue>.dead` instead of round the fleet forever.
+//!
 //! This module is the single owner of queue contents: a persistent store would slot in here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use taskmill_protocol::{Delivery, Outcome, QueueStats, Task, TaskId};
+use taskmill_protocol::{
+    encode_payload, DeadLetter, Delivery, Outcome, QueueStats, Task, TaskId, DEAD_SUFFIX,
+    MAX_REASON,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +39,23 @@ type WaiterId = u64;
 /// Bytes a task adds to a `Tasks` reply beyond its payload (id, attempt, lengths), rounded up.
 const TASK_OVERHEAD: usize = 32;
 
+/// Longest lease or nack delay a client may ask for; longer requests are cut to this.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest the timer task sleeps, so it notices leases that became due sooner than planned.
+const TICK_MAX: Duration = Duration::from_millis(250);
+
 /// Limits that apply to every queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
     /// Capacity of a queue created on first use; `None` is unbounded.
     pub default_capacity: Option<u64>,
-    /// Most queues that may exist at once.
+    /// Most queues that may exist at once (dead-letter queues not counted).
     pub max_queues: usize,
+    /// Lease length when a `get` does not choose one.
+    pub lease_timeout: Duration,
+    /// Deliveries a task gets; given back after the last one, it is dead-lettered.
+    pub max_attempts: u32,
 }
 
 /// Why a queue operation was refused.
@@ -62,12 +80,12 @@ struct Shared {
     /// A `std` mutex, not tokio's: critical sections are short and never await, which is both
     /// faster and rules out holding the lock across a suspension point.
     state: Mutex<State>,
-    limits: QueueLimits,
     started: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    limits: QueueLimits,
     queues: Vec<Queue>,
     by_name: HashMap<String, QueueIdx>,
     sessions: HashMap<SessionId, SessionLeases>,
@@ -75,6 +93,57 @@ struct State {
     next_session: SessionId,
     next_waiter: WaiterId,
     completing_sessions_total: u64,
+    /// Lease deadlines, soonest first. Entries are not removed when a lease is settled or
+    /// touched; an entry counts only if the lease still exists with that exact deadline.
+    expiries: BinaryHeap<Reverse<(Deadline, QueueIdx, TaskId)>>,
+    /// Nacked items waiting out their delay, soonest first.
+    delayed: BinaryHeap<Reverse<Delayed>>,
+}
+
+/// A nacked item and when it may return to its queue.
+#[derive(Debug)]
+struct Delayed {
+    at: Deadline,
+    q: QueueIdx,
+    item: Item,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.item.id) == (other.at, other.item.id)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.item.id).cmp(&(other.at, other.item.id))
+    }
+}
+
+/// Why a lease ended without being settled.
+#[derive(Debug, Clone)]
+enum GiveBack {
+    ConnectionClosed,
+    Expired(Duration),
+    Nacked(String),
+}
+
+impl GiveBack {
+    fn reason(&self) -> String {
+        match self {
+            GiveBack::ConnectionClosed => "connection closed while holding the lease".into(),
+            GiveBack::Expired(d) => format!("lease expired after {d:?}"),
+            GiveBack::Nacked(reason) => format!("nacked: {reason}"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -91,9 +160,14 @@ struct Queue {
     leased: HashMap<TaskId, Leased>,
     getters: VecDeque<GetWaiter>,
     putters: VecDeque<PutWaiter>,
+    /// Nacked items of this queue in `State::delayed`.
+    delayed: u64,
     put_total: u64,
     delivered_total: u64,
     settled_total: u64,
+    requeued_total: u64,
+    expired_total: u64,
+    dead_total: u64,
 }
 
 #[derive(Debug)]
@@ -108,6 +182,9 @@ struct Item {
 struct Leased {
     session: SessionId,
     item: Item,
+    deadline: Deadline,
+    /// The lease's length, reused when a touch does not name one.
+    length: Duration,
 }
 
 #[derive(Debug)]
@@ -162,6 +239,16 @@ impl PutProgress {
     }
 }
 
+/// The progress of a request that handles every named task at once.
+fn settled(total: usize, stale: Vec<TaskId>) -> PutProgress {
+    PutProgress {
+        first_id: 0,
+        total: total as u32,
+        processed: total as u32,
+        stale,
+    }
+}
+
 /// Either the answer now, or a future that yields it.
 #[derive(Debug)]
 pub enum Step<T, W> {
@@ -178,9 +265,13 @@ impl Queue {
             leased: HashMap::new(),
             getters: VecDeque::new(),
             putters: VecDeque::new(),
+            delayed: 0,
             put_total: 0,
             delivered_total: 0,
             settled_total: 0,
+            requeued_total: 0,
+            expired_total: 0,
+            dead_total: 0,
         }
     }
 
@@ -195,13 +286,21 @@ impl Queue {
             len: self.items.len() as u64,
             capacity: self.capacity,
             leased: self.leased.len() as u64,
+            delayed: self.delayed,
             waiting_getters: self.getters.len() as u64,
             waiting_putters: self.putters.len() as u64,
             put_total: self.put_total,
             delivered_total: self.delivered_total,
             settled_total: self.settled_total,
+            requeued_total: self.requeued_total,
+            expired_total: self.expired_total,
+            dead_total: self.dead_total,
         }
     }
+}
+
+fn is_dead_queue(name: &str) -> bool {
+    name.ends_with(DEAD_SUFFIX)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -217,26 +316,113 @@ fn normalise_capacity(capacity: Option<u64>) -> Option<u64> {
 }
 
 impl State {
-    fn queue_idx(&mut self, name: &str, limits: &QueueLimits) -> Result<QueueIdx, QueueError> {
+    fn new(limits: QueueLimits) -> Self {
+        Self {
+            limits,
+            queues: Vec::new(),
+            by_name: HashMap::new(),
+            sessions: HashMap::new(),
+            next_task: 0,
+            next_session: 0,
+            next_waiter: 0,
+            completing_sessions_total: 0,
+            expiries: BinaryHeap::new(),
+            delayed: BinaryHeap::new(),
+        }
+    }
+
+    fn queue_idx(&mut self, name: &str) -> Result<QueueIdx, QueueError> {
         if let Some(&idx) = self.by_name.get(name) {
             return Ok(idx);
         }
         if !valid_name(name) {
             return Err(QueueError::BadName(name.to_owned()));
         }
-        if self.queues.len() >= limits.max_queues {
+        let user_queues = self
+            .queues
+            .iter()
+            .filter(|q| !is_dead_queue(&q.name))
+            .count();
+        if user_queues >= self.limits.max_queues {
             return Err(QueueError::TooManyQueues {
                 name: name.to_owned(),
-                max: limits.max_queues,
+                max: self.limits.max_queues,
             });
         }
+        Ok(self.create_queue(name))
+    }
+
+    fn create_queue(&mut self, name: &str) -> QueueIdx {
         let idx = self.queues.len();
-        self.queues.push(Queue::new(
-            name.to_owned(),
-            normalise_capacity(limits.default_capacity),
-        ));
+        let capacity = normalise_capacity(self.limits.default_capacity);
+        self.queues.push(Queue::new(name.to_owned(), capacity));
         self.by_name.insert(name.to_owned(), idx);
-        Ok(idx)
+        idx
+    }
+
+    /// Puts an item whose lease ended unsettled back at the front of queue `q`, or, once it
+    /// has had all its deliveries, at the back of the queue's dead-letter queue. Dead-letter
+    /// queues themselves never dead-letter, so no chain of queues can grow.
+    fn give_back(&mut self, q: QueueIdx, item: Item, why: &GiveBack) {
+        if matches!(why, GiveBack::Expired(_)) {
+            self.queues[q].expired_total += 1;
+        }
+        let name = &self.queues[q].name;
+        if item.deliveries < self.limits.max_attempts || is_dead_queue(name) {
+            let queue = &mut self.queues[q];
+            queue.requeued_total += 1;
+            queue.items.push_front(item);
+            self.pump(q);
+            return;
+        }
+        let mut reason = why.reason();
+        if reason.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        let letter = DeadLetter {
+            task: item.id,
+            queue: name.clone(),
+            attempts: item.deliveries,
+            reason,
+            payload: item.payload,
+        };
+        let dead_name = format!("{name}{DEAD_SUFFIX}");
+        let dq = match self.by_name.get(&dead_name) {
+            Some(&dq) => dq,
+            None => self.create_queue(&dead_name),
+        };
+        self.queues[q].dead_total += 1;
+        let id = self.reserve_ids(1);
+        let payload = encode_payload(&letter).expect("a DeadLetter always encodes");
+        let dead = &mut self.queues[dq];
+        dead.items.push_back(Item {
+            id,
+            deliveries: 0,
+            payload,
+        });
+        dead.put_total += 1;
+        self.pump(dq);
+    }
+
+    /// Ends the lease on `task` in queue `q`, whoever holds it, returning the item.
+    fn unlease(&mut self, q: QueueIdx, task: TaskId) -> Option<Leased> {
+        let leased = self.queues[q].leased.remove(&task)?;
+        if let Some(s) = self.sessions.get_mut(&leased.session) {
+            s.held.remove(&(q, task));
+        }
+        Some(leased)
+    }
+
+    /// The lease `session` holds on `task` in queue `q`, if it does.
+    fn held_by(&mut self, q: QueueIdx, task: TaskId, session: SessionId) -> Option<&mut Leased> {
+        self.queues[q]
+            .leased
+            .get_mut(&task)
+            .filter(|l| l.session == session)
     }
 
     fn reserve_ids(&mut self, n: usize) -> TaskId {
@@ -255,6 +441,14 @@ impl State {
         max_bytes: usize,
         delivery: Delivery,
     ) -> Vec<Task> {
+        let lease = match delivery {
+            Delivery::Lease { millis } => {
+                let length = millis.map_or(self.limits.lease_timeout, Duration::from_millis);
+                let length = length.clamp(Duration::from_millis(1), MAX_LEASE);
+                Some((length, Deadline::now() + length))
+            }
+            Delivery::Remove => None,
+        };
         let queue = &mut self.queues[q];
         let mut tasks = Vec::new();
         let mut bytes = 0usize;
@@ -274,14 +468,24 @@ impl State {
                 attempt: item.deliveries,
                 payload: item.payload.clone(),
             });
-            if delivery == Delivery::Lease {
-                queue.leased.insert(item.id, Leased { session, item });
+            if let Some((length, deadline)) = lease {
+                let leased = Leased {
+                    session,
+                    item,
+                    deadline,
+                    length,
+                };
+                queue.leased.insert(leased.item.id, leased);
             }
         }
         queue.delivered_total += tasks.len() as u64;
-        if delivery == Delivery::Lease && !tasks.is_empty() {
-            let held = &mut self.sessions.entry(session).or_default().held;
-            held.extend(tasks.iter().map(|t| (q, t.id)));
+        if let Some((_, deadline)) = lease {
+            if !tasks.is_empty() {
+                let held = &mut self.sessions.entry(session).or_default().held;
+                held.extend(tasks.iter().map(|t| (q, t.id)));
+                self.expiries
+                    .extend(tasks.iter().map(|t| Reverse((deadline, q, t.id))));
+            }
         }
         tasks
     }
@@ -290,13 +494,8 @@ impl State {
     fn untake(&mut self, q: QueueIdx, tasks: Vec<Task>, delivery: Delivery) {
         for task in tasks.into_iter().rev() {
             let item = match delivery {
-                Delivery::Lease => match self.queues[q].leased.remove(&task.id) {
-                    Some(leased) => {
-                        if let Some(s) = self.sessions.get_mut(&leased.session) {
-                            s.held.remove(&(q, task.id));
-                        }
-                        leased.item
-                    }
+                Delivery::Lease { .. } => match self.unlease(q, task.id) {
+                    Some(leased) => leased.item,
                     // Already settled or requeued by its session's end: nothing to give back.
                     None => continue,
                 },
@@ -345,11 +544,7 @@ impl State {
     ) {
         while let Some(front) = pending.front() {
             if let Some((tq, task)) = front.settles {
-                let held = self.queues[tq]
-                    .leased
-                    .get(&task)
-                    .is_some_and(|l| l.session == session);
-                if !held {
+                if self.held_by(tq, task, session).is_none() {
                     pending.pop_front();
                     progress.processed += 1;
                     progress.stale.push(task);
@@ -418,8 +613,7 @@ impl Broker {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
-                limits,
+                state: Mutex::new(State::new(limits)),
                 started: Instant::now(),
             }),
         }
@@ -451,30 +645,143 @@ impl Broker {
         let Some(leases) = state.sessions.remove(&session) else {
             return 0;
         };
-        let mut by_queue: HashMap<QueueIdx, Vec<TaskId>> = HashMap::new();
-        for (q, task) in leases.held {
-            by_queue.entry(q).or_default().push(task);
-        }
+        let mut held: Vec<(QueueIdx, TaskId)> = leases.held.into_iter().collect();
+        // Ids grow with put order: giving back the newest first leaves the oldest in front.
+        held.sort_unstable_by(|a, b| b.cmp(a));
         let mut requeued = 0;
-        for (q, mut tasks) in by_queue {
-            // Ids grow with put order, so the requeued tasks keep their relative order.
-            tasks.sort_unstable_by(|a, b| b.cmp(a));
-            let queue = &mut state.queues[q];
-            for task in tasks {
-                if let Some(leased) = queue.leased.remove(&task) {
-                    queue.items.push_front(leased.item);
-                    requeued += 1;
-                }
+        for (q, task) in held {
+            if let Some(leased) = state.queues[q].leased.remove(&task) {
+                state.give_back(q, leased.item, &GiveBack::ConnectionClosed);
+                requeued += 1;
             }
-            state.pump(q);
         }
         requeued
+    }
+
+    /// True while `session` holds at least one lease.
+    pub fn holds_leases(&self, session: SessionId) -> bool {
+        self.lock()
+            .sessions
+            .get(&session)
+            .is_some_and(|s| !s.held.is_empty())
+    }
+
+    /// Leases outstanding across all queues (what a draining master waits for).
+    pub fn leased_total(&self) -> u64 {
+        let state = self.lock();
+        state.queues.iter().map(|q| q.leased.len() as u64).sum()
+    }
+
+    /// Requeues (or dead-letters) tasks whose lease has run out by `now` and returns nacked
+    /// tasks whose delay is over. Returns when it next has work to do.
+    pub fn tick(&self, now: Deadline) -> Option<Deadline> {
+        let mut state = self.lock();
+        while let Some(&Reverse((deadline, q, task))) = state.expiries.peek() {
+            if deadline > now {
+                break;
+            }
+            state.expiries.pop();
+            let current = state.queues[q].leased.get(&task).map(|l| l.deadline);
+            if current != Some(deadline) {
+                continue; // settled, requeued or touched since: a stale entry
+            }
+            let leased = state.unlease(q, task).expect("just found");
+            state.give_back(q, leased.item, &GiveBack::Expired(leased.length));
+        }
+        while state.delayed.peek().is_some_and(|d| d.0.at <= now) {
+            let Reverse(Delayed { q, item, .. }) = state.delayed.pop().expect("just peeked");
+            let queue = &mut state.queues[q];
+            queue.delayed -= 1;
+            queue.items.push_front(item);
+            state.pump(q);
+        }
+        let next_lease = state.expiries.peek().map(|e| e.0 .0);
+        let next_delayed = state.delayed.peek().map(|d| d.0.at);
+        next_lease.into_iter().chain(next_delayed).min()
+    }
+
+    /// Runs [`Broker::tick`] until `stop` fires.
+    pub async fn run_timers(self, stop: CancellationToken) {
+        loop {
+            let now = Deadline::now();
+            let next = self
+                .tick(now)
+                .map_or(now + TICK_MAX, |at| at.min(now + TICK_MAX));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(next) => {}
+            }
+        }
+    }
+
+    /// Extends the leases `session` holds on `tasks` to `millis` from now, or by each lease's
+    /// own length.
+    pub fn touch(
+        &self,
+        session: SessionId,
+        queue: &str,
+        tasks: &[TaskId],
+        millis: Option<u64>,
+    ) -> Result<PutProgress, QueueError> {
+        let mut state = self.lock();
+        let q = state.queue_idx(queue)?;
+        let now = Deadline::now();
+        let mut stale = Vec::new();
+        for &task in tasks {
+            let Some(lease) = state.held_by(q, task, session) else {
+                stale.push(task);
+                continue;
+            };
+            if let Some(ms) = millis {
+                lease.length = Duration::from_millis(ms).clamp(Duration::from_millis(1), MAX_LEASE);
+            }
+            lease.deadline = now + lease.length;
+            let deadline = lease.deadline;
+            state.expiries.push(Reverse((deadline, q, task)));
+        }
+        Ok(settled(tasks.len(), stale))
+    }
+
+    /// Gives back leases `session` holds on `tasks`: to the front of the queue after `delay`,
+    /// or to the dead-letter queue if they have had all their deliveries.
+    pub fn nack(
+        &self,
+        session: SessionId,
+        queue: &str,
+        tasks: &[TaskId],
+        delay: Duration,
+        reason: &str,
+    ) -> Result<PutProgress, QueueError> {
+        let mut state = self.lock();
+        let q = state.queue_idx(queue)?;
+        let why = GiveBack::Nacked(reason.to_owned());
+        let mut stale = Vec::new();
+        for &task in tasks {
+            if state.held_by(q, task, session).is_none() {
+                stale.push(task);
+                continue;
+            }
+            let leased = state.unlease(q, task).expect("held");
+            let dead = leased.item.deliveries >= state.limits.max_attempts;
+            if delay.is_zero() || dead {
+                state.give_back(q, leased.item, &why);
+            } else {
+                state.queues[q].requeued_total += 1;
+                state.queues[q].delayed += 1;
+                state.delayed.push(Reverse(Delayed {
+                    at: Deadline::now() + delay.min(MAX_LEASE),
+                    q,
+                    item: leased.item,
+                }));
+            }
+        }
+        Ok(settled(tasks.len(), stale))
     }
 
     /// Creates `queue` if needed and sets its capacity.
     pub fn declare(&self, queue: &str, capacity: Option<u64>) -> Result<QueueStats, QueueError> {
         let mut state = self.lock();
-        let q = state.queue_idx(queue, &self.shared.limits)?;
+        let q = state.queue_idx(queue)?;
         state.queues[q].capacity = normalise_capacity(capacity);
         state.pump(q);
         Ok(state.queues[q].stats())
@@ -506,7 +813,7 @@ impl Broker {
         wait: bool,
     ) -> Result<Step<PutProgress, PutWaiting>, QueueError> {
         let mut state = self.lock();
-        let q = state.queue_idx(queue, &self.shared.limits)?;
+        let q = state.queue_idx(queue)?;
         let first_id = state.reserve_ids(items.len());
         let pending = items
             .into_iter()
@@ -537,8 +844,8 @@ impl Broker {
         wait: bool,
     ) -> Result<Step<PutProgress, PutWaiting>, QueueError> {
         let mut state = self.lock();
-        let tq = state.queue_idx(queue, &self.shared.limits)?;
-        let rq = state.queue_idx(results, &self.shared.limits)?;
+        let tq = state.queue_idx(queue)?;
+        let rq = state.queue_idx(results)?;
         let first_id = state.reserve_ids(outcomes.len());
         let pending = outcomes
             .into_iter()
@@ -609,7 +916,7 @@ impl Broker {
         wait: bool,
     ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
         let mut state = self.lock();
-        let q = state.queue_idx(queue, &self.shared.limits)?;
+        let q = state.queue_idx(queue)?;
         let tasks = state.take(q, session, max, max_bytes, delivery);
         if !tasks.is_empty() {
             state.pump(q);
@@ -646,19 +953,14 @@ impl Broker {
         tasks: &[TaskId],
     ) -> Result<PutProgress, QueueError> {
         let mut state = self.lock();
-        let q = state.queue_idx(queue, &self.shared.limits)?;
+        let q = state.queue_idx(queue)?;
         let mut stale = Vec::new();
         for &task in tasks {
             if !state.settle(q, task, session) {
                 stale.push(task);
             }
         }
-        Ok(PutProgress {
-            first_id: 0,
-            total: tasks.len() as u32,
-            processed: tasks.len() as u32,
-            stale,
-        })
+        Ok(settled(tasks.len(), stale))
     }
 }
 

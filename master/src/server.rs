@@ -1,4 +1,7 @@
-//! The accept loop: connection limit, one session task per connection, graceful shutdown.
+//! The accept loop: connection limit, one session task per connection, the lease timers, and
+//! graceful shutdown in two phases: drain (no new connections, no new tasks accepted or leased,
+//! completions still welcome) until every lease is settled or the grace period passes, then
+//! stop.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +29,15 @@ pub(crate) struct Counters {
     pub handshake_failures: AtomicU64,
 }
 
+/// The two shutdown phases every session watches.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Phases {
+    /// Stop taking new work; keep settling what was handed out.
+    pub drain: CancellationToken,
+    /// Answer what is waiting and close.
+    pub stop: CancellationToken,
+}
+
 /// What every session shares.
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -34,8 +46,8 @@ pub(crate) struct Context {
     pub counters: Counters,
 }
 
-/// Serves `listener` until `shutdown` fires, then tells clients, gives their in-flight requests
-/// the configured grace period, and returns.
+/// Serves `listener` until `shutdown` fires; then drains for up to the grace period (see the
+/// module doc), stops every session, and returns.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -50,6 +62,8 @@ pub async fn run(
         counters: Counters::default(),
     });
     let tracker = TaskTracker::new();
+    let phases = Phases::default();
+    let timers = tokio::spawn(ctx.broker.clone().run_timers(phases.stop.clone()));
     info!(%addr, "master listening");
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -83,7 +97,7 @@ pub async fn run(
                     stream,
                     peer,
                     ctx.clone(),
-                    shutdown.clone(),
+                    phases.clone(),
                     permit,
                 ));
             }
@@ -94,19 +108,35 @@ pub async fn run(
         }
     }
     drop(listener);
+    phases.drain.cancel();
     info!(
         clients = ctx.counters.clients.load(Ordering::Relaxed),
+        leased = ctx.broker.leased_total(),
         ?grace,
-        "shutting down: no new connections; finishing in-flight requests"
+        "draining: no new connections or tasks; waiting for leased tasks to be completed"
     );
+    let drained = tokio::time::timeout(grace, async {
+        while ctx.broker.leased_total() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            leased = ctx.broker.leased_total(),
+            "grace period over with tasks still leased; they are lost with the master"
+        );
+    }
+    phases.stop.cancel();
     tracker.close();
-    // Sessions bound their own drain by the grace period; the extra second covers the close.
+    // Sessions bound their own finish by the grace period; the extra second covers the close.
     if tokio::time::timeout(grace + Duration::from_secs(1), tracker.wait())
         .await
         .is_err()
     {
         warn!("some connections did not finish within the grace period; dropping them");
     }
+    let _ = timers.await;
     info!("master stopped");
     Ok(())
 }

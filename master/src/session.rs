@@ -2,7 +2,8 @@
 //!
 //! Requests that can be answered at once are answered in arrival order. Requests that must wait
 //! become futures polled beside the socket, so a waiting `get` neither blocks this connection's
-//! other requests nor hides a disconnect. When the session ends, for any reason, its waiting
+//! other requests nor hides a disconnect. A client silent for two heartbeat intervals while it
+//! holds leases or waits is presumed dead. When the session ends, for any reason, its waiting
 //! futures are dropped (unregistering them) and then its leases are requeued.
 
 use std::future::Future;
@@ -17,15 +18,17 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use taskmill_protocol::handshake::{self, HandshakeError, MasterConnection};
 use taskmill_protocol::{
-    max_payload, ClientMessage, CodecError, ErrorKind, MasterMessage, Reply, Request, Stats, Wait,
+    max_payload, ClientMessage, CodecError, Delivery, ErrorKind, MasterMessage, Reply, Request,
+    Stats, Wait,
 };
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::queue::{PutProgress, PutWaiting, QueueError, SessionId, Step};
-use crate::server::Context;
+use crate::server::{Context, Phases};
 
 type Waiting = Pin<Box<dyn Future<Output = (u64, Reply)> + Send>>;
 
@@ -36,24 +39,31 @@ enum SessionError {
     Codec(#[from] CodecError),
     #[error("client did not read its replies for {0:?}")]
     WriteTimeout(Duration),
+    #[error("client silent for {0:?} while holding tasks; presumed dead")]
+    Silent(Duration),
 }
 
 pub(crate) async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
-    shutdown: CancellationToken,
+    phases: Phases,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _ = stream.set_nodelay(true);
+    taskmill_protocol::tune_socket(&stream);
     let config = &ctx.config;
     let handshake = tokio::time::timeout(
         config.handshake_timeout,
-        handshake::accept(stream, &config.key, config.max_frame),
+        handshake::accept(
+            stream,
+            &config.key,
+            config.max_frame,
+            config.heartbeat_interval,
+        ),
     );
     let outcome = tokio::select! {
         outcome = handshake => outcome,
-        () = shutdown.cancelled() => return,
+        () = phases.drain.cancelled() => return,
     };
     let conn = match outcome {
         Ok(Ok(conn)) => conn,
@@ -83,11 +93,14 @@ pub(crate) async fn run(
     ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
     let id = ctx.broker.open_session();
     debug!(%peer, session = id, "client authenticated");
+    let now = Instant::now();
     let mut session = Session {
         conn,
         ctx: &ctx,
         id,
-        shutdown,
+        phases,
+        last_heard: now,
+        last_written: now,
     };
     let result = session.serve().await;
     let requeued = ctx.broker.close_session(id);
@@ -97,7 +110,7 @@ pub(crate) async fn run(
         Err(err) => warn!(%peer, session = id, requeued, cause = %err, "connection closed"),
     }
     if requeued > 0 {
-        info!(%peer, requeued, "requeued the tasks the closed connection held");
+        info!(%peer, requeued, "gave back the tasks the closed connection held");
     }
 }
 
@@ -105,14 +118,18 @@ struct Session<'a> {
     conn: MasterConnection<TcpStream>,
     ctx: &'a Context,
     id: SessionId,
-    shutdown: CancellationToken,
+    phases: Phases,
+    last_heard: Instant,
+    last_written: Instant,
 }
 
 enum Event {
     Message(Result<Option<ClientMessage>, CodecError>),
     Done((u64, Reply)),
     Idle,
-    Shutdown,
+    Tick,
+    Drain,
+    Stop,
 }
 
 impl Session<'_> {
@@ -120,12 +137,18 @@ impl Session<'_> {
         let mut waiting: FuturesUnordered<Waiting> = FuturesUnordered::new();
         // Replies are fed without flushing while more input is ready, then flushed in one write.
         let mut unflushed = false;
+        let mut told_drain = false;
+        let beat = self.ctx.config.heartbeat_interval;
+        let mut ticks = tokio::time::interval_at(Instant::now() + beat, beat);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => Event::Shutdown,
+                () = self.phases.stop.cancelled() => Event::Stop,
+                () = self.phases.drain.cancelled(), if !told_drain => Event::Drain,
                 Some(done) = waiting.next(), if !waiting.is_empty() => Event::Done(done),
                 msg = self.conn.recv() => Event::Message(msg),
+                _ = ticks.tick() => Event::Tick,
                 () = std::future::ready(()), if unflushed => Event::Idle,
             };
             match event {
@@ -137,9 +160,13 @@ impl Session<'_> {
                     self.feed(&MasterMessage::Reply { id, reply }).await?;
                     unflushed = true;
                 }
-                Event::Message(Ok(Some(ClientMessage::Request { id, request }))) => {
-                    let may_wait = waits(&request);
-                    let reply = if may_wait && waiting.len() >= self.ctx.config.max_waiting {
+                Event::Message(Ok(Some(msg))) => {
+                    self.last_heard = Instant::now();
+                    let (id, request) = match msg {
+                        ClientMessage::Request { id, request } => (id, request),
+                        ClientMessage::Heartbeat => continue,
+                    };
+                    let reply = if waits(&request) && waiting.len() >= self.ctx.config.max_waiting {
                         Some(error_reply(
                             ErrorKind::TooManyWaiting,
                             format!(
@@ -163,17 +190,40 @@ impl Session<'_> {
                 }
                 Event::Message(Ok(None)) => return Ok(()),
                 Event::Message(Err(err)) => return Err(err.into()),
-                Event::Shutdown => return self.drain(waiting).await,
+                Event::Tick => {
+                    let silent = self.last_heard.elapsed();
+                    if silent >= beat * 2
+                        && (!waiting.is_empty() || self.ctx.broker.holds_leases(self.id))
+                    {
+                        return Err(SessionError::Silent(silent));
+                    }
+                    if self.last_written.elapsed() >= beat {
+                        self.feed(&MasterMessage::Heartbeat).await?;
+                        unflushed = true;
+                    }
+                }
+                Event::Drain => {
+                    told_drain = true;
+                    self.feed(&MasterMessage::ShuttingDown).await?;
+                    unflushed = true;
+                }
+                Event::Stop => return self.finish(waiting, told_drain).await,
             }
         }
     }
 
-    /// Announces the shutdown and answers the requests still waiting. They end at once, since
-    /// they watch the same token, with whatever they achieved.
-    async fn drain(&mut self, mut waiting: FuturesUnordered<Waiting>) -> Result<(), SessionError> {
+    /// Answers the requests still waiting (they end at once, watching the same token, with
+    /// whatever they achieved) and flushes, within the grace period.
+    async fn finish(
+        &mut self,
+        mut waiting: FuturesUnordered<Waiting>,
+        told_drain: bool,
+    ) -> Result<(), SessionError> {
         let grace = self.ctx.config.shutdown_grace;
         let finish = async {
-            self.conn.feed(&MasterMessage::ShuttingDown).await?;
+            if !told_drain {
+                self.conn.feed(&MasterMessage::ShuttingDown).await?;
+            }
             while let Some((id, reply)) = waiting.next().await {
                 self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
             }
@@ -191,6 +241,7 @@ impl Session<'_> {
             Ok(result) => result,
             Err(_) => return Err(SessionError::WriteTimeout(limit)),
         };
+        self.last_written = Instant::now();
         match (fed, msg) {
             // The encoder refused the frame before writing anything: answer with an error instead.
             (Err(CodecError::FrameTooLarge { len, max }), &MasterMessage::Reply { id, .. }) => {
@@ -215,8 +266,15 @@ impl Session<'_> {
     /// Carries out one request: the reply now, or a future that yields it once its wait ends.
     fn handle(&self, id: u64, request: Request) -> Step<Reply, Waiting> {
         let broker = &self.ctx.broker;
-        let stop = self.shutdown.clone();
+        let draining = self.phases.drain.is_cancelled();
+        // New work stops at the drain; what settles work already handed out runs to the stop.
+        let (drain, stop) = (self.phases.drain.clone(), self.phases.stop.clone());
         let result = match request {
+            Request::Put { .. } if draining => Err(shutting_down()),
+            Request::Get {
+                delivery: Delivery::Lease { .. },
+                ..
+            } if draining => Err(shutting_down()),
             Request::Put { queue, items, wait } => self
                 .check_payloads(items.iter())
                 .and_then(|()| {
@@ -224,7 +282,7 @@ impl Session<'_> {
                         .put(self.id, &queue, items, wait != Wait::No)
                         .map_err(Into::into)
                 })
-                .map(|step| later(id, step, wait, stop, put_reply)),
+                .map(|step| later(id, step, wait, drain, put_reply)),
             Request::Complete {
                 queue,
                 results,
@@ -250,6 +308,10 @@ impl Session<'_> {
                         "max must be at least 1".into(),
                     ));
                 }
+                let ends = match delivery {
+                    Delivery::Lease { .. } => drain,
+                    Delivery::Remove => stop,
+                };
                 let budget = max_payload(self.conn.max_frame());
                 broker
                     .get(self.id, &queue, max, budget, delivery, wait != Wait::No)
@@ -257,7 +319,7 @@ impl Session<'_> {
                     .map(|step| match step {
                         Step::Ready(tasks) => Step::Ready(Reply::Tasks(tasks)),
                         Step::Wait(w) => Step::Wait(Box::pin(
-                            w.wait(deadline(wait), stop)
+                            w.wait(deadline(wait), ends)
                                 .map(move |t| (id, Reply::Tasks(t))),
                         ) as Waiting),
                     })
@@ -266,15 +328,38 @@ impl Session<'_> {
                 .ack(self.id, &queue, &tasks)
                 .map_err(Into::into)
                 .map(|p| Step::Ready(settled_reply(p))),
+            Request::Touch {
+                queue,
+                tasks,
+                millis,
+            } => broker
+                .touch(self.id, &queue, &tasks, millis)
+                .map_err(Into::into)
+                .map(|p| Step::Ready(settled_reply(p))),
+            Request::Nack {
+                queue,
+                tasks,
+                delay_ms,
+                reason,
+            } => broker
+                .nack(
+                    self.id,
+                    &queue,
+                    &tasks,
+                    Duration::from_millis(delay_ms),
+                    &reason,
+                )
+                .map_err(Into::into)
+                .map(|p| Step::Ready(settled_reply(p))),
             Request::Declare { queue, capacity } => broker
                 .declare(&queue, capacity)
                 .map_err(Into::into)
-                .map(|s| Step::Ready(Reply::Queue(s))),
+                .map(|s| Step::Ready(Reply::Queue(Box::new(s)))),
             Request::Inspect { queue } => broker
                 .inspect(&queue)
                 .map_err(Into::into)
-                .map(|s| Step::Ready(Reply::Queue(s))),
-            Request::Stats => Ok(Step::Ready(Reply::Stats(self.stats()))),
+                .map(|s| Step::Ready(Reply::Queue(Box::new(s)))),
+            Request::Stats => Ok(Step::Ready(Reply::Stats(Box::new(self.stats())))),
             Request::Ping => Ok(Step::Ready(Reply::Pong)),
         };
         result.unwrap_or_else(Step::Ready)
@@ -356,11 +441,20 @@ fn waits(request: &Request) -> bool {
             *wait != Wait::No
         }
         Request::Ack { .. }
+        | Request::Touch { .. }
+        | Request::Nack { .. }
         | Request::Declare { .. }
         | Request::Inspect { .. }
         | Request::Stats
         | Request::Ping => false,
     }
+}
+
+fn shutting_down() -> Reply {
+    error_reply(
+        ErrorKind::ShuttingDown,
+        "the master is draining before it stops: no new tasks are taken or handed out".into(),
+    )
 }
 
 fn error_reply(kind: ErrorKind, message: String) -> Reply {

@@ -20,8 +20,19 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12}",
-        "QUEUE", "SIZE", "CAPACITY", "LEASED", "GETTERS", "PUTTERS", "PUT", "DELIVERED", "SETTLED"
+        "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>8}",
+        "QUEUE",
+        "SIZE",
+        "CAPACITY",
+        "LEASED",
+        "DELAYED",
+        "GETTERS",
+        "PUTTERS",
+        "PUT",
+        "DELIVERED",
+        "SETTLED",
+        "REQUEUED",
+        "DEAD"
     );
     for q in &stats.queues {
         let capacity = q
@@ -29,16 +40,19 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
             .map_or_else(|| "unbounded".to_owned(), |c| c.to_string());
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12}",
+            "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>8}",
             q.name,
             q.len,
             capacity,
             q.leased,
+            q.delayed,
             q.waiting_getters,
             q.waiting_putters,
             q.put_total,
             q.delivered_total,
-            q.settled_total
+            q.settled_total,
+            q.requeued_total,
+            q.dead_total
         );
     }
     if stats.queues.is_empty() {
@@ -68,11 +82,15 @@ fn queue_json(q: &QueueStats) -> serde_json::Value {
         "empty": q.is_empty(),
         "full": q.is_full(),
         "leased": q.leased,
+        "delayed": q.delayed,
         "waiting_getters": q.waiting_getters,
         "waiting_putters": q.waiting_putters,
         "put_total": q.put_total,
         "delivered_total": q.delivered_total,
         "settled_total": q.settled_total,
+        "requeued_total": q.requeued_total,
+        "expired_total": q.expired_total,
+        "dead_total": q.dead_total,
     })
 }
 
@@ -92,11 +110,15 @@ mod tests {
                 len: 3,
                 capacity: None,
                 leased: 1,
+                delayed: 0,
                 waiting_getters: 0,
                 waiting_putters: 0,
                 put_total: 4,
                 delivered_total: 1,
                 settled_total: 0,
+                requeued_total: 2,
+                expired_total: 1,
+                dead_total: 1,
             }],
         }
     }
@@ -112,5 +134,6 @@ mod tests {
         assert_eq!(json["queues"][0]["size"], 3);
         assert_eq!(json["queues"][0]["capacity"], serde_json::Value::Null);
         assert_eq!(json["handshake_failures"], 1);
+        assert_eq!(json["queues"][0]["dead_total"], 1);
     }
 }

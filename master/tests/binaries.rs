@@ -1,116 +1,12 @@
 //! The real binaries as processes: `run` with two worker processes, `serve` + `stats`, SIGTERM
 //! handling, and refusing to start without a key.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KEY: &str = "binary-test-key-0123";
-const LIMIT: Duration = Duration::from_secs(60);
+mod common;
 
-fn master_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_taskmill-master"))
-}
-
-/// The worker binary is another package's; `cargo test --workspace` builds it beside ours.
-fn worker_bin() -> PathBuf {
-    let path =
-        master_bin().with_file_name(format!("taskmill-worker{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
-        path.display()
-    );
-    path
-}
-
-/// A child process that is killed and reaped if the test ends early.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .env("TASKMILL_AUTHKEY", KEY)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Guards a child spawned elsewhere (its stdout is not read).
-    fn adopt(child: Child) -> Self {
-        Self {
-            child,
-            lines: mpsc::channel().1,
-        }
-    }
-
-    /// The address from the `listening on ADDR` line.
-    fn listening_addr(&self) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .expect("no `listening on` line in time");
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                return addr.trim().to_owned();
-            }
-        }
-    }
-
-    fn stdout_rest(&self) -> String {
-        let mut out = String::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            out.push_str(&line);
-            out.push('\n');
-        }
-        out
-    }
-
-    fn signal(&self, signal: i32) {
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{master_bin, worker_bin, Proc, KEY, LIMIT};
 
 #[test]
 fn run_job_with_two_worker_processes_completes_and_sigterm_stops_the_workers() {
@@ -298,4 +194,43 @@ fn run_with_local_workers_needs_no_key_and_prints_a_summary() {
     );
     assert!(stdout.contains("verified:      3000"), "{stdout}");
     assert!(stdout.contains("p99"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_makes_a_worker_finish_and_hand_in_the_batch_it_holds() {
+    use taskmill_protocol::squares::{SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
+    use taskmill_protocol::{encode_payload, AuthKey, Client, Wait};
+
+    let master = Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let addr = master.listening_addr();
+    let key = AuthKey::new(KEY).unwrap();
+    let mut client = Client::connect(&addr, &key).await.unwrap();
+    let tasks = (0..10)
+        .map(|seq| encode_payload(&SquareTask { seq, input: 3 }).unwrap())
+        .collect();
+    client.put(TASKS_QUEUE, tasks, Wait::No).await.unwrap();
+    let mut worker = Proc::spawn(Command::new(worker_bin()).args([
+        "--master",
+        &addr,
+        "--concurrency",
+        "10",
+        "--simulated-work",
+        "1500ms",
+    ]));
+    let deadline = Instant::now() + LIMIT;
+    while client.inspect(TASKS_QUEUE).await.unwrap().leased < 10 {
+        assert!(Instant::now() < deadline, "the worker never took the batch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.signal(libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || worker.wait(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let tasks = client.inspect(TASKS_QUEUE).await.unwrap();
+    assert_eq!(
+        (tasks.settled_total, tasks.leased, tasks.requeued_total),
+        (10, 0, 0)
+    );
+    assert_eq!(client.inspect(RESULTS_QUEUE).await.unwrap().len, 10);
 }

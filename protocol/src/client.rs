@@ -2,13 +2,16 @@
 //!
 //! Used by the worker, the master's job runner, the tests and users' programs. Every network
 //! wait is bounded: the handshake by `connect_timeout`, a request by its own wait plus
-//! `request_timeout`.
+//! `request_timeout`, and any wait by the master's liveness: while waiting for a reply the
+//! client sends heartbeats, and a master silent for two heartbeat intervals is presumed gone.
+//! An idle client sends nothing; one that holds leases while busy should call
+//! [`Client::heartbeat`] at least once per [`Client::heartbeat_interval`].
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use crate::auth::AuthKey;
 use crate::error::ClientError;
@@ -63,6 +66,9 @@ pub struct Client {
     peer: String,
     next_id: u64,
     options: ClientOptions,
+    /// The master's liveness interval, from its welcome.
+    heartbeat: Duration,
+    last_sent: Instant,
     shutting_down: bool,
 }
 
@@ -84,11 +90,10 @@ impl Client {
                     addr: addr.to_owned(),
                     source,
                 })?;
-            // Small request/reply frames must not sit in Nagle's buffer.
-            let _ = stream.set_nodelay(true);
+            crate::tune_socket(&stream);
             handshake::connect(stream, key, addr).await
         };
-        let conn = timeout(options.connect_timeout, attempt)
+        let (conn, heartbeat) = timeout(options.connect_timeout, attempt)
             .await
             .map_err(|_| ClientError::Timeout(options.connect_timeout, "connecting"))??;
         Ok(Self {
@@ -96,6 +101,8 @@ impl Client {
             peer: addr.to_owned(),
             next_id: 1,
             options,
+            heartbeat,
+            last_sent: Instant::now(),
             shutting_down: false,
         })
     }
@@ -110,16 +117,31 @@ impl Client {
         self.conn.max_frame()
     }
 
-    /// True once the master has announced that it is stopping.
+    /// True once the master has announced that it is draining before it stops: it refuses new
+    /// work from now on, so a worker should finish what it holds and reconnect later.
     pub fn master_shutting_down(&self) -> bool {
         self.shutting_down
     }
 
+    /// The master's liveness interval: a client holding leases must send something (a request
+    /// or [`Client::heartbeat`]) at least this often, or the master presumes it dead after two
+    /// intervals and requeues its tasks.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Tells the master this client is alive, e.g. during a long computation.
+    pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
+        let limit = self.options.request_timeout;
+        timeout(limit, self.conn.send(&ClientMessage::Heartbeat))
+            .await
+            .map_err(|_| ClientError::Timeout(limit, "sending a heartbeat"))??;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
     /// Sends one request and waits for its reply. `Reply::Error` becomes `ClientError::Server`.
     pub async fn request(&mut self, request: Request) -> Result<Reply, ClientError> {
-        if self.shutting_down {
-            return Err(ClientError::ShuttingDown);
-        }
         let bound = match request_wait(&request) {
             Wait::No => Some(self.options.request_timeout),
             Wait::Millis(ms) => Some(self.options.request_timeout + Duration::from_millis(ms)),
@@ -127,41 +149,61 @@ impl Client {
         };
         let id = self.next_id;
         self.next_id += 1;
-        let exchange = async {
-            self.conn
-                .send(&ClientMessage::Request { id, request })
-                .await?;
-            loop {
-                match self.conn.recv().await {
-                    Ok(Some(MasterMessage::Reply { id: got, reply })) if got == id => {
-                        return match reply {
-                            Reply::Error { kind, message } => {
-                                Err(ClientError::Server { kind, message })
-                            }
-                            reply => Ok(reply),
-                        }
-                    }
-                    Ok(Some(MasterMessage::Reply { id: got, .. })) => {
-                        return Err(ClientError::Protocol(format!(
-                            "reply for request {got} while waiting for {id}"
-                        )))
-                    }
-                    Ok(Some(MasterMessage::ShuttingDown)) => self.shutting_down = true,
-                    Ok(None) if self.shutting_down => return Err(ClientError::ShuttingDown),
-                    Ok(None) => return Err(ClientError::Closed("")),
-                    Err(err) if self.shutting_down => {
-                        tracing::debug!(cause = %err, "connection ended after shutdown notice");
-                        return Err(ClientError::ShuttingDown);
-                    }
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        };
+        let exchange = self.exchange(id, request);
         match bound {
             Some(bound) => timeout(bound, exchange)
                 .await
                 .map_err(|_| ClientError::Timeout(bound, "waiting for a reply"))?,
             None => exchange.await,
+        }
+    }
+
+    /// Sends a request and reads until its reply, heartbeating while the master works on it.
+    async fn exchange(&mut self, id: u64, request: Request) -> Result<Reply, ClientError> {
+        self.conn
+            .send(&ClientMessage::Request { id, request })
+            .await?;
+        self.last_sent = Instant::now();
+        let heartbeat = self.heartbeat;
+        let mut last_heard = Instant::now();
+        loop {
+            let received = tokio::select! {
+                biased;
+                received = self.conn.recv() => received,
+                () = tokio::time::sleep_until(self.last_sent + heartbeat) => {
+                    self.conn.send(&ClientMessage::Heartbeat).await?;
+                    self.last_sent = Instant::now();
+                    continue;
+                }
+                () = tokio::time::sleep_until(last_heard + heartbeat * 2) => {
+                    return Err(ClientError::Timeout(heartbeat * 2, "with no word from the master"));
+                }
+            };
+            last_heard = Instant::now();
+            match received {
+                Ok(Some(MasterMessage::Reply { id: got, reply })) if got == id => {
+                    return match reply {
+                        Reply::Error { kind, message } => {
+                            Err(ClientError::Server { kind, message })
+                        }
+                        reply => Ok(reply),
+                    }
+                }
+                Ok(Some(MasterMessage::Reply { id: got, .. })) => {
+                    return Err(ClientError::Protocol(format!(
+                        "reply for request {got} while waiting for {id}"
+                    )))
+                }
+                Ok(Some(MasterMessage::Heartbeat)) => {}
+                Ok(Some(MasterMessage::ShuttingDown)) => self.shutting_down = true,
+                Ok(None) if self.shutting_down => return Err(ClientError::ShuttingDown),
+                Ok(None) => return Err(ClientError::Closed("")),
+                Err(err) if self.shutting_down => {
+                    tracing::debug!(cause = %err, "connection ended after shutdown notice");
+                    return Err(ClientError::ShuttingDown);
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
     }
 
@@ -183,16 +225,18 @@ impl Client {
         }
     }
 
-    /// Takes up to `max` tasks under a lease: settle each with [`Client::complete`] or
-    /// [`Client::ack`]; if this connection ends first they go back to the queue. An empty
-    /// vector means the queue stayed empty for the whole wait (Python's `Empty`).
+    /// Takes up to `max` tasks under a lease of the master's default length: settle each with
+    /// [`Client::complete`] or [`Client::ack`]; if the lease expires or this connection ends
+    /// first they go back to the queue. An empty vector means the queue stayed empty for the
+    /// whole wait (Python's `Empty`).
     pub async fn get(
         &mut self,
         queue: &str,
         max: u32,
         wait: Wait,
     ) -> Result<Vec<Task>, ClientError> {
-        self.get_with(queue, max, wait, Delivery::Lease).await
+        self.get_with(queue, max, wait, Delivery::Lease { millis: None })
+            .await
     }
 
     /// Takes up to `max` items and removes them at once, like Python's `Queue.get`.
@@ -205,7 +249,8 @@ impl Client {
         self.get_with(queue, max, wait, Delivery::Remove).await
     }
 
-    async fn get_with(
+    /// `get` or `take` with an explicit delivery, e.g. a lease of a chosen length.
+    pub async fn get_with(
         &mut self,
         queue: &str,
         max: u32,
@@ -229,6 +274,40 @@ impl Client {
         let request = Request::Ack {
             queue: queue.to_owned(),
             tasks,
+        };
+        self.settle(request).await
+    }
+
+    /// Extends leases this connection holds to `millis` from now (`None`: each lease's own
+    /// length). `done` counts the leases extended; `stale` lists those no longer held.
+    pub async fn touch(
+        &mut self,
+        queue: &str,
+        tasks: Vec<TaskId>,
+        millis: Option<u64>,
+    ) -> Result<Settled, ClientError> {
+        let request = Request::Touch {
+            queue: queue.to_owned(),
+            tasks,
+            millis,
+        };
+        self.settle(request).await
+    }
+
+    /// Gives leased tasks back, to be redelivered after `delay` (or dead-lettered with
+    /// `reason` once they have used up their attempts).
+    pub async fn nack(
+        &mut self,
+        queue: &str,
+        tasks: Vec<TaskId>,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<Settled, ClientError> {
+        let request = Request::Nack {
+            queue: queue.to_owned(),
+            tasks,
+            delay_ms: delay.as_millis().try_into().unwrap_or(u64::MAX),
+            reason: reason.to_owned(),
         };
         self.settle(request).await
     }
@@ -289,14 +368,14 @@ impl Client {
 
     async fn queue_reply(&mut self, request: Request) -> Result<QueueStats, ClientError> {
         match self.request(request).await? {
-            Reply::Queue(stats) => Ok(stats),
+            Reply::Queue(stats) => Ok(*stats),
             other => Err(unexpected("Queue", &other)),
         }
     }
 
     pub async fn stats(&mut self) -> Result<Stats, ClientError> {
         match self.request(Request::Stats).await? {
-            Reply::Stats(stats) => Ok(stats),
+            Reply::Stats(stats) => Ok(*stats),
             other => Err(unexpected("Stats", &other)),
         }
     }
@@ -315,6 +394,8 @@ fn request_wait(request: &Request) -> Wait {
             *wait
         }
         Request::Ack { .. }
+        | Request::Touch { .. }
+        | Request::Nack { .. }
         | Request::Declare { .. }
         | Request::Inspect { .. }
         | Request::Stats

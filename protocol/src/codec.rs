@@ -202,11 +202,15 @@ mod tests {
             len: 3,
             capacity: Some(10),
             leased: 2,
+            delayed: 1,
             waiting_getters: 1,
             waiting_putters: 0,
             put_total: 9,
             delivered_total: 7,
             settled_total: 5,
+            requeued_total: 4,
+            expired_total: 2,
+            dead_total: 1,
         }
     }
 
@@ -222,7 +226,7 @@ mod tests {
                 queue: "tasks".into(),
                 max: 64,
                 wait: Wait::Forever,
-                delivery: Delivery::Lease,
+                delivery: Delivery::Lease { millis: Some(500) },
             },
             Request::Get {
                 queue: "results".into(),
@@ -233,6 +237,17 @@ mod tests {
             Request::Ack {
                 queue: "tasks".into(),
                 tasks: vec![1, u64::MAX],
+            },
+            Request::Touch {
+                queue: "tasks".into(),
+                tasks: vec![1],
+                millis: None,
+            },
+            Request::Nack {
+                queue: "tasks".into(),
+                tasks: vec![2],
+                delay_ms: 100,
+                reason: "flaky".into(),
             },
             Request::Complete {
                 queue: "tasks".into(),
@@ -281,15 +296,15 @@ mod tests {
                 stale: vec![4],
                 pending: 1,
             },
-            Reply::Queue(queue_stats()),
-            Reply::Stats(Stats {
+            Reply::Queue(Box::new(queue_stats())),
+            Reply::Stats(Box::new(Stats {
                 uptime_ms: 5,
                 clients: 2,
                 connections_total: 3,
                 handshake_failures: 1,
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
-            }),
+            })),
             Reply::Pong,
             Reply::Error {
                 kind: ErrorKind::BadQueueName,
@@ -303,6 +318,8 @@ mod tests {
             });
         }
         round_trip_master(MasterMessage::ShuttingDown);
+        round_trip_master(MasterMessage::Heartbeat);
+        round_trip_client(ClientMessage::Heartbeat);
     }
 
     #[test]
@@ -329,6 +346,7 @@ mod tests {
             MasterHandshake::Welcome {
                 mac: [2; 32],
                 max_frame: 1 << 20,
+                heartbeat_ms: 5000,
             },
             MasterHandshake::Rejected(Rejection::NotTaskmill),
             MasterHandshake::Rejected(Rejection::UnsupportedVersion { supported: 1 }),

@@ -4,6 +4,8 @@
 //! client `Proof` → master `Welcome` (master's proof, session frame cap) or `Rejected`. Deadlines
 //! are the caller's: wrap these in `tokio::time::timeout`.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::{nonce, AuthKey, Role};
@@ -44,6 +46,7 @@ pub async fn accept<S>(
     stream: S,
     key: &AuthKey,
     max_frame: usize,
+    heartbeat: Duration,
 ) -> Result<MasterConnection<S>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -99,6 +102,7 @@ where
     conn.send(&MasterHandshake::Welcome {
         mac,
         max_frame: max_frame as u32,
+        heartbeat_ms: heartbeat.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
     })
     .await?;
     let mut conn = conn.retype();
@@ -114,12 +118,13 @@ where
     let _ = conn.send(&MasterHandshake::Rejected(why)).await;
 }
 
-/// Runs the client's side on a fresh stream. `peer` names the master in errors.
+/// Runs the client's side on a fresh stream. `peer` names the master in errors. Returns the
+/// connection and the master's heartbeat interval.
 pub async fn connect<S>(
     stream: S,
     key: &AuthKey,
     peer: &str,
-) -> Result<ClientConnection<S>, ClientError>
+) -> Result<(ClientConnection<S>, Duration), ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -148,7 +153,11 @@ where
     let mac = key.proof(Role::Client, PROTOCOL_VERSION, &client_nonce, &master_nonce);
     conn.send(&ClientHandshake::Proof { mac }).await?;
     match recv_handshake(&mut conn, true).await? {
-        MasterHandshake::Welcome { mac, max_frame } => {
+        MasterHandshake::Welcome {
+            mac,
+            max_frame,
+            heartbeat_ms,
+        } => {
             let genuine = key.verify(
                 Role::Master,
                 PROTOCOL_VERSION,
@@ -161,7 +170,7 @@ where
             }
             let mut conn = conn.retype();
             conn.set_max_frame(max_frame as usize);
-            Ok(conn)
+            Ok((conn, Duration::from_millis(heartbeat_ms.max(1).into())))
         }
         MasterHandshake::Rejected(why) => Err(rejection_error(why)),
         MasterHandshake::Challenge { .. } => Err(ClientError::Protocol("second challenge".into())),

@@ -30,3 +30,19 @@ pub use codec::{decode_payload, encode_payload, MessageCodec, DEFAULT_MAX_FRAME}
 pub use connection::Connection;
 pub use error::{ClientError, CodecError};
 pub use message::*;
+
+/// How long an idle TCP connection waits before the kernel starts probing the peer: a host
+/// that vanished without a FIN is then found even on a connection with nothing to say.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Socket options every taskmill connection wants: no Nagle delay for small request/reply
+/// frames, and TCP keepalive. Best effort: failing to set them only costs latency or detection.
+pub fn tune_socket(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_IDLE / 2);
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let keepalive = keepalive.with_retries(3);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}

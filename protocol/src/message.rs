@@ -46,6 +46,9 @@ pub enum MasterHandshake {
         mac: Mac,
         /// Largest frame, in bytes, either side may send from now on.
         max_frame: u32,
+        /// The liveness interval: a side that has sent nothing for this long sends a
+        /// heartbeat, and a peer silent for two intervals is presumed dead.
+        heartbeat_ms: u32,
     },
     /// The handshake failed; the master closes the connection after sending this.
     Rejected(Rejection),
@@ -72,6 +75,8 @@ pub enum ClientMessage {
     /// A request; the master answers with a [`MasterMessage::Reply`] carrying the same `id`.
     /// Requests may be pipelined; replies to requests that wait can arrive out of order.
     Request { id: u64, request: Request },
+    /// "Still here": sent when the client has sent nothing for a heartbeat interval. No reply.
+    Heartbeat,
 }
 
 /// Sent by the master to an authenticated client.
@@ -79,9 +84,12 @@ pub enum ClientMessage {
 pub enum MasterMessage {
     /// The answer to the request with the same `id`.
     Reply { id: u64, reply: Reply },
-    /// Unsolicited: the master is stopping. Requests already received still get their
-    /// replies (bounded by the master's grace period); then the connection closes.
+    /// Unsolicited: the master is draining before it stops. From now on it refuses new work
+    /// (`Put`, leasing `Get`) with `ErrorKind::ShuttingDown` but still settles leases and serves
+    /// `Remove` gets, for a bounded grace period; then it closes the connection.
     ShuttingDown,
+    /// Unsolicited: sent when the master has sent nothing for a heartbeat interval.
+    Heartbeat,
 }
 
 /// How long a `put` or `get` may wait for room or for an item (Python's `block`/`timeout`).
@@ -99,8 +107,10 @@ pub enum Wait {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Delivery {
     /// The items stay owned by this connection until acknowledged ([`Request::Ack`] or
-    /// [`Request::Complete`]); if the connection ends first they go back to the queue.
-    Lease,
+    /// [`Request::Complete`]), for `millis` (default: the master's lease timeout), extended by
+    /// [`Request::Touch`]. If the lease expires or the connection ends first, they go back to
+    /// the queue.
+    Lease { millis: Option<u64> },
     /// The items are removed as they are sent, like Python's `Queue.get` (at most once).
     Remove,
 }
@@ -160,6 +170,23 @@ pub enum Request {
     Stats,
     /// Answer: [`Reply::Pong`].
     Ping,
+    // Variants are only ever appended, so existing indices stay valid on the wire.
+    /// Extend leases this connection holds to `millis` from now (default: each lease's own
+    /// duration). Answer: [`Reply::Settled`], `done` counting the leases extended.
+    Touch {
+        queue: String,
+        tasks: Vec<TaskId>,
+        millis: Option<u64>,
+    },
+    /// Give leased tasks back: they return to the front of the queue after `delay_ms`, or to
+    /// the dead-letter queue if they have used up their attempts. `reason` (cut to
+    /// [`MAX_REASON`] bytes) is kept with a dead letter. Answer: [`Reply::Settled`].
+    Nack {
+        queue: String,
+        tasks: Vec<TaskId>,
+        delay_ms: u64,
+        reason: String,
+    },
 }
 
 /// The master's answers, one per [`Request`].
@@ -182,10 +209,10 @@ pub enum Reply {
         stale: Vec<TaskId>,
         pending: u32,
     },
-    /// A queue's state.
-    Queue(QueueStats),
+    /// A queue's state. (Boxed to keep `Reply` small; the encoding is the same.)
+    Queue(Box<QueueStats>),
     /// The master's state.
-    Stats(Stats),
+    Stats(Box<Stats>),
     Pong,
     /// The request could not be carried out; the connection stays usable.
     Error {
@@ -212,10 +239,34 @@ pub enum ErrorKind {
     /// The answer would not fit in one frame (e.g. `Stats` with very many queues under a small
     /// frame cap).
     ReplyTooLarge,
+    /// The master is draining before it stops: it takes no new tasks and leases none.
+    ShuttingDown,
 }
 
-/// Bytes a frame needs around one item (message tags, ids, lengths), rounded up.
-pub const ITEM_ENVELOPE: usize = 64;
+/// Bytes a frame needs around one item: message tags, ids and lengths, and room to wrap the
+/// item in a [`DeadLetter`]. Rounded up.
+pub const ITEM_ENVELOPE: usize = 512;
+
+/// Longest reason kept with a nack or dead letter; longer ones are cut.
+pub const MAX_REASON: usize = 256;
+
+/// Suffix of the queue where a queue's tasks go once they have used up their attempts.
+pub const DEAD_SUFFIX: &str = ".dead";
+
+/// The payload of an item in a dead-letter queue (`<queue>.dead`), encoded like a job payload
+/// (`decode_payload`). Dead letters are never retried automatically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The task's id in its original queue.
+    pub task: TaskId,
+    pub queue: String,
+    /// Deliveries it had.
+    pub attempts: u32,
+    /// Why its last delivery failed (lease expired, connection closed, or a nack's reason).
+    pub reason: String,
+    /// The original payload, untouched.
+    pub payload: Bytes,
+}
 
 /// The largest item a session with frame cap `max_frame` accepts: one item must always fit in
 /// a `Tasks` reply on its own.
@@ -233,11 +284,19 @@ pub struct QueueStats {
     pub capacity: Option<u64>,
     /// Items handed out under a lease and not yet settled.
     pub leased: u64,
+    /// Nacked items waiting out their delay before they return.
+    pub delayed: u64,
     pub waiting_getters: u64,
     pub waiting_putters: u64,
     pub put_total: u64,
     pub delivered_total: u64,
     pub settled_total: u64,
+    /// Leases given back: connection closed, lease expired, or nacked.
+    pub requeued_total: u64,
+    /// Leases that expired (a subset of `requeued_total` plus dead letters).
+    pub expired_total: u64,
+    /// Tasks moved to the dead-letter queue.
+    pub dead_total: u64,
 }
 
 impl QueueStats {

@@ -22,4 +22,7 @@ pub struct SquareResult {
     pub seq: u64,
     pub input: i64,
     pub square: i128,
+    /// The delivery of the task that produced this answer (1 = first), so a collector can
+    /// count redeliveries.
+    pub attempt: u32,
 }

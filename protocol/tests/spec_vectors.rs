@@ -58,9 +58,10 @@ fn handshake_message_sizes_match_section_9() {
     let welcome = frame(&MasterHandshake::Welcome {
         mac: [0; 32],
         max_frame: 1 << 20,
+        heartbeat_ms: 5000,
     });
-    assert!(welcome.ends_with("fc 00 00 10 00"), "{welcome}");
-    assert_eq!(body_len(welcome), 38);
+    assert!(welcome.ends_with("fc 00 00 10 00 fb 88 13"), "{welcome}");
+    assert_eq!(body_len(welcome), 41);
     assert!(frame(&MasterHandshake::Rejected(Rejection::AuthenticationFailed)).ends_with("02 02"));
     assert!(
         frame(&MasterHandshake::Rejected(Rejection::UnsupportedVersion {

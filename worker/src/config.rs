@@ -19,6 +19,12 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// Cap on the delay between reconnect attempts.
     pub max_backoff: Duration,
+    /// Pretend each batch of tasks takes this long (they run side by side, like a pool):
+    /// for load tests and demonstrations of slow jobs. Zero by default.
+    pub simulated_work: Duration,
+    /// After a shutdown signal, how long the worker may still spend handing in the results
+    /// it holds; what is left then is redone by other workers.
+    pub drain_timeout: Duration,
     pub client: ClientOptions,
     pub tasks_queue: String,
     pub results_queue: String,
@@ -34,6 +40,8 @@ impl WorkerConfig {
             idle_exit: None,
             poll: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            simulated_work: Duration::ZERO,
+            drain_timeout: Duration::from_secs(10),
             client: ClientOptions::default(),
             tasks_queue: TASKS_QUEUE.to_owned(),
             results_queue: RESULTS_QUEUE.to_owned(),

@@ -35,6 +35,13 @@ struct Cli {
     /// Longest delay between reconnect attempts.
     #[arg(long, env = "TASKMILL_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
     max_backoff: Duration,
+    /// After SIGINT/SIGTERM, how long to keep trying to hand in finished results before
+    /// exiting anyway (their tasks are then redone by other workers).
+    #[arg(long, env = "TASKMILL_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Pretend each batch of tasks takes this long (e.g. 20ms), for load tests and demos.
+    #[arg(long, env = "TASKMILL_SIMULATED_WORK", default_value = "0s", value_parser = parse_duration)]
+    simulated_work: Duration,
     /// Bound on connecting plus authenticating.
     #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -54,6 +61,8 @@ fn main() -> ExitCode {
     config.concurrency = cli.concurrency;
     config.idle_exit = cli.idle_exit;
     config.max_backoff = cli.max_backoff;
+    config.drain_timeout = cli.drain_timeout;
+    config.simulated_work = cli.simulated_work;
     config.client.connect_timeout = cli.connect_timeout;
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -71,6 +80,7 @@ fn main() -> ExitCode {
                 tracing::info!(
                     completed = report.completed,
                     stale = report.stale,
+                    abandoned = report.abandoned,
                     rejected = report.rejected,
                     connections = report.connections,
                     "worker finished"

@@ -2,7 +2,10 @@
 //! it, complete it, repeat; drain on shutdown.
 //!
 //! Tasks are leased, so a worker that dies loses nothing: the master requeues whatever its
-//! connection held. A batch that was answered is always completed before the worker exits.
+//! connection held. Results computed when the connection drops are kept and handed in after
+//! reconnecting; the master accepts them only if the lease is still this connection's, which
+//! after a reconnect it is not, so they are counted stale and the tasks are redone elsewhere
+//! (never counted twice).
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,8 @@ pub struct WorkerReport {
     pub rejected: u64,
     /// Successful connections (1 + reconnects).
     pub connections: u64,
+    /// Results still undelivered when the worker stopped (their tasks are redone elsewhere).
+    pub abandoned: u64,
 }
 
 /// A failure that retrying cannot fix.
@@ -36,6 +41,22 @@ pub enum WorkerError {
 enum Stop {
     Idle,
     Shutdown,
+    /// The master announced it is stopping: reconnect (with backoff) once it is back.
+    MasterDraining,
+}
+
+/// Answers waiting to be handed in, kept across reconnects.
+#[derive(Debug, Default)]
+struct Unsent {
+    results: Vec<Outcome>,
+    /// Undecodable tasks, handed in untouched to `<tasks>.rejected`.
+    rejected: Vec<Outcome>,
+}
+
+impl Unsent {
+    fn len(&self) -> usize {
+        self.results.len() + self.rejected.len()
+    }
 }
 
 /// Works until `shutdown` fires (finishing the batch in hand), the idle limit passes, or a
@@ -44,22 +65,50 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<WorkerReport, WorkerError> {
-    let mut report = WorkerReport::default();
-    let mut last_task = Instant::now();
+    let mut state = State {
+        report: WorkerReport::default(),
+        unsent: Unsent::default(),
+        last_task: Instant::now(),
+        shutdown_at: None,
+    };
+    let result = run_loop(&config, &shutdown, &mut state).await;
+    state.report.abandoned = state.unsent.len() as u64;
+    if state.report.abandoned > 0 {
+        warn!(
+            results = state.report.abandoned,
+            "stopping with results not handed in; the master will give those tasks to other workers"
+        );
+    }
+    result.map(|()| state.report)
+}
+
+struct State {
+    report: WorkerReport,
+    unsent: Unsent,
+    last_task: Instant,
+    /// When the shutdown signal was first seen, to bound the drain.
+    shutdown_at: Option<Instant>,
+}
+
+async fn run_loop(
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+    state: &mut State,
+) -> Result<(), WorkerError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         if shutdown.is_cancelled() {
-            return Ok(report);
+            return Ok(());
         }
-        if idle_for(&config, last_task).is_none() {
+        if idle_for(config, state.last_task).is_none() {
             info!(
                 "no tasks for {:?}; exiting",
                 config.idle_exit.unwrap_or_default()
             );
-            return Ok(report);
+            return Ok(());
         }
         let connected = tokio::select! {
-            () = shutdown.cancelled() => return Ok(report),
+            () = shutdown.cancelled() => return Ok(()),
             c = Client::connect_with(&config.master, &config.key, config.client) => c,
         };
         let mut client = match connected {
@@ -67,7 +116,7 @@ pub async fn run(
             Err(err) if err.is_transient() => {
                 warn!(master = %config.master, cause = %err, retry_in = ?backoff, "master not reachable");
                 tokio::select! {
-                    () = shutdown.cancelled() => return Ok(report),
+                    () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(config.max_backoff);
@@ -79,22 +128,38 @@ pub async fn run(
             }
         };
         backoff = Duration::from_millis(100);
-        report.connections += 1;
+        state.report.connections += 1;
         info!(master = %config.master, "connected");
-        match work(&config, &mut client, &shutdown, &mut report, &mut last_task).await {
+        match work(config, &mut client, shutdown, state).await {
             Ok(Stop::Shutdown) => {
-                info!(completed = report.completed, "shutting down");
-                return Ok(report);
+                info!(completed = state.report.completed, "shutting down");
+                return Ok(());
             }
             Ok(Stop::Idle) => {
                 info!(
-                    completed = report.completed,
+                    completed = state.report.completed,
                     "no tasks for {:?}; exiting",
                     config.idle_exit.unwrap_or_default()
                 );
-                return Ok(report);
+                return Ok(());
             }
-            Err(err) if err.is_transient() => {
+            Ok(Stop::MasterDraining) => {
+                info!(master = %config.master, "master is shutting down; reconnecting when it is back");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+            }
+            Err(err)
+                if err.is_transient()
+                    || matches!(
+                        err,
+                        ClientError::Server {
+                            kind: taskmill_protocol::ErrorKind::ShuttingDown,
+                            ..
+                        }
+                    ) =>
+            {
                 warn!(master = %config.master, cause = %err, "lost the master; reconnecting");
             }
             Err(err) => {
@@ -119,11 +184,18 @@ async fn work(
     config: &WorkerConfig,
     client: &mut Client,
     shutdown: &CancellationToken,
-    report: &mut WorkerReport,
-    last_task: &mut Instant,
+    state: &mut State,
 ) -> Result<Stop, ClientError> {
+    // Answers kept from a lost connection go first.
+    hand_in(config, client, shutdown, state).await?;
     loop {
-        let Some(idle_left) = idle_for(config, *last_task) else {
+        if shutdown.is_cancelled() {
+            return Ok(Stop::Shutdown);
+        }
+        if client.master_shutting_down() {
+            return Ok(Stop::MasterDraining);
+        }
+        let Some(idle_left) = idle_for(config, state.last_task) else {
             return Ok(Stop::Idle);
         };
         let wait = Wait::Millis(config.poll.min(idle_left).as_millis() as u64);
@@ -136,56 +208,86 @@ async fn work(
         if tasks.is_empty() {
             continue;
         }
-        *last_task = Instant::now();
-        complete_batch(config, client, tasks, report).await?;
-        if shutdown.is_cancelled() {
-            return Ok(Stop::Shutdown);
+        state.last_task = Instant::now();
+        answer(tasks, &mut state.unsent);
+        if !config.simulated_work.is_zero() {
+            busy(client, config.simulated_work).await?;
         }
+        hand_in(config, client, shutdown, state).await?;
     }
 }
 
-/// Answers a leased batch and completes it, waiting for room in the results queue as needed.
-async fn complete_batch(
-    config: &WorkerConfig,
-    client: &mut Client,
-    tasks: Vec<Task>,
-    report: &mut WorkerReport,
-) -> Result<(), ClientError> {
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    let mut rejected = Vec::new();
+/// Spends `time` as if working, heartbeating so the master does not presume us dead.
+async fn busy(client: &mut Client, time: Duration) -> Result<(), ClientError> {
+    let done = tokio::time::Instant::now() + time;
+    let beat = client.heartbeat_interval() / 2;
+    loop {
+        let next = tokio::time::Instant::now() + beat;
+        if next >= done {
+            tokio::time::sleep_until(done).await;
+            return Ok(());
+        }
+        tokio::time::sleep_until(next).await;
+        client.heartbeat().await?;
+    }
+}
+
+/// Computes the answers to a leased batch.
+fn answer(tasks: Vec<Task>, unsent: &mut Unsent) {
     for task in tasks {
-        match compute::process(&task.payload) {
-            Ok(result) => outcomes.push(Outcome {
+        match compute::process(&task.payload, task.attempt) {
+            Ok(result) => unsent.results.push(Outcome {
                 task: task.id,
                 result,
             }),
             Err(err) => {
                 warn!(task = task.id, cause = %err, "undecodable task; moving it to the rejected queue");
-                rejected.push(Outcome {
+                unsent.rejected.push(Outcome {
                     task: task.id,
                     result: task.payload,
                 });
             }
         }
     }
+}
+
+/// Completes every unsent answer, waiting for room in the results queue as needed. After a
+/// shutdown signal it gives up once the drain timeout has passed.
+async fn hand_in(
+    config: &WorkerConfig,
+    client: &mut Client,
+    shutdown: &CancellationToken,
+    state: &mut State,
+) -> Result<(), ClientError> {
     let wait = Wait::Millis(config.poll.as_millis() as u64);
     let rejected_queue = format!("{}.rejected", config.tasks_queue);
-    for (target, mut batch, counts_as_done) in [
-        (&config.results_queue, outcomes, true),
-        (&rejected_queue, rejected, false),
-    ] {
-        while !batch.is_empty() {
+    for rejected in [false, true] {
+        loop {
+            let (target, batch) = if rejected {
+                (&rejected_queue, &mut state.unsent.rejected)
+            } else {
+                (&config.results_queue, &mut state.unsent.results)
+            };
+            if batch.is_empty() {
+                break;
+            }
+            if shutdown.is_cancelled() {
+                let since = *state.shutdown_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= config.drain_timeout {
+                    return Ok(());
+                }
+            }
             let settled = client
                 .complete(&config.tasks_queue, target, batch.clone(), wait)
                 .await?;
             let processed = batch.len() - settled.pending as usize;
             batch.drain(..processed);
-            if counts_as_done {
-                report.completed += u64::from(settled.done);
+            if rejected {
+                state.report.rejected += u64::from(settled.done);
             } else {
-                report.rejected += u64::from(settled.done);
+                state.report.completed += u64::from(settled.done);
             }
-            report.stale += settled.stale.len() as u64;
+            state.report.stale += settled.stale.len() as u64;
             if !settled.stale.is_empty() {
                 debug!(
                     stale = settled.stale.len(),

@@ -3,14 +3,23 @@
 use std::time::Duration;
 
 use super::*;
+use taskmill_protocol::DeadLetter;
 
 const MB: usize = 1 << 20;
 
-fn broker() -> Broker {
-    Broker::new(QueueLimits {
+const LEASE: Delivery = Delivery::Lease { millis: None };
+
+fn limits() -> QueueLimits {
+    QueueLimits {
         default_capacity: None,
         max_queues: 8,
-    })
+        lease_timeout: Duration::from_secs(30),
+        max_attempts: 3,
+    }
+}
+
+fn broker() -> Broker {
+    Broker::new(limits())
 }
 
 fn b(s: &str) -> Bytes {
@@ -104,7 +113,7 @@ fn queue_count_is_limited() {
 async fn blocked_get_times_out_empty_and_leaves_no_waiter() {
     let br = broker();
     let s = br.open_session();
-    let w = waiting(br.get(s, "q", 1, MB, Delivery::Lease, true).unwrap());
+    let w = waiting(br.get(s, "q", 1, MB, LEASE, true).unwrap());
     assert_eq!(br.inspect("q").unwrap().waiting_getters, 1);
     assert!(w
         .wait(in_ms(100), CancellationToken::new())
@@ -117,7 +126,7 @@ async fn blocked_get_times_out_empty_and_leaves_no_waiter() {
 async fn blocked_get_is_woken_by_a_put() {
     let br = broker();
     let (s1, s2) = (br.open_session(), br.open_session());
-    let w = waiting(br.get(s1, "q", 5, MB, Delivery::Lease, true).unwrap());
+    let w = waiting(br.get(s1, "q", 5, MB, LEASE, true).unwrap());
     let waiter = tokio::spawn(w.wait(None, CancellationToken::new()));
     tokio::task::yield_now().await;
     ready(br.put(s2, "q", vec![b("x"), b("y")], false).unwrap());
@@ -232,10 +241,10 @@ fn closing_a_session_requeues_its_leases_at_the_front_in_order() {
         br.put(other, "q", vec![b("1"), b("2"), b("3"), b("4")], false)
             .unwrap(),
     );
-    let got = ready(br.get(worker, "q", 2, MB, Delivery::Lease, false).unwrap());
+    let got = ready(br.get(worker, "q", 2, MB, LEASE, false).unwrap());
     assert_eq!(got[0].attempt, 1);
     assert_eq!(br.close_session(worker), 2);
-    let again = ready(br.get(other, "q", 10, MB, Delivery::Lease, false).unwrap());
+    let again = ready(br.get(other, "q", 10, MB, LEASE, false).unwrap());
     assert_eq!(payloads(&again), [b"1", b"2", b"3", b"4"]);
     assert_eq!((again[0].attempt, again[2].attempt), (2, 1));
 }
@@ -245,10 +254,7 @@ fn complete_settles_and_queues_the_result_atomically_and_rejects_stale_leases() 
     let br = broker();
     let (worker, other) = (br.open_session(), br.open_session());
     ready(br.put(other, "tasks", vec![b("7"), b("8")], false).unwrap());
-    let got = ready(
-        br.get(worker, "tasks", 2, MB, Delivery::Lease, false)
-            .unwrap(),
-    );
+    let got = ready(br.get(worker, "tasks", 2, MB, LEASE, false).unwrap());
     let outcomes = vec![
         Outcome {
             task: got[0].id,
@@ -291,11 +297,7 @@ async fn complete_into_a_full_queue_waits_and_keeps_the_lease_until_then() {
     br.declare("results", Some(1)).unwrap();
     ready(br.put(other, "results", vec![b("old")], false).unwrap());
     ready(br.put(other, "tasks", vec![b("3")], false).unwrap());
-    let task = ready(
-        br.get(worker, "tasks", 1, MB, Delivery::Lease, false)
-            .unwrap(),
-    )
-    .remove(0);
+    let task = ready(br.get(worker, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
     let outcome = vec![Outcome {
         task: task.id,
         result: b("9"),
@@ -324,7 +326,7 @@ fn ack_settles_only_what_the_session_holds() {
     let br = broker();
     let (worker, other) = (br.open_session(), br.open_session());
     ready(br.put(other, "q", vec![b("a"), b("b")], false).unwrap());
-    let got = ready(br.get(worker, "q", 2, MB, Delivery::Lease, false).unwrap());
+    let got = ready(br.get(worker, "q", 2, MB, LEASE, false).unwrap());
     let p = br.ack(worker, "q", &[got[0].id, got[0].id, 12345]).unwrap();
     assert_eq!((p.done(), p.stale), (1, vec![got[0].id, 12345]));
     assert_eq!(
@@ -358,9 +360,191 @@ async fn stop_ends_a_wait_early_with_partial_progress() {
     let br = broker();
     let s = br.open_session();
     let stop = CancellationToken::new();
-    let w = waiting(br.get(s, "q", 1, MB, Delivery::Lease, true).unwrap());
+    let w = waiting(br.get(s, "q", 1, MB, LEASE, true).unwrap());
     let waiter = tokio::spawn(w.wait(None, stop.clone()));
     stop.cancel();
     assert!(waiter.await.unwrap().is_empty());
     assert_eq!(br.inspect("q").unwrap().waiting_getters, 0);
+}
+
+fn later(secs: u64) -> Deadline {
+    Deadline::now() + Duration::from_secs(secs)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_goes_back_to_the_front_and_a_late_completion_is_stale() {
+    let br = broker();
+    let (slow, fast) = (br.open_session(), br.open_session());
+    ready(br.put(fast, "tasks", vec![b("1"), b("2")], false).unwrap());
+    let short = Delivery::Lease { millis: Some(1000) };
+    let got = ready(br.get(slow, "tasks", 1, MB, short, false).unwrap());
+    assert!(br.tick(later(0)).is_some(), "the lease is scheduled");
+    assert_eq!(br.inspect("tasks").unwrap().leased, 1);
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    br.tick(Deadline::now());
+    let stats = br.inspect("tasks").unwrap();
+    assert_eq!((stats.len, stats.leased, stats.expired_total), (2, 0, 1));
+    let again = ready(br.get(fast, "tasks", 1, MB, LEASE, false).unwrap());
+    assert_eq!(
+        (again[0].id, again[0].attempt),
+        (got[0].id, 2),
+        "redelivered first"
+    );
+    let late = vec![Outcome {
+        task: got[0].id,
+        result: b("late"),
+    }];
+    let p = ready(br.complete(slow, "tasks", "results", late, false).unwrap());
+    assert_eq!(
+        p.stale,
+        vec![got[0].id],
+        "the old holder's result is not recorded"
+    );
+    assert_eq!(br.inspect("results").unwrap().len, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn touch_extends_a_lease_and_only_for_its_holder() {
+    let br = broker();
+    let (holder, other) = (br.open_session(), br.open_session());
+    ready(br.put(holder, "tasks", vec![b("x")], false).unwrap());
+    let short = Delivery::Lease { millis: Some(1000) };
+    let task = ready(br.get(holder, "tasks", 1, MB, short, false).unwrap()).remove(0);
+    tokio::time::advance(Duration::from_millis(800)).await;
+    let p = br.touch(holder, "tasks", &[task.id], None).unwrap();
+    assert_eq!((p.done(), p.stale.len()), (1, 0));
+    assert_eq!(
+        br.touch(other, "tasks", &[task.id], Some(5)).unwrap().stale,
+        vec![task.id]
+    );
+    tokio::time::advance(Duration::from_millis(800)).await;
+    br.tick(Deadline::now());
+    assert_eq!(
+        br.inspect("tasks").unwrap().leased,
+        1,
+        "still held: touched at 800ms"
+    );
+    tokio::time::advance(Duration::from_millis(300)).await;
+    br.tick(Deadline::now());
+    assert_eq!(
+        br.inspect("tasks").unwrap().leased,
+        0,
+        "expired 1s after the touch"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nack_returns_a_task_after_its_delay() {
+    let br = broker();
+    let s = br.open_session();
+    ready(br.put(s, "tasks", vec![b("a"), b("b")], false).unwrap());
+    let a = ready(br.get(s, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
+    let p = br
+        .nack(s, "tasks", &[a.id, 999], Duration::from_secs(2), "busy")
+        .unwrap();
+    assert_eq!((p.done(), p.stale.clone()), (1, vec![999]));
+    let stats = br.inspect("tasks").unwrap();
+    assert_eq!((stats.len, stats.leased, stats.delayed), (1, 0, 1));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    br.tick(Deadline::now());
+    let next = ready(br.get(s, "tasks", 5, MB, LEASE, false).unwrap());
+    assert_eq!(payloads(&next), [b"a", b"b"], "back at the front");
+    assert_eq!(next[0].attempt, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_fails_every_attempt_is_dead_lettered_with_its_last_reason() {
+    let br = broker();
+    let s = br.open_session();
+    ready(br.put(s, "tasks", vec![b("poison")], false).unwrap());
+    for attempt in 1..=3 {
+        let task = ready(br.get(s, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
+        assert_eq!(task.attempt, attempt);
+        br.nack(
+            s,
+            "tasks",
+            &[task.id],
+            Duration::ZERO,
+            &format!("crash {attempt}"),
+        )
+        .unwrap();
+    }
+    assert!(ready(br.get(s, "tasks", 1, MB, LEASE, false).unwrap()).is_empty());
+    let stats = br.inspect("tasks").unwrap();
+    assert_eq!((stats.dead_total, stats.requeued_total), (1, 2));
+    let dead = ready(
+        br.get(s, "tasks.dead", 5, MB, Delivery::Remove, false)
+            .unwrap(),
+    );
+    let letter: DeadLetter = taskmill_protocol::decode_payload(&dead[0].payload).unwrap();
+    assert_eq!(letter.queue, "tasks");
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.reason, "nacked: crash 3");
+    assert_eq!(letter.payload, b("poison"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_and_disconnects_count_as_attempts_too() {
+    let br = broker();
+    let producer = br.open_session();
+    ready(br.put(producer, "tasks", vec![b("t")], false).unwrap());
+    let short = Delivery::Lease { millis: Some(100) };
+    for _ in 0..2 {
+        let s = br.open_session();
+        ready(br.get(s, "tasks", 1, MB, short, false).unwrap());
+        br.close_session(s);
+    }
+    let s = br.open_session();
+    ready(br.get(s, "tasks", 1, MB, short, false).unwrap());
+    tokio::time::advance(Duration::from_millis(200)).await;
+    br.tick(Deadline::now());
+    let dead = br.inspect("tasks.dead").unwrap();
+    assert_eq!(dead.len, 1);
+    let letter: DeadLetter = {
+        let got = ready(
+            br.get(s, "tasks.dead", 1, MB, Delivery::Remove, false)
+                .unwrap(),
+        );
+        taskmill_protocol::decode_payload(&got[0].payload).unwrap()
+    };
+    assert!(
+        letter.reason.starts_with("lease expired"),
+        "{}",
+        letter.reason
+    );
+}
+
+#[test]
+fn dead_letter_queues_do_not_count_against_the_queue_limit_nor_chain() {
+    let mut l = limits();
+    l.max_queues = 1;
+    l.max_attempts = 1;
+    let br = Broker::new(l);
+    let s = br.open_session();
+    ready(br.put(s, "q", vec![b("x")], false).unwrap());
+    let t = ready(br.get(s, "q", 1, MB, LEASE, false).unwrap()).remove(0);
+    br.nack(s, "q", &[t.id], Duration::ZERO, "no").unwrap();
+    let d = ready(br.get(s, "q.dead", 1, MB, LEASE, false).unwrap()).remove(0);
+    br.nack(s, "q.dead", &[d.id], Duration::ZERO, "still no")
+        .unwrap();
+    assert_eq!(
+        br.inspect("q.dead").unwrap().len,
+        1,
+        "a dead letter stays in its queue"
+    );
+    assert!(br.inspect("q.dead.dead").is_err());
+}
+
+#[test]
+fn holds_leases_and_leased_total_track_what_a_session_has() {
+    let br = broker();
+    let s = br.open_session();
+    assert!(!br.holds_leases(s));
+    ready(br.put(s, "q", vec![b("x"), b("y")], false).unwrap());
+    let got = ready(br.get(s, "q", 2, MB, LEASE, false).unwrap());
+    assert!(br.holds_leases(s));
+    assert_eq!(br.leased_total(), 2);
+    br.ack(s, "q", &[got[0].id, got[1].id]).unwrap();
+    assert!(!br.holds_leases(s));
+    assert_eq!(br.leased_total(), 0);
 }

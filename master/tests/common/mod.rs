@@ -1,0 +1,115 @@
+//! Helpers for tests that run the real binaries: locating them, and child processes that are
+//! killed and reaped however the test ends.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "binary-test-key-0123";
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+pub fn master_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taskmill-master"))
+}
+
+/// The worker binary is another package's; `cargo test --workspace` builds it beside ours.
+pub fn worker_bin() -> PathBuf {
+    let path =
+        master_bin().with_file_name(format!("taskmill-worker{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// A child process that is killed and reaped if the test ends early.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .env("TASKMILL_AUTHKEY", KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Guards a child spawned elsewhere (its stdout is not read).
+    pub fn adopt(child: Child) -> Self {
+        Self {
+            child,
+            lines: mpsc::channel().1,
+        }
+    }
+
+    /// The address from the `listening on ADDR` line.
+    pub fn listening_addr(&self) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("no `listening on` line in time");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                return addr.trim().to_owned();
+            }
+        }
+    }
+
+    pub fn stdout_rest(&self) -> String {
+        let mut out = String::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
