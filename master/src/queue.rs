@@ -824,13 +824,7 @@ impl Broker {
                 settles: None,
             })
             .collect();
-        let progress = PutProgress {
-            first_id,
-            total: 0,
-            processed: 0,
-            stale: Vec::new(),
-        };
-        Ok(self.insert(state, q, session, pending, progress, wait))
+        Ok(self.insert(state, q, session, pending, first_id, wait))
     }
 
     /// Settles each outcome's lease on `queue` and appends its result to `results`, atomically
@@ -856,13 +850,7 @@ impl Broker {
                 settles: Some((tq, o.task)),
             })
             .collect();
-        let progress = PutProgress {
-            first_id,
-            total: 0,
-            processed: 0,
-            stale: Vec::new(),
-        };
-        Ok(self.insert(state, rq, session, pending, progress, wait))
+        Ok(self.insert(state, rq, session, pending, first_id, wait))
     }
 
     fn insert(
@@ -871,10 +859,15 @@ impl Broker {
         q: QueueIdx,
         session: SessionId,
         mut pending: VecDeque<Pending>,
-        mut progress: PutProgress,
+        first_id: TaskId,
         wait: bool,
     ) -> Step<PutProgress, PutWaiting> {
-        progress.total = pending.len() as u32;
+        let mut progress = PutProgress {
+            first_id,
+            total: pending.len() as u32,
+            processed: 0,
+            stale: Vec::new(),
+        };
         // Earlier waiting putters go first: a new put may not overtake them.
         if state.queues[q].putters.is_empty() {
             state.fill(q, session, &mut pending, &mut progress);

@@ -166,7 +166,9 @@ impl Session<'_> {
                         ClientMessage::Request { id, request } => (id, request),
                         ClientMessage::Heartbeat => continue,
                     };
-                    let reply = if waits(&request) && waiting.len() >= self.ctx.config.max_waiting {
+                    let reply = if request.wait() != Wait::No
+                        && waiting.len() >= self.ctx.config.max_waiting
+                    {
                         Some(error_reply(
                             ErrorKind::TooManyWaiting,
                             format!(
@@ -432,21 +434,6 @@ fn deadline(wait: Wait) -> Option<tokio::time::Instant> {
     match wait {
         Wait::Millis(ms) => tokio::time::Instant::now().checked_add(Duration::from_millis(ms)),
         Wait::No | Wait::Forever => None,
-    }
-}
-
-fn waits(request: &Request) -> bool {
-    match request {
-        Request::Put { wait, .. } | Request::Get { wait, .. } | Request::Complete { wait, .. } => {
-            *wait != Wait::No
-        }
-        Request::Ack { .. }
-        | Request::Touch { .. }
-        | Request::Nack { .. }
-        | Request::Declare { .. }
-        | Request::Inspect { .. }
-        | Request::Stats
-        | Request::Ping => false,
     }
 }
 

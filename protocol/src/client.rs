@@ -142,7 +142,7 @@ impl Client {
 
     /// Sends one request and waits for its reply. `Reply::Error` becomes `ClientError::Server`.
     pub async fn request(&mut self, request: Request) -> Result<Reply, ClientError> {
-        let bound = match request_wait(&request) {
+        let bound = match request.wait() {
             Wait::No => Some(self.options.request_timeout),
             Wait::Millis(ms) => Some(self.options.request_timeout + Duration::from_millis(ms)),
             Wait::Forever => None,
@@ -385,21 +385,6 @@ impl Client {
             Reply::Pong => Ok(()),
             other => Err(unexpected("Pong", &other)),
         }
-    }
-}
-
-fn request_wait(request: &Request) -> Wait {
-    match request {
-        Request::Put { wait, .. } | Request::Get { wait, .. } | Request::Complete { wait, .. } => {
-            *wait
-        }
-        Request::Ack { .. }
-        | Request::Touch { .. }
-        | Request::Nack { .. }
-        | Request::Declare { .. }
-        | Request::Inspect { .. }
-        | Request::Stats
-        | Request::Ping => Wait::No,
     }
 }
 

@@ -70,7 +70,11 @@ impl ClientError {
             | ClientError::ShuttingDown
             | ClientError::Timeout(..)
             | ClientError::Closed(_)
-            | ClientError::Rejected(Rejection::ShuttingDown | Rejection::Overloaded) => true,
+            | ClientError::Rejected(Rejection::ShuttingDown | Rejection::Overloaded)
+            | ClientError::Server {
+                kind: ErrorKind::ShuttingDown,
+                ..
+            } => true,
             ClientError::Codec(CodecError::Io(_)) => true,
             ClientError::AuthenticationFailed
             | ClientError::MasterNotAuthenticated(_)

@@ -189,6 +189,24 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// How long this request may wait at the master: `Wait::No` for requests that never wait.
+    pub fn wait(&self) -> Wait {
+        match self {
+            Request::Put { wait, .. }
+            | Request::Get { wait, .. }
+            | Request::Complete { wait, .. } => *wait,
+            Request::Ack { .. }
+            | Request::Touch { .. }
+            | Request::Nack { .. }
+            | Request::Declare { .. }
+            | Request::Inspect { .. }
+            | Request::Stats
+            | Request::Ping => Wait::No,
+        }
+    }
+}
+
 /// The master's answers, one per [`Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {

@@ -150,16 +150,7 @@ async fn run_loop(
                     () = tokio::time::sleep(backoff) => {}
                 }
             }
-            Err(err)
-                if err.is_transient()
-                    || matches!(
-                        err,
-                        ClientError::Server {
-                            kind: taskmill_protocol::ErrorKind::ShuttingDown,
-                            ..
-                        }
-                    ) =>
-            {
+            Err(err) if err.is_transient() => {
                 warn!(master = %config.master, cause = %err, "lost the master; reconnecting");
             }
             Err(err) => {
