@@ -20,6 +20,8 @@ const HEARTBEAT: &str = "250ms";
 /// Longer than the lease, so the frozen worker's tasks must be redelivered.
 const FREEZE: Duration = Duration::from_millis(2500);
 const KILL_EVERY: Duration = Duration::from_millis(700);
+/// Long runs freeze a worker again this often.
+const FREEZE_EVERY: Duration = Duration::from_secs(20);
 
 struct Figures {
     tasks: u64,
@@ -92,6 +94,7 @@ fn chaos(tasks: u64, limit: Duration) -> Figures {
     let mut dice = Dice(started.elapsed().as_nanos() as u64 | 1);
     let (mut kills, mut freezes) = (0u32, 0u32);
     let mut frozen: Option<(usize, Instant)> = None;
+    let mut last_freeze: Option<Instant> = None;
     let mut next_kill = Instant::now() + KILL_EVERY;
     let status = loop {
         if let Some(status) = master.child.try_wait().unwrap() {
@@ -106,10 +109,13 @@ fn chaos(tasks: u64, limit: Duration) -> Figures {
                 workers[i].signal(libc::SIGCONT);
                 frozen = None;
             }
-        } else if freezes == 0 && delivered(&addr).is_some_and(|d| d > 0) {
+        } else if last_freeze.is_none_or(|t| t.elapsed() >= FREEZE_EVERY)
+            && delivered(&addr).is_some_and(|d| d > 0)
+        {
             let i = dice.below(WORKERS);
             workers[i].signal(libc::SIGSTOP);
             frozen = Some((i, Instant::now()));
+            last_freeze = Some(Instant::now());
             freezes += 1;
         }
         if freezes > 0 && Instant::now() >= next_kill {

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const KEY: &str = "binary-test-key-0123";
@@ -16,13 +16,35 @@ pub fn master_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_taskmill-master"))
 }
 
-/// The worker binary is another package's; `cargo test --workspace` builds it beside ours.
+/// The worker binary. It belongs to another package, so `cargo test -p taskmill-master` would
+/// neither build nor refresh it: build it here (a no-op when current) rather than run a stale
+/// one left by an older checkout.
 pub fn worker_bin() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let Ok(cargo) = std::env::var("CARGO") else {
+            return; // not run by cargo: use what is there
+        };
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "taskmill-worker",
+            "--bin",
+            "taskmill-worker",
+        ]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cannot run cargo");
+        assert!(status.success(), "building taskmill-worker failed");
+    });
     let path =
         master_bin().with_file_name(format!("taskmill-worker{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        "{} is missing: run `cargo build --workspace`",
         path.display()
     );
     path
