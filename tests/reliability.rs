@@ -343,3 +343,72 @@ async fn a_draining_master_refuses_new_work_but_accepts_completions_then_stops()
         "the master stopped once no lease was left, not at the end of its grace"
     );
 }
+
+/// Reads frames for `span`, returning the arrival time of each heartbeat.
+async fn heartbeats_during(
+    conn: &mut handshake::ClientConnection<TcpStream>,
+    span: Duration,
+) -> Vec<Instant> {
+    let mut beats = Vec::new();
+    let end = tokio::time::Instant::now() + span;
+    while let Ok(frame) = tokio::time::timeout_at(end, conn.recv()).await {
+        if let Some(MasterMessage::Heartbeat) = frame.unwrap() {
+            beats.push(Instant::now());
+        }
+    }
+    beats
+}
+
+#[tokio::test]
+async fn the_master_heartbeats_a_waiting_client_within_each_interval_and_an_idle_one_never() {
+    let mut cfg = config();
+    let beat = Duration::from_millis(200);
+    cfg.heartbeat_interval = beat;
+    let master = Master::start(cfg).await;
+    let stream = TcpStream::connect(&master.addr).await.unwrap();
+    let (mut conn, _) = within("handshake", handshake::connect(stream, &key(), "test"))
+        .await
+        .unwrap();
+    assert!(
+        heartbeats_during(&mut conn, beat * 3).await.is_empty(),
+        "an idle client is not sent heartbeats it would never read"
+    );
+    conn.send(&ClientMessage::Request {
+        id: 1,
+        request: Request::Get {
+            queue: "empty".into(),
+            max: 1,
+            wait: Wait::Forever,
+            delivery: Delivery::Remove,
+        },
+    })
+    .await
+    .unwrap();
+    let waited = Instant::now();
+    // Keep the master from presuming us dead while we listen.
+    let beats = within("heartbeats", async {
+        let mut all = Vec::new();
+        for _ in 0..8 {
+            conn.send(&ClientMessage::Heartbeat).await.unwrap();
+            all.extend(heartbeats_during(&mut conn, beat / 2).await);
+        }
+        all
+    })
+    .await;
+    assert!(
+        beats.len() >= 3,
+        "{} heartbeats in {:?}",
+        beats.len(),
+        beat * 4
+    );
+    let mut previous = waited;
+    for at in beats {
+        let gap = at - previous;
+        assert!(
+            gap < beat * 2,
+            "{gap:?} of silence: a client would give up at {:?}",
+            beat * 2
+        );
+        previous = at;
+    }
+}

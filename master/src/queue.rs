@@ -162,6 +162,8 @@ struct Queue {
     putters: VecDeque<PutWaiter>,
     /// Nacked items of this queue in `State::delayed`.
     delayed: u64,
+    /// Holds another queue's dead letters: exempt from the queue limit, never dead-letters.
+    dead_letters: bool,
     put_total: u64,
     delivered_total: u64,
     settled_total: u64,
@@ -266,6 +268,7 @@ impl Queue {
             getters: VecDeque::new(),
             putters: VecDeque::new(),
             delayed: 0,
+            dead_letters: false,
             put_total: 0,
             delivered_total: 0,
             settled_total: 0,
@@ -299,12 +302,11 @@ impl Queue {
     }
 }
 
-fn is_dead_queue(name: &str) -> bool {
-    name.ends_with(DEAD_SUFFIX)
-}
-
+/// 1 to [`MAX_QUEUE_NAME`] bytes of `[A-Za-z0-9._:-]`, plus room for [`DEAD_SUFFIX`] so that
+/// every queue's dead-letter queue can be named too.
 fn valid_name(name: &str) -> bool {
-    (1..=MAX_QUEUE_NAME).contains(&name.len())
+    let base = name.strip_suffix(DEAD_SUFFIX).unwrap_or(name);
+    (1..=MAX_QUEUE_NAME).contains(&base.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
@@ -338,11 +340,7 @@ impl State {
         if !valid_name(name) {
             return Err(QueueError::BadName(name.to_owned()));
         }
-        let user_queues = self
-            .queues
-            .iter()
-            .filter(|q| !is_dead_queue(&q.name))
-            .count();
+        let user_queues = self.queues.iter().filter(|q| !q.dead_letters).count();
         if user_queues >= self.limits.max_queues {
             return Err(QueueError::TooManyQueues {
                 name: name.to_owned(),
@@ -360,15 +358,28 @@ impl State {
         idx
     }
 
+    /// True when `item`, given back now, has had all its deliveries and must be dead-lettered.
+    /// Dead-letter queues themselves never dead-letter, so no chain of queues can grow.
+    fn exhausted(&self, q: QueueIdx, item: &Item) -> bool {
+        item.deliveries >= self.limits.max_attempts && !self.queues[q].dead_letters
+    }
+
+    /// Gives back several items of queue `q` so that they keep their put order at the front.
+    fn give_back_all(&mut self, q: QueueIdx, mut items: Vec<(Item, GiveBack)>) {
+        // Ids grow with put order: giving back the newest first leaves the oldest in front.
+        items.sort_unstable_by_key(|(item, _)| Reverse(item.id));
+        for (item, why) in items {
+            self.give_back(q, item, &why);
+        }
+    }
+
     /// Puts an item whose lease ended unsettled back at the front of queue `q`, or, once it
-    /// has had all its deliveries, at the back of the queue's dead-letter queue. Dead-letter
-    /// queues themselves never dead-letter, so no chain of queues can grow.
+    /// has had all its deliveries, at the back of the queue's dead-letter queue.
     fn give_back(&mut self, q: QueueIdx, item: Item, why: &GiveBack) {
         if matches!(why, GiveBack::Expired(_)) {
             self.queues[q].expired_total += 1;
         }
-        let name = &self.queues[q].name;
-        if item.deliveries < self.limits.max_attempts || is_dead_queue(name) {
+        if !self.exhausted(q, &item) {
             let queue = &mut self.queues[q];
             queue.requeued_total += 1;
             queue.items.push_front(item);
@@ -383,6 +394,7 @@ impl State {
             }
             reason.truncate(cut);
         }
+        let name = &self.queues[q].name;
         let letter = DeadLetter {
             task: item.id,
             queue: name.clone(),
@@ -395,6 +407,7 @@ impl State {
             Some(&dq) => dq,
             None => self.create_queue(&dead_name),
         };
+        self.queues[dq].dead_letters = true;
         self.queues[q].dead_total += 1;
         let id = self.reserve_ids(1);
         let payload = encode_payload(&letter).expect("a DeadLetter always encodes");
@@ -645,15 +658,18 @@ impl Broker {
         let Some(leases) = state.sessions.remove(&session) else {
             return 0;
         };
-        let mut held: Vec<(QueueIdx, TaskId)> = leases.held.into_iter().collect();
-        // Ids grow with put order: giving back the newest first leaves the oldest in front.
-        held.sort_unstable_by(|a, b| b.cmp(a));
-        let mut requeued = 0;
-        for (q, task) in held {
+        let mut by_queue: HashMap<QueueIdx, Vec<(Item, GiveBack)>> = HashMap::new();
+        for (q, task) in leases.held {
             if let Some(leased) = state.queues[q].leased.remove(&task) {
-                state.give_back(q, leased.item, &GiveBack::ConnectionClosed);
-                requeued += 1;
+                by_queue
+                    .entry(q)
+                    .or_default()
+                    .push((leased.item, GiveBack::ConnectionClosed));
             }
+        }
+        let requeued = by_queue.values().map(Vec::len).sum();
+        for (q, items) in by_queue {
+            state.give_back_all(q, items);
         }
         requeued
     }
@@ -676,6 +692,7 @@ impl Broker {
     /// tasks whose delay is over. Returns when it next has work to do.
     pub fn tick(&self, now: Deadline) -> Option<Deadline> {
         let mut state = self.lock();
+        let mut expired: HashMap<QueueIdx, Vec<(Item, GiveBack)>> = HashMap::new();
         while let Some(&Reverse((deadline, q, task))) = state.expiries.peek() {
             if deadline > now {
                 break;
@@ -686,13 +703,24 @@ impl Broker {
                 continue; // settled, requeued or touched since: a stale entry
             }
             let leased = state.unlease(q, task).expect("just found");
-            state.give_back(q, leased.item, &GiveBack::Expired(leased.length));
+            let why = GiveBack::Expired(leased.length);
+            expired.entry(q).or_default().push((leased.item, why));
         }
+        for (q, items) in expired {
+            state.give_back_all(q, items);
+        }
+        let mut due: HashMap<QueueIdx, Vec<Item>> = HashMap::new();
         while state.delayed.peek().is_some_and(|d| d.0.at <= now) {
             let Reverse(Delayed { q, item, .. }) = state.delayed.pop().expect("just peeked");
+            due.entry(q).or_default().push(item);
+        }
+        for (q, mut items) in due {
+            items.sort_unstable_by_key(|item| Reverse(item.id));
             let queue = &mut state.queues[q];
-            queue.delayed -= 1;
-            queue.items.push_front(item);
+            queue.delayed -= items.len() as u64;
+            for item in items {
+                queue.items.push_front(item);
+            }
             state.pump(q);
         }
         let next_lease = state.expiries.peek().map(|e| e.0 .0);
@@ -754,27 +782,27 @@ impl Broker {
     ) -> Result<PutProgress, QueueError> {
         let mut state = self.lock();
         let q = state.queue_idx(queue)?;
-        let why = GiveBack::Nacked(reason.to_owned());
         let mut stale = Vec::new();
+        let mut now_back = Vec::new();
         for &task in tasks {
             if state.held_by(q, task, session).is_none() {
                 stale.push(task);
                 continue;
             }
-            let leased = state.unlease(q, task).expect("held");
-            let dead = leased.item.deliveries >= state.limits.max_attempts;
-            if delay.is_zero() || dead {
-                state.give_back(q, leased.item, &why);
+            let item = state.unlease(q, task).expect("held").item;
+            if delay.is_zero() || state.exhausted(q, &item) {
+                now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {
                 state.queues[q].requeued_total += 1;
                 state.queues[q].delayed += 1;
                 state.delayed.push(Reverse(Delayed {
                     at: Deadline::now() + delay.min(MAX_LEASE),
                     q,
-                    item: leased.item,
+                    item,
                 }));
             }
         }
+        state.give_back_all(q, now_back);
         Ok(settled(tasks.len(), stale))
     }
 

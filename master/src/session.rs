@@ -139,7 +139,8 @@ impl Session<'_> {
         let mut unflushed = false;
         let mut told_drain = false;
         let beat = self.ctx.config.heartbeat_interval;
-        let mut ticks = tokio::time::interval_at(Instant::now() + beat, beat);
+        // Checking twice per interval keeps every gap between our frames within one interval.
+        let mut ticks = tokio::time::interval_at(Instant::now() + beat / 2, beat / 2);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
@@ -199,7 +200,9 @@ impl Session<'_> {
                     {
                         return Err(SessionError::Silent(silent));
                     }
-                    if self.last_written.elapsed() >= beat {
+                    // Only a client waiting for a reply is listening; heartbeats to an idle one
+                    // would pile up unread in its socket buffer.
+                    if !waiting.is_empty() && self.last_written.elapsed() >= beat / 2 {
                         self.feed(&MasterMessage::Heartbeat).await?;
                         unflushed = true;
                     }

@@ -35,8 +35,15 @@ pub use message::*;
 /// that vanished without a FIN is then found even on a connection with nothing to say.
 const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long sent data may stay unacknowledged before the kernel gives up on the connection
+/// (Linux). Keepalive probes are not sent while data is outstanding, so this is what bounds a
+/// peer that vanished while we were writing to it.
+#[cfg(target_os = "linux")]
+const USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Socket options every taskmill connection wants: no Nagle delay for small request/reply
-/// frames, and TCP keepalive. Best effort: failing to set them only costs latency or detection.
+/// frames, TCP keepalive, and a bound on unacknowledged data. Best effort: failing to set them
+/// only costs latency or slower detection of a vanished peer.
 pub fn tune_socket(stream: &tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
@@ -44,5 +51,8 @@ pub fn tune_socket(stream: &tokio::net::TcpStream) {
         .with_interval(KEEPALIVE_IDLE / 2);
     #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
     let keepalive = keepalive.with_retries(3);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    let socket = socket2::SockRef::from(stream);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    #[cfg(target_os = "linux")]
+    let _ = socket.set_tcp_user_timeout(Some(USER_TIMEOUT));
 }

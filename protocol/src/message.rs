@@ -309,9 +309,10 @@ pub struct QueueStats {
     pub put_total: u64,
     pub delivered_total: u64,
     pub settled_total: u64,
-    /// Leases given back: connection closed, lease expired, or nacked.
+    /// Leases given back to this queue (connection closed, lease expired, nacked); those
+    /// dead-lettered instead count in `dead_total`.
     pub requeued_total: u64,
-    /// Leases that expired (a subset of `requeued_total` plus dead letters).
+    /// Leases that ran out, whether requeued or dead-lettered.
     pub expired_total: u64,
     /// Tasks moved to the dead-letter queue.
     pub dead_total: u64,

@@ -5,8 +5,8 @@ use bytes::{Bytes, BytesMut};
 use taskmill_protocol::auth::Role;
 use taskmill_protocol::squares::SquareTask;
 use taskmill_protocol::{
-    encode_payload, AuthKey, ClientHandshake, ClientMessage, MasterHandshake, MasterMessage,
-    MessageCodec, Rejection, Reply, Request, Wait, MAGIC, PROTOCOL_VERSION,
+    encode_payload, AuthKey, ClientHandshake, ClientMessage, DeadLetter, Delivery, MasterHandshake,
+    MasterMessage, MessageCodec, Rejection, Reply, Request, Wait, MAGIC, PROTOCOL_VERSION,
 };
 use tokio_util::codec::Encoder;
 
@@ -120,5 +120,36 @@ fn hmac_test_vectors_match_section_4() {
     assert_eq!(
         compact(key.proof(Role::Master, 1, &c, &m)),
         "13c6ac626dbf68e0ce50cb2a5a3e409ce1a1140329e3ba0c57a67f4259e6d6fe"
+    );
+}
+
+#[test]
+fn leasing_get_heartbeats_and_dead_letters_match_section_9() {
+    let get = |delivery| ClientMessage::Request {
+        id: 3,
+        request: Request::Get {
+            queue: "tasks".into(),
+            max: 16,
+            wait: Wait::Forever,
+            delivery,
+        },
+    };
+    assert_eq!(
+        frame(&get(Delivery::Lease { millis: None })),
+        "00 00 00 0d 00 03 01 05 74 61 73 6b 73 10 02 00 00"
+    );
+    assert!(frame(&get(Delivery::Lease { millis: Some(500) })).ends_with("02 00 01 fb f4 01"));
+    assert_eq!(frame(&ClientMessage::Heartbeat), "00 00 00 01 01");
+    assert_eq!(frame(&MasterMessage::Heartbeat), "00 00 00 01 02");
+    let letter = DeadLetter {
+        task: 7,
+        queue: "tasks".into(),
+        attempts: 5,
+        reason: "nacked: x".into(),
+        payload: Bytes::from_static(&[0x00, 0x05]),
+    };
+    assert_eq!(
+        hex(&encode_payload(&letter).unwrap()),
+        "07 05 74 61 73 6b 73 05 09 6e 61 63 6b 65 64 3a 20 78 02 00 05"
     );
 }

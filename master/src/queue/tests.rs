@@ -548,3 +548,61 @@ fn holds_leases_and_leased_total_track_what_a_session_has() {
     assert!(!br.holds_leases(s));
     assert_eq!(br.leased_total(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn batches_given_back_keep_their_put_order() {
+    let br = broker();
+    let s = br.open_session();
+    ready(
+        br.put(s, "q", vec![b("1"), b("2"), b("3"), b("4")], false)
+            .unwrap(),
+    );
+    let short = Delivery::Lease { millis: Some(100) };
+    ready(br.get(s, "q", 3, MB, short, false).unwrap());
+    tokio::time::advance(Duration::from_millis(150)).await;
+    br.tick(Deadline::now());
+    let after_expiry = ready(br.get(s, "q", 4, MB, LEASE, false).unwrap());
+    assert_eq!(payloads(&after_expiry), [b"1", b"2", b"3", b"4"]);
+
+    let ids: Vec<_> = after_expiry.iter().map(|t| t.id).collect();
+    br.nack(s, "q", &ids[..2], Duration::ZERO, "now").unwrap();
+    br.nack(s, "q", &ids[2..], Duration::from_secs(1), "later")
+        .unwrap();
+    let at_once = ready(br.get(s, "q", 4, MB, LEASE, false).unwrap());
+    assert_eq!(payloads(&at_once), [b"1", b"2"]);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    br.tick(Deadline::now());
+    let delayed = ready(br.get(s, "q", 4, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(payloads(&delayed), [b"3", b"4"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_nack_in_a_dead_letter_queue_still_honours_its_delay() {
+    let mut l = limits();
+    l.max_attempts = 1;
+    let br = Broker::new(l);
+    let s = br.open_session();
+    ready(br.put(s, "q", vec![b("x")], false).unwrap());
+    let t = ready(br.get(s, "q", 1, MB, LEASE, false).unwrap()).remove(0);
+    br.nack(s, "q", &[t.id], Duration::ZERO, "dead").unwrap();
+    let d = ready(br.get(s, "q.dead", 1, MB, LEASE, false).unwrap()).remove(0);
+    br.nack(s, "q.dead", &[d.id], Duration::from_secs(5), "wait")
+        .unwrap();
+    assert_eq!(br.inspect("q.dead").unwrap().delayed, 1);
+    assert!(ready(br.get(s, "q.dead", 1, MB, LEASE, false).unwrap()).is_empty());
+}
+
+#[test]
+fn client_made_dead_names_count_against_the_limit_and_long_dead_names_are_valid() {
+    let mut l = limits();
+    l.max_queues = 1;
+    let br = Broker::new(l);
+    br.declare("mine.dead", None).unwrap();
+    assert!(matches!(
+        br.declare("other", None),
+        Err(QueueError::TooManyQueues { .. })
+    ));
+    let long = "q".repeat(MAX_QUEUE_NAME);
+    assert!(valid_name(&format!("{long}{DEAD_SUFFIX}")));
+    assert!(!valid_name(&format!("{long}x")));
+}
