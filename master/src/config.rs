@@ -9,6 +9,7 @@ use taskmill_protocol::codec::MAX_FRAME_CEILING;
 use taskmill_protocol::{AuthKey, DEFAULT_MAX_FRAME};
 use taskmill_worker::support::parse_duration;
 
+use crate::guard::GuardLimits;
 use crate::queue::QueueLimits;
 
 /// Smallest frame cap worth running with: every reply but a huge `Stats` fits.
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     /// intervals while it holds leases or waits is presumed dead and disconnected.
     pub heartbeat_interval: Duration,
     pub limits: QueueLimits,
+    /// Admission control before authentication.
+    pub guard: GuardLimits,
 }
 
 impl ServerConfig {
@@ -54,6 +57,11 @@ impl ServerConfig {
                 max_queues: 1024,
                 lease_timeout: Duration::from_secs(30),
                 max_attempts: 5,
+            },
+            guard: GuardLimits {
+                max_handshakes: 256,
+                max_handshakes_per_ip: 32,
+                auth_failures_per_minute: 60,
             },
         }
     }
@@ -167,6 +175,16 @@ pub struct ServerArgs {
     /// Connections served at once; further ones are refused as overloaded.
     #[arg(long, env = "TASKMILL_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Handshakes in progress at once (unauthenticated connections); more are refused.
+    #[arg(long, env = "TASKMILL_MAX_HANDSHAKES", default_value_t = 256)]
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source address.
+    #[arg(long, env = "TASKMILL_MAX_HANDSHAKES_PER_IP", default_value_t = 32)]
+    pub max_handshakes_per_ip: u32,
+    /// Failed handshakes one source address may have per minute; past that its connections
+    /// are refused until the budget refills (other addresses are not affected).
+    #[arg(long, env = "TASKMILL_AUTH_FAILURES_PER_MINUTE", default_value_t = 60)]
+    pub auth_failures_per_minute: u32,
     /// Most queues that may exist.
     #[arg(long, env = "TASKMILL_MAX_QUEUES", default_value_t = 1024)]
     pub max_queues: usize,
@@ -220,6 +238,12 @@ impl ServerArgs {
         }
         for (flag, value) in [
             ("max-connections", self.max_connections),
+            ("max-handshakes", self.max_handshakes),
+            ("max-handshakes-per-ip", self.max_handshakes_per_ip as usize),
+            (
+                "auth-failures-per-minute",
+                self.auth_failures_per_minute as usize,
+            ),
             ("max-queues", self.max_queues),
             ("max-waiting", self.max_waiting),
         ] {
@@ -256,6 +280,11 @@ impl ServerArgs {
                 max_queues: self.max_queues,
                 lease_timeout: self.lease_timeout,
                 max_attempts: self.max_attempts,
+            },
+            guard: GuardLimits {
+                max_handshakes: self.max_handshakes,
+                max_handshakes_per_ip: self.max_handshakes_per_ip,
+                auth_failures_per_minute: self.auth_failures_per_minute,
             },
         })
     }

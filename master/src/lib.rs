@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`config`]: command line and the validated [`ServerConfig`].
 //! - [`server`]: accept loop, connection limit, graceful shutdown ([`run`]).
+//! - [`guard`]: admission control before authentication.
 //! - `session` (private): one connection, handshake to close.
 //! - [`queue`]: queue state, waiters and leases; no I/O.
 //! - [`job`]: the squares job.
 //! - [`stats`]: rendering of the `stats` command.
 
 pub mod config;
+pub mod guard;
 pub mod job;
 pub mod queue;
 pub mod server;

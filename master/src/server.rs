@@ -15,9 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
+use crate::guard::{Guard, Refusal};
 use crate::queue::Broker;
 use crate::session;
 
@@ -44,6 +45,9 @@ pub(crate) struct Context {
     pub config: ServerConfig,
     pub broker: Broker,
     pub counters: Counters,
+    pub guard: Guard,
+    /// Rate limit for warnings that an attacker could trigger at will.
+    pub log_limit: LogLimit,
 }
 
 /// Serves `listener` until `shutdown` fires; then drains for up to the grace period (see the
@@ -56,11 +60,15 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let grace = config.shutdown_grace;
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let guard = Guard::new(config.guard);
     let ctx = Arc::new(Context {
         broker: Broker::new(config.limits),
         config,
         counters: Counters::default(),
+        guard: guard.clone(),
+        log_limit: LogLimit::default(),
     });
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tracker = TaskTracker::new();
     let phases = Phases::default();
     let timers = tokio::spawn(ctx.broker.clone().run_timers(phases.stop.clone()));
@@ -91,19 +99,32 @@ pub async fn run(
         ctx.counters
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if ctx.log_limit.allow() {
+                warn!(%peer, limit = ctx.config.max_connections, "connection limit reached; refusing");
+            }
+            refuse(&tracker, &refusals, stream, Rejection::Overloaded);
+            continue;
+        };
+        match guard.admit(peer.ip()) {
+            Ok(ticket) => {
                 tracker.spawn(session::run(
                     stream,
                     peer,
                     ctx.clone(),
                     phases.clone(),
-                    permit,
+                    (permit, ticket),
                 ));
             }
-            Err(_) => {
-                warn!(%peer, limit = ctx.config.max_connections, "connection limit reached; refusing");
-                tracker.spawn(refuse(stream, Rejection::Overloaded));
+            Err(Refusal::Busy) => {
+                if ctx.log_limit.allow() {
+                    warn!(%peer, "handshake limit reached; refusing");
+                }
+                refuse(&tracker, &refusals, stream, Rejection::Overloaded);
+            }
+            Err(Refusal::Throttled) => {
+                debug!(%peer, "refusing an address with too many failed handshakes");
+                refuse(&tracker, &refusals, stream, Rejection::Throttled);
             }
         }
     }
@@ -141,9 +162,48 @@ pub async fn run(
     Ok(())
 }
 
-/// Tells a connection we will not serve it, without waiting on it for long.
-async fn refuse(stream: TcpStream, why: Rejection) {
-    let mut conn =
-        Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
-    let _ = tokio::time::timeout(Duration::from_secs(1), reject(&mut conn, why)).await;
+/// Refusals being written at once; past this a refused connection is just closed, so a flood
+/// of connections cannot pile up refusal tasks.
+const MAX_REFUSALS: usize = 64;
+
+/// How long a refusal may take: write the reason, then drain what the peer sent, so that
+/// closing does not reset the connection before the peer has read why.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Tells a connection why it is not served, within [`REFUSAL_TIME`], if a refusal slot is free.
+fn refuse(tracker: &TaskTracker, refusals: &Arc<Semaphore>, stream: TcpStream, why: Rejection) {
+    let Ok(slot) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tracker.spawn(async move {
+        let mut conn =
+            Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
+        let _ = tokio::time::timeout(REFUSAL_TIME, async {
+            reject(&mut conn, why).await;
+            let _ = conn.shutdown().await;
+            while let Ok(Some(_)) = conn.recv().await {}
+        })
+        .await;
+        drop(slot);
+    });
+}
+
+/// Allows a log line at most once per second, so a flood of refusals cannot flood the log.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    last_ms: AtomicU64,
+}
+
+impl LogLimit {
+    pub fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now >= last + 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }

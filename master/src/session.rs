@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::guard::Ticket;
 use crate::queue::{PutProgress, PutWaiting, QueueError, SessionId, Step};
 use crate::server::{Context, Phases};
 
@@ -48,7 +49,7 @@ pub(crate) async fn run(
     peer: SocketAddr,
     ctx: Arc<Context>,
     phases: Phases,
-    _permit: OwnedSemaphorePermit,
+    (_permit, ticket): (OwnedSemaphorePermit, Ticket),
 ) {
     taskmill_protocol::tune_socket(&stream);
     let config = &ctx.config;
@@ -65,8 +66,10 @@ pub(crate) async fn run(
         outcome = handshake => outcome,
         () = phases.drain.cancelled() => return,
     };
-    let conn = match outcome {
-        Ok(Ok(conn)) => conn,
+    // The handshake slot is for unauthenticated connections only: free it either way.
+    drop(ticket);
+    let cause = match outcome {
+        Ok(Ok(conn)) => Ok(conn),
         Ok(Err(HandshakeError::Closed)) => {
             // Port probes and TCP health checks connect and leave; not worth a warning.
             ctx.counters
@@ -75,18 +78,30 @@ pub(crate) async fn run(
             debug!(%peer, "connection closed before authenticating");
             return;
         }
-        Ok(Err(err)) => {
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "handshake timed out after {:?}",
+            config.handshake_timeout
+        )),
+    };
+    let conn = match cause {
+        Ok(conn) => conn,
+        Err(cause) => {
             ctx.counters
                 .handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, cause = %err, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            ctx.counters
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, deadline = ?config.handshake_timeout, "handshake timed out");
+            if ctx.guard.failed(peer.ip()) {
+                warn!(
+                    ip = %peer.ip(),
+                    retry_after = ?ctx.guard.cooldown(),
+                    "too many failed handshakes from this address; refusing it for a while"
+                );
+            }
+            if ctx.log_limit.allow() {
+                warn!(%peer, %cause, "handshake failed");
+            } else {
+                debug!(%peer, %cause, "handshake failed");
+            }
             return;
         }
     };

@@ -353,6 +353,7 @@ mod tests {
             MasterHandshake::Rejected(Rejection::AuthenticationFailed),
             MasterHandshake::Rejected(Rejection::ShuttingDown),
             MasterHandshake::Rejected(Rejection::Overloaded),
+            MasterHandshake::Rejected(Rejection::Throttled),
         ] {
             dec.encode(&msg, &mut buf).unwrap();
             assert_eq!(enc.decode(&mut buf).unwrap(), Some(msg));

@@ -47,6 +47,11 @@ where
         SinkExt::<&Out>::flush(&mut self.framed).await
     }
 
+    /// Flushes and closes the sending half; receiving still works.
+    pub async fn shutdown(&mut self) -> Result<(), CodecError> {
+        SinkExt::<&Out>::close(&mut self.framed).await
+    }
+
     /// True when a whole frame may already be buffered, so reading will not wait on the socket.
     pub fn has_buffered_input(&self) -> bool {
         !self.framed.read_buffer().is_empty()

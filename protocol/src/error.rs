@@ -45,7 +45,7 @@ pub enum ClientError {
     MasterNotAuthenticated(String),
     #[error("the master speaks protocol version {master}, this client speaks {client}")]
     VersionMismatch { master: u16, client: u16 },
-    #[error("the master refused the connection: {0:?}")]
+    #[error("the master refused the connection: {}", .0.describe())]
     Rejected(Rejection),
     #[error("the master is shutting down")]
     ShuttingDown,
@@ -70,7 +70,9 @@ impl ClientError {
             | ClientError::ShuttingDown
             | ClientError::Timeout(..)
             | ClientError::Closed(_)
-            | ClientError::Rejected(Rejection::ShuttingDown | Rejection::Overloaded)
+            | ClientError::Rejected(
+                Rejection::ShuttingDown | Rejection::Overloaded | Rejection::Throttled,
+            )
             | ClientError::Server {
                 kind: ErrorKind::ShuttingDown,
                 ..

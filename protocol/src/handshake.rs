@@ -209,6 +209,8 @@ fn rejection_error(why: Rejection) -> ClientError {
             client: PROTOCOL_VERSION,
         },
         Rejection::ShuttingDown => ClientError::ShuttingDown,
-        Rejection::NotTaskmill | Rejection::Overloaded => ClientError::Rejected(why),
+        Rejection::NotTaskmill | Rejection::Overloaded | Rejection::Throttled => {
+            ClientError::Rejected(why)
+        }
     }
 }

@@ -65,8 +65,28 @@ pub enum Rejection {
     AuthenticationFailed,
     /// The master is stopping and takes no new connections.
     ShuttingDown,
-    /// The master is at its connection limit; try again later.
+    /// The master is at its connection or handshake limit; try again later.
     Overloaded,
+    /// This address failed too many handshakes recently; it may try again after a while.
+    Throttled,
+}
+
+impl Rejection {
+    /// A sentence for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rejection::NotTaskmill => "not a taskmill client (bad magic)",
+            Rejection::UnsupportedVersion { .. } => "unsupported protocol version",
+            Rejection::AuthenticationFailed => "authentication failed",
+            Rejection::ShuttingDown => "the master is shutting down",
+            Rejection::Overloaded => {
+                "the master is overloaded (connection or handshake limit); retry later"
+            }
+            Rejection::Throttled => {
+                "too many failed handshakes from this address; check the authkey and retry later"
+            }
+        }
+    }
 }
 
 /// Sent by an authenticated client.

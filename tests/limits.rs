@@ -1,0 +1,202 @@
+//! Every limit in front of and inside a session: the right refusal, the connection closed,
+//! nothing else affected, nothing lost.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{config, key, within, wrong_key, Master};
+use taskmill_protocol::handshake;
+use taskmill_protocol::{Client, ClientError, ClientMessage, Delivery, Rejection, Request, Wait};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A TCP connection to `addr` from the loopback address `source` (any 127/8 address works).
+async fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+async fn handshake_from(
+    source: [u8; 4],
+    addr: &str,
+    key: &taskmill_protocol::AuthKey,
+) -> Result<(), ClientError> {
+    let stream = connect_from(source, addr).await;
+    within("handshake", handshake::connect(stream, key, addr))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_told_the_master_is_overloaded() {
+    let mut cfg = config();
+    cfg.max_connections = 2;
+    let master = Master::start(cfg).await;
+    let _a = master.client().await;
+    let _b = master.client().await;
+    let err = within("refused", Client::connect(&master.addr, &key()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Rejected(Rejection::Overloaded)),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("overloaded"), "{err}");
+    drop(_a);
+    // The freed slot is usable again once the master has noticed the close.
+    within("slot freed", async {
+        loop {
+            if Client::connect(&master.addr, &key()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_per_address_not_globally() {
+    let mut cfg = config();
+    cfg.guard.max_handshakes_per_ip = 2;
+    cfg.handshake_timeout = Duration::from_secs(5);
+    let master = Master::start(cfg).await;
+    // Two silent connections from one address use up its handshake slots...
+    let _s1 = connect_from([127, 0, 0, 1], &master.addr).await;
+    let _s2 = connect_from([127, 0, 0, 1], &master.addr).await;
+    let err = within("refused", async {
+        loop {
+            match handshake_from([127, 0, 0, 1], &master.addr, &key()).await {
+                Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(err) => return err,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(err, ClientError::Rejected(Rejection::Overloaded)),
+        "{err:?}"
+    );
+    // ...while another address is served as usual.
+    handshake_from([127, 0, 0, 2], &master.addr, &key())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_address_that_keeps_failing_is_throttled_and_others_are_not() {
+    let mut cfg = config();
+    cfg.guard.auth_failures_per_minute = 3;
+    let master = Master::start(cfg).await;
+    for _ in 0..3 {
+        let err = handshake_from([127, 0, 0, 3], &master.addr, &wrong_key())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::AuthenticationFailed), "{err:?}");
+    }
+    let err = within("throttled", async {
+        loop {
+            match handshake_from([127, 0, 0, 3], &master.addr, &key()).await {
+                // The third failure is charged just after its reply; retry until it lands.
+                Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(err) => return err,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(err, ClientError::Rejected(Rejection::Throttled)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("too many failed handshakes"),
+        "{err}"
+    );
+    handshake_from([127, 0, 0, 4], &master.addr, &key())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected_and_its_leases_requeued() {
+    let mut cfg = config();
+    cfg.write_timeout = Duration::from_millis(300);
+    let master = Master::start(cfg).await;
+    let mut probe = master.client().await;
+    let big = Bytes::from(vec![7u8; 200_000]);
+    probe.put("tasks", vec![big; 4], Wait::No).await.unwrap();
+    let stream = TcpStream::connect(&master.addr).await.unwrap();
+    let (mut conn, _) = within("handshake", handshake::connect(stream, &key(), "test"))
+        .await
+        .unwrap();
+    conn.send(&ClientMessage::Request {
+        id: 1,
+        request: Request::Get {
+            queue: "tasks".into(),
+            max: 4,
+            wait: Wait::No,
+            delivery: Delivery::Lease { millis: None },
+        },
+    })
+    .await
+    .unwrap();
+    // Then a flood of requests whose replies are never read: the master's writes back up.
+    let flood = async {
+        for id in 2.. {
+            let stats = ClientMessage::Request {
+                id,
+                request: Request::Stats,
+            };
+            if conn.send(&stats).await.is_err() {
+                return;
+            }
+        }
+    };
+    let started = Instant::now();
+    within("master gives up on a client that does not read", flood).await;
+    let mut back = Duration::ZERO;
+    within("leases given back", async {
+        while probe.inspect("tasks").await.unwrap().leased > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        back = started.elapsed();
+    })
+    .await;
+    let tasks = probe.inspect("tasks").await.unwrap();
+    assert_eq!((tasks.len, tasks.leased), (4, 0), "nothing lost");
+    assert!(back < Duration::from_secs(10), "{back:?}");
+}
+
+#[tokio::test]
+async fn a_trickling_peer_is_dropped_at_the_handshake_deadline() {
+    let master = Master::start(config()).await;
+    let mut stream = TcpStream::connect(&master.addr).await.unwrap();
+    let started = Instant::now();
+    // A header announcing 100 bytes, then one byte at a time, slower than the deadline allows.
+    let trickle = async {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(&100u32.to_be_bytes()).await?;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stream.write_all(&[0]).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = within("trickle", trickle).await;
+    let mut buf = [0u8; 64];
+    let closed = within("close", async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed < Duration::from_secs(3), "dropped after {closed:?}");
+}
