@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use taskmill_protocol::codec::MAX_FRAME_CEILING;
-use taskmill_protocol::{AuthKey, DEFAULT_MAX_FRAME};
-use taskmill_worker::support::parse_duration;
+use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
+use taskmill_worker::support::{parse_duration, TlsClientArgs};
 
 use crate::guard::GuardLimits;
 use crate::queue::QueueLimits;
@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub limits: QueueLimits,
     /// Admission control before authentication.
     pub guard: GuardLimits,
+    /// Serve TLS (the HMAC handshake then runs inside it).
+    pub tls: Option<TlsServer>,
 }
 
 impl ServerConfig {
@@ -63,6 +65,7 @@ impl ServerConfig {
                 max_handshakes_per_ip: 32,
                 auth_failures_per_minute: 60,
             },
+            tls: None,
         }
     }
 }
@@ -141,6 +144,10 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub server: ServerArgs,
+    /// TLS for the job's own clients (producer, collector, local workers): needed when this
+    /// master serves TLS or --master names one that does.
+    #[command(flatten)]
+    pub tls_client: TlsClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +164,8 @@ pub struct StatsArgs {
     /// Bound on connecting, authenticating and the request.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
 }
 
 /// Flags shared by `serve` and `run`.
@@ -213,6 +222,13 @@ pub struct ServerArgs {
     /// nacked) it moves to the `<queue>.dead` queue.
     #[arg(long, env = "TASKMILL_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key). Without TLS, traffic after
+    /// the authenticated handshake is not encrypted.
+    #[arg(long, env = "TASKMILL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, env = "TASKMILL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A flag value that cannot work, with the flag's name.
@@ -266,6 +282,16 @@ impl ServerArgs {
         if self.max_attempts == 0 {
             return bad("max-attempts", "must be at least 1".into());
         }
+        let tls =
+            match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsServer::from_pem_files(cert, key).map_err(
+                    |e| ConfigError {
+                        flag: "tls-cert",
+                        problem: e.to_string(),
+                    },
+                )?),
+                _ => None,
+            };
         Ok(ServerConfig {
             key,
             handshake_timeout: self.handshake_timeout,
@@ -286,6 +312,7 @@ impl ServerArgs {
                 max_handshakes_per_ip: self.max_handshakes_per_ip,
                 auth_failures_per_minute: self.auth_failures_per_minute,
             },
+            tls,
         })
     }
 }

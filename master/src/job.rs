@@ -15,7 +15,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use taskmill_protocol::squares::{SquareResult, SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
-use taskmill_protocol::{decode_payload, encode_payload, AuthKey, Client, ClientError, Wait};
+use taskmill_protocol::{
+    decode_payload, encode_payload, AuthKey, Client, ClientError, ClientOptions, Wait,
+};
 use taskmill_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -49,6 +51,8 @@ pub struct JobConfig {
     pub worker_concurrency: u32,
     /// Draw a progress bar (when stderr is a terminal) or log progress lines.
     pub progress: bool,
+    /// How the job's own clients connect (timeouts, TLS).
+    pub client: ClientOptions,
 }
 
 impl JobConfig {
@@ -64,6 +68,7 @@ impl JobConfig {
             local_workers: 0,
             worker_concurrency: 256,
             progress: false,
+            client: ClientOptions::default(),
         }
     }
 }
@@ -179,6 +184,7 @@ pub async fn run_against(
     for _ in 0..job.local_workers {
         let mut config = WorkerConfig::new(addr, key.clone());
         config.concurrency = job.worker_concurrency;
+        config.client = job.client.clone();
         workers.spawn(taskmill_worker::run(config, worker_stop.clone()));
     }
     info!(
@@ -207,8 +213,8 @@ pub async fn drive(
     job: &JobConfig,
     shutdown: &CancellationToken,
 ) -> Result<JobReport, JobError> {
-    let producer = Client::connect(addr, key).await?;
-    let mut collector = Client::connect(addr, key).await?;
+    let producer = Client::connect_with(addr, key, &job.client).await?;
+    let mut collector = Client::connect_with(addr, key, &job.client).await?;
     // The master may have served other work before: count only connections that complete now.
     let completing_before = collector.stats().await?.completing_clients_total;
     let start = Instant::now();

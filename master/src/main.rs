@@ -61,6 +61,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => return Err(err.into()),
     };
+    let serves_tls = args.server.tls_cert.is_some();
+    if serves_tls && args.tls_client.tls_ca.is_none() && args.master.is_none() {
+        bail!("--tls-cert also needs --tls-ca (and --tls-server-name if the certificate does not name 127.0.0.1): the job's own clients connect over TLS too");
+    }
+    let client_target = args
+        .master
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let job = JobConfig {
         tasks: args.tasks,
         min: args.min,
@@ -72,6 +80,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         local_workers: args.local_workers,
         worker_concurrency: args.concurrency,
         progress: !args.json,
+        client: ClientOptions {
+            tls: args.tls_client.client(&client_target)?,
+            ..ClientOptions::default()
+        },
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -114,8 +126,9 @@ async fn show_stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let options = ClientOptions {
         connect_timeout: args.timeout,
         request_timeout: args.timeout,
+        tls: args.tls.client(&args.master)?,
     };
-    let mut client = Client::connect_with(&args.master, &key, options).await?;
+    let mut client = Client::connect_with(&args.master, &key, &options).await?;
     let stats = client.stats().await.context("stats request failed")?;
     if args.json {
         println!(

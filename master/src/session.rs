@@ -19,7 +19,7 @@ use futures::{FutureExt, StreamExt};
 use taskmill_protocol::handshake::{self, HandshakeError, MasterConnection};
 use taskmill_protocol::{
     max_payload, ClientMessage, CodecError, Delivery, ErrorKind, MasterMessage, Reply, Request,
-    Stats, Wait,
+    Stats, Stream, Wait,
 };
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -53,15 +53,23 @@ pub(crate) async fn run(
 ) {
     taskmill_protocol::tune_socket(&stream);
     let config = &ctx.config;
-    let handshake = tokio::time::timeout(
-        config.handshake_timeout,
+    // One deadline covers the TLS handshake and ours.
+    let handshake = tokio::time::timeout(config.handshake_timeout, async {
+        let stream = match &config.tls {
+            Some(tls) => tls
+                .accept(stream)
+                .await
+                .map_err(|e| HandshakeError::Codec(CodecError::Io(e)))?,
+            None => Stream::Plain(stream),
+        };
         handshake::accept(
             stream,
             &config.key,
             config.max_frame,
             config.heartbeat_interval,
-        ),
-    );
+        )
+        .await
+    });
     let outcome = tokio::select! {
         outcome = handshake => outcome,
         () = phases.drain.cancelled() => return,
@@ -130,7 +138,7 @@ pub(crate) async fn run(
 }
 
 struct Session<'a> {
-    conn: MasterConnection<TcpStream>,
+    conn: MasterConnection<Stream>,
     ctx: &'a Context,
     id: SessionId,
     phases: Phases,

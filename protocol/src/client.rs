@@ -20,14 +20,17 @@ use crate::message::{
     ClientMessage, Delivery, MasterMessage, Outcome, QueueStats, Reply, Request, Stats, Task,
     TaskId, Wait,
 };
+use crate::tls::{Stream, TlsClient};
 
-/// Timeouts for a [`Client`].
-#[derive(Debug, Clone, Copy)]
+/// Timeouts and TLS for a [`Client`].
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Bound on TCP connect plus the whole handshake.
+    /// Bound on TCP connect plus the whole handshake (TLS included).
     pub connect_timeout: Duration,
     /// Bound on one request's round trip, on top of the time the request itself may wait.
     pub request_timeout: Duration,
+    /// Speak TLS to the master (which must have been started with a certificate).
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ClientOptions {
@@ -35,6 +38,7 @@ impl Default for ClientOptions {
         Self {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -62,7 +66,7 @@ pub struct Settled {
 /// An authenticated connection to a master.
 #[derive(Debug)]
 pub struct Client {
-    conn: ClientConnection<TcpStream>,
+    conn: ClientConnection<Stream>,
     peer: String,
     next_id: u64,
     options: ClientOptions,
@@ -75,13 +79,13 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (`host:port`) and authenticates with `key`.
     pub async fn connect(addr: &str, key: &AuthKey) -> Result<Self, ClientError> {
-        Self::connect_with(addr, key, ClientOptions::default()).await
+        Self::connect_with(addr, key, &ClientOptions::default()).await
     }
 
     pub async fn connect_with(
         addr: &str,
         key: &AuthKey,
-        options: ClientOptions,
+        options: &ClientOptions,
     ) -> Result<Self, ClientError> {
         let attempt = async {
             let stream = TcpStream::connect(addr)
@@ -91,6 +95,16 @@ impl Client {
                     source,
                 })?;
             crate::tune_socket(&stream);
+            let stream = match &options.tls {
+                Some(tls) => tls
+                    .connect(stream)
+                    .await
+                    .map_err(|source| ClientError::Tls {
+                        addr: addr.to_owned(),
+                        source,
+                    })?,
+                None => Stream::Plain(stream),
+            };
             handshake::connect(stream, key, addr).await
         };
         let (conn, heartbeat) = timeout(options.connect_timeout, attempt)
@@ -100,7 +114,7 @@ impl Client {
             conn,
             peer: addr.to_owned(),
             next_id: 1,
-            options,
+            options: options.clone(),
             heartbeat,
             last_sent: Instant::now(),
             shutting_down: false,

@@ -40,6 +40,11 @@ pub enum ClientError {
     #[error("authentication failed: wrong authkey? (the master rejected our proof)")]
     AuthenticationFailed,
     #[error(
+        "TLS handshake with {addr} failed: {source} (does the master use TLS, and does the CA \
+         file hold the CA that signed its certificate, for this server name?)"
+    )]
+    Tls { addr: String, source: io::Error },
+    #[error(
         "the peer at {0} did not prove it holds the authkey: wrong authkey on the master, or not our master"
     )]
     MasterNotAuthenticated(String),
@@ -79,6 +84,7 @@ impl ClientError {
             } => true,
             ClientError::Codec(CodecError::Io(_)) => true,
             ClientError::AuthenticationFailed
+            | ClientError::Tls { .. }
             | ClientError::MasterNotAuthenticated(_)
             | ClientError::VersionMismatch { .. }
             | ClientError::Rejected(_)

@@ -192,11 +192,14 @@ where
             " after our proof (wrong authkey, or not a taskmill master?)",
         )),
         Ok(None) => Err(ClientError::Closed(
-            " during the handshake (not a taskmill master, or it is overloaded?)",
+            " during the handshake (not a taskmill master, one that requires TLS, or overloaded?)",
         )),
-        Err(CodecError::FrameTooLarge { .. } | CodecError::Decode(_)) => Err(
-            ClientError::Protocol("the peer does not speak the taskmill protocol".into()),
-        ),
+        Err(CodecError::FrameTooLarge { .. } | CodecError::Decode(_)) => {
+            Err(ClientError::Protocol(
+                "the peer does not speak the taskmill protocol (or it requires TLS: --tls-ca)"
+                    .into(),
+            ))
+        }
         Err(err) => Err(err.into()),
     }
 }

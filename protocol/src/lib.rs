@@ -12,6 +12,7 @@
 //! - [`connection`]: a framed stream of whole messages.
 //! - [`client`]: connect + handshake + typed calls.
 //! - [`squares`]: the squares job's payloads.
+//! - [`tls`]: optional TLS, and the stream type connections run on.
 //!
 //! `docs/protocol.md` in the repository is the wire specification.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod handshake;
 pub mod message;
 pub mod squares;
+pub mod tls;
 
 pub use auth::{AuthKey, KeyError};
 pub use client::{Client, ClientOptions, PutOutcome, Settled};
@@ -30,6 +32,7 @@ pub use codec::{decode_payload, encode_payload, MessageCodec, DEFAULT_MAX_FRAME}
 pub use connection::Connection;
 pub use error::{ClientError, CodecError};
 pub use message::*;
+pub use tls::{Stream, TlsClient, TlsError, TlsServer};
 
 /// How long an idle TCP connection waits before the kernel starts probing the peer: a host
 /// that vanished without a FIN is then found even on a connection with nothing to say.

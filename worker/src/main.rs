@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use taskmill_worker::support::{cancel_on_signal, init_tracing, load_key, parse_duration};
+use taskmill_worker::support::{
+    cancel_on_signal, init_tracing, load_key, parse_duration, TlsClientArgs,
+};
 use taskmill_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,8 @@ struct Cli {
     /// Pretend each batch of tasks takes this long (e.g. 20ms), for load tests and demos.
     #[arg(long, env = "TASKMILL_SIMULATED_WORK", default_value = "0s", value_parser = parse_duration)]
     simulated_work: Duration,
+    #[command(flatten)]
+    tls: TlsClientArgs,
     /// Bound on connecting plus authenticating.
     #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -57,7 +61,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match cli.tls.client(&cli.master) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("taskmill-worker: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let mut config = WorkerConfig::new(cli.master, key);
+    config.client.tls = tls;
     config.concurrency = cli.concurrency;
     config.idle_exit = cli.idle_exit;
     config.max_backoff = cli.max_backoff;

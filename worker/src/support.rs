@@ -1,10 +1,10 @@
 //! Process plumbing both taskmill binaries share: duration flags, logging, the authkey, signals.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use taskmill_protocol::{AuthKey, KeyError};
+use taskmill_protocol::{AuthKey, KeyError, TlsClient, TlsError};
 use tokio_util::sync::CancellationToken;
 
 /// Parses `5`, `2.5` (seconds) or a unit suffix like `500ms`, `10s`, `2m`, `1h 30m`.
@@ -14,6 +14,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));
     }
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 5, 2.5, 500ms, 10s, 2m)"))
+}
+
+/// Client-side TLS flags, shared by every command that connects to a master.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsClientArgs {
+    /// Speak TLS to the master, trusting the CA certificates (PEM) in this file.
+    #[arg(long, env = "TASKMILL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the master's certificate must carry. Default: the host part of the master
+    /// address.
+    #[arg(long, env = "TASKMILL_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsClientArgs {
+    /// The TLS settings for connecting to `master` (`host:port`), if TLS was asked for.
+    pub fn client(&self, master: &str) -> Result<Option<TlsClient>, TlsError> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let name = match &self.tls_server_name {
+            Some(name) => name.clone(),
+            None => host_of(master).to_owned(),
+        };
+        TlsClient::from_ca_file(ca, &name).map(Some)
+    }
+}
+
+/// `host` of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Logs to stderr at the level `RUST_LOG` sets (default `info`).
@@ -64,6 +96,13 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tls_server_name_defaults_to_the_master_host() {
+        assert_eq!(host_of("master:5000"), "master");
+        assert_eq!(host_of("10.0.0.1:5000"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:5000"), "::1");
+    }
 
     #[test]
     fn durations_accept_plain_seconds_and_units() {

@@ -109,7 +109,7 @@ async fn run_loop(
         }
         let connected = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            c = Client::connect_with(&config.master, &config.key, config.client) => c,
+            c = Client::connect_with(&config.master, &config.key, &config.client) => c,
         };
         let mut client = match connected {
             Ok(client) => client,

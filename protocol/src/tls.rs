@@ -1,0 +1,198 @@
+//! Optional TLS (rustls): loading certificates and keys, and [`Stream`], the one stream type
+//! every connection uses, plain or encrypted. The HMAC handshake runs inside TLS as well: TLS
+//! hides and protects the traffic, the authkey still decides who may use the queues.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} from {path}: {cause}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        cause: String,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    #[error("TLS configuration rejected: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |cause: String| TlsError::Pem {
+        what,
+        path: path.to_owned(),
+        cause,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The master's side: its certificate chain and private key.
+#[derive(Clone)]
+pub struct TlsServer {
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsServer(..)")
+    }
+}
+
+impl TlsServer {
+    /// Loads a PEM certificate chain and a PEM private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let chain = certificates(cert, "a certificate chain")?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+            what: "a private key",
+            path: key.to_owned(),
+            cause: e.to_string(),
+        })?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
+    /// Runs the TLS handshake on an accepted connection.
+    pub async fn accept(&self, tcp: TcpStream) -> io::Result<Stream> {
+        let tls = self.acceptor.accept(tcp).await?;
+        Ok(Stream::ServerTls(Box::new(tls)))
+    }
+}
+
+/// A client's side: which certificate authorities to trust, and the name the master's
+/// certificate must carry.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsClient({:?})", self.server_name)
+    }
+}
+
+impl TlsClient {
+    /// Trusts the PEM certificates in `ca` and expects `server_name` (a DNS name or IP
+    /// address) in the master's certificate.
+    pub fn from_ca_file(ca: &Path, server_name: &str) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(ca, "CA certificates")? {
+            roots.add(cert)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// Runs the TLS handshake on a fresh connection to the master.
+    pub async fn connect(&self, tcp: TcpStream) -> io::Result<Stream> {
+        let tls = self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await?;
+        Ok(Stream::ClientTls(Box::new(tls)))
+    }
+}
+
+/// A connection, plain or TLS on either side.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::ClientTls(s) => s.get_ref().0,
+            Stream::ServerTls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ClientTls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! TLS end to end, with certificates made by the test: the job over TLS, and clear errors when
+//! one side speaks TLS and the other does not, or the CA is wrong.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use support::{config, key, within, Master};
+use taskmill_master::job::{self, JobConfig};
+use taskmill_protocol::{Client, ClientError, ClientOptions, TlsClient, TlsServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files in a fresh folder.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("taskmill-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), server_key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn server(&self) -> TlsServer {
+        TlsServer::from_pem_files(&self.path("cert.pem"), &self.path("key.pem")).unwrap()
+    }
+
+    fn client(&self, name: &str) -> ClientOptions {
+        ClientOptions {
+            tls: Some(TlsClient::from_ca_file(&self.path("ca.pem"), name).unwrap()),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_squares_job_runs_over_tls() {
+    let pki = Pki::new("job");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut job_config = JobConfig::new(5_000);
+    job_config.local_workers = 2;
+    job_config.client = pki.client("localhost");
+    let report = within(
+        "job over TLS",
+        job::run(listener, cfg, job_config, CancellationToken::new()),
+    )
+    .await
+    .unwrap();
+    assert!(report.success(), "{report:?}");
+    assert_eq!(report.workers_seen, 2);
+}
+
+#[tokio::test]
+async fn tls_and_the_authkey_are_both_required() {
+    let pki = Pki::new("both");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    let master = Master::start(cfg).await;
+    let mut client = within(
+        "tls connect",
+        Client::connect_with(&master.addr, &key(), &pki.client("127.0.0.1")),
+    )
+    .await
+    .unwrap();
+    client.ping().await.unwrap();
+    let wrong_key = within(
+        "tls with a wrong key",
+        Client::connect_with(
+            &master.addr,
+            &support::wrong_key(),
+            &pki.client("localhost"),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(wrong_key, ClientError::AuthenticationFailed),
+        "{wrong_key:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_client_at_a_tls_master_gets_a_clear_error_quickly() {
+    let pki = Pki::new("plain");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    let master = Master::start(cfg).await;
+    let err = within("plain at tls", Client::connect(&master.addr, &key()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("requires TLS"), "{err}");
+    assert!(!err.is_transient(), "retrying without TLS cannot help");
+}
+
+#[tokio::test]
+async fn a_tls_client_rejects_a_plain_master_and_a_certificate_from_another_ca() {
+    let pki = Pki::new("client");
+    let plain = Master::start(config()).await;
+    let err = within(
+        "tls at plain",
+        Client::connect_with(&plain.addr, &key(), &pki.client("localhost")),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+    assert!(!err.is_transient());
+
+    let other = Pki::new("other");
+    let mut cfg = config();
+    cfg.tls = Some(other.server());
+    let impostor = Master::start(cfg).await;
+    let err = within(
+        "wrong ca",
+        Client::connect_with(&impostor.addr, &key(), &pki.client("localhost")),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+    assert!(err.to_string().contains("TLS handshake"), "{err}");
+}
+
+#[test]
+fn unreadable_or_empty_pem_files_are_clear_errors() {
+    let missing = TlsServer::from_pem_files(
+        Path::new("/nonexistent/cert.pem"),
+        Path::new("/nonexistent/key.pem"),
+    );
+    assert!(missing
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/cert.pem"));
+    let dir = std::env::temp_dir().join(format!("taskmill-tls-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    let err = TlsClient::from_ca_file(&dir.join("empty.pem"), "localhost").unwrap_err();
+    assert!(err.to_string().contains("no certificate"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
