@@ -109,7 +109,7 @@ pub struct JobReport {
     pub redelivered: u64,
     /// Tasks with no result.
     pub missing: u64,
-    /// Worker connections that completed at least one task during the job.
+    /// Distinct workers whose results were verified or counted during the job.
     pub workers_seen: u64,
     pub seed: u64,
     pub elapsed_secs: f64,
@@ -132,10 +132,18 @@ impl JobReport {
 pub enum JobError {
     #[error("--min {min} is greater than --max {max}")]
     EmptyRange { min: i64, max: i64 },
-    #[error("cannot reach the job's own master: {0}")]
-    Client(#[from] ClientError),
+    /// Not `#[from]`: the message already says what the client error says, and a source
+    /// would make the error chain repeat it.
+    #[error("the job cannot go on: {0}")]
+    Client(ClientError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<ClientError> for JobError {
+    fn from(err: ClientError) -> Self {
+        JobError::Client(err)
+    }
 }
 
 /// Serves `listener`, runs the job against it, then stops the server.
@@ -213,10 +221,8 @@ pub async fn drive(
     job: &JobConfig,
     shutdown: &CancellationToken,
 ) -> Result<JobReport, JobError> {
-    let producer = Client::connect_with(addr, key, &job.client).await?;
-    let mut collector = Client::connect_with(addr, key, &job.client).await?;
-    // The master may have served other work before: count only connections that complete now.
-    let completing_before = collector.stats().await?.completing_clients_total;
+    let producer = Link::new("producer", addr, key, &job.client);
+    let mut collector = Link::new("collector", addr, key, &job.client);
     let start = Instant::now();
     let batches = job.tasks.div_ceil(u64::from(job.batch)) as usize;
     let put_times: Arc<Vec<AtomicU64>> =
@@ -244,19 +250,34 @@ pub async fn drive(
         if last_result.elapsed() >= job.stall_timeout {
             break Ending::Stalled;
         }
-        let results = tokio::select! {
+        // Leased, and acknowledged once recorded: results in flight when a connection drops
+        // are redelivered, never lost, and the tally drops the duplicates.
+        let wait = Wait::Millis(POLL.as_millis() as u64);
+        let taken = tokio::select! {
             () = shutdown.cancelled() => break Ending::Interrupted,
-            r = collector.take(RESULTS_QUEUE, COLLECT_BATCH, Wait::Millis(POLL.as_millis() as u64)) => r?,
+            r = async { collector.client().await?.get(RESULTS_QUEUE, COLLECT_BATCH, wait).await } => r,
+        };
+        let results = match taken {
+            Ok(results) => results,
+            Err(err) => {
+                collector.failed(err).await?;
+                continue;
+            }
         };
         if results.is_empty() {
             continue;
         }
         last_result = Instant::now();
         let now_us = start.elapsed().as_micros() as u64;
+        let ids = results.iter().map(|r| r.id).collect();
         for result in results {
             tally.record(job, &result.payload, now_us, &put_times);
         }
         progress.update(tally.seen);
+        let acked = async { collector.client().await?.ack(RESULTS_QUEUE, ids).await };
+        if let Err(err) = acked.await {
+            collector.failed(err).await?;
+        }
     };
     progress.finish();
     stop_producer.cancel();
@@ -265,10 +286,6 @@ pub async fn drive(
         Ok(Err(err)) => warn!(cause = %err, "producer failed"),
         Err(err) => warn!(cause = %err, "producer panicked"),
     }
-    let workers_seen = collector
-        .stats()
-        .await
-        .map_or(0, |s| s.completing_clients_total - completing_before);
     let elapsed = start.elapsed().as_secs_f64();
     Ok(JobReport {
         ending,
@@ -278,7 +295,7 @@ pub async fn drive(
         duplicates: tally.duplicates,
         redelivered: tally.redelivered,
         missing: job.tasks - tally.seen,
-        workers_seen,
+        workers_seen: tally.workers.len() as u64,
         seed: job.seed,
         elapsed_secs: elapsed,
         tasks_per_sec: if elapsed > 0.0 {
@@ -292,9 +309,56 @@ pub async fn drive(
     })
 }
 
-/// Puts every task in order, waiting for room, recording when each batch was sent.
+/// A connection that is made again after a transient error, so the job outlives a master
+/// that stalls or drops it for a while.
+struct Link {
+    role: &'static str,
+    addr: String,
+    key: AuthKey,
+    options: ClientOptions,
+    client: Option<Client>,
+    backoff: Duration,
+}
+
+impl Link {
+    fn new(role: &'static str, addr: &str, key: &AuthKey, options: &ClientOptions) -> Self {
+        Self {
+            role,
+            addr: addr.to_owned(),
+            key: key.clone(),
+            options: options.clone(),
+            client: None,
+            backoff: Duration::from_millis(50),
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, ClientError> {
+        if self.client.is_none() {
+            let client = Client::connect_with(&self.addr, &self.key, &self.options).await?;
+            self.backoff = Duration::from_millis(50);
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    /// Drops the connection after a transient error and waits a moment before the next try;
+    /// anything else is returned.
+    async fn failed(&mut self, err: ClientError) -> Result<(), ClientError> {
+        if !err.is_transient() {
+            return Err(err);
+        }
+        warn!(role = self.role, cause = %err, retry_in = ?self.backoff, "lost the master; reconnecting");
+        self.client = None;
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+        Ok(())
+    }
+}
+
+/// Puts every task in order, waiting for room, recording when each batch was sent. A batch
+/// whose reply was lost is put again; the collector drops the duplicate results.
 async fn produce(
-    mut client: Client,
+    mut link: Link,
     job: JobConfig,
     start: Instant,
     put_times: Arc<Vec<AtomicU64>>,
@@ -314,11 +378,15 @@ async fn produce(
             .collect::<Vec<_>>();
         put_times[index].store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         while !items.is_empty() {
+            let wait = Wait::Millis(POLL.as_millis() as u64);
             let put = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                put = client.put(TASKS_QUEUE, items.clone(), Wait::Millis(POLL.as_millis() as u64)) => put?,
+                put = async { link.client().await?.put(TASKS_QUEUE, items.clone(), wait).await } => put,
             };
-            items.drain(..put.accepted as usize);
+            match put {
+                Ok(put) => drop(items.drain(..put.accepted as usize)),
+                Err(err) => link.failed(err).await?,
+            }
         }
     }
     Ok(())
@@ -332,6 +400,7 @@ struct Tally {
     wrong: u64,
     duplicates: u64,
     redelivered: u64,
+    workers: std::collections::HashSet<u32>,
     latency: Histogram<u64>,
 }
 
@@ -344,6 +413,7 @@ impl Tally {
             wrong: 0,
             duplicates: 0,
             redelivered: 0,
+            workers: std::collections::HashSet::new(),
             latency: Histogram::new(3).expect("3 significant figures is valid"),
         }
     }
@@ -371,6 +441,7 @@ impl Tally {
         self.seen += 1;
         let input = input_for(job.seed, result.seq, job.min, job.max);
         let expected = i128::from(input) * i128::from(input);
+        self.workers.insert(result.worker);
         if result.input == input && result.square == expected {
             self.verified += 1;
             if result.attempt > 1 {
@@ -529,6 +600,7 @@ mod tests {
                 input,
                 square: i128::from(input) * i128::from(input) + delta,
                 attempt: 2,
+                worker: 5,
             })
             .unwrap()
         };

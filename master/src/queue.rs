@@ -528,7 +528,9 @@ impl State {
     }
 
     /// Settles `task` if `session` holds its lease on queue `q`.
-    fn settle(&mut self, q: QueueIdx, task: TaskId, session: SessionId) -> bool {
+    /// Settles `task` if `session` holds its lease on queue `q`. `with_result` marks a
+    /// completion, which makes the session count as a worker in the stats.
+    fn settle(&mut self, q: QueueIdx, task: TaskId, session: SessionId, with_result: bool) -> bool {
         let queue = &mut self.queues[q];
         match queue.leased.get(&task) {
             Some(l) if l.session == session => {
@@ -536,7 +538,7 @@ impl State {
                 queue.settled_total += 1;
                 let s = self.sessions.entry(session).or_default();
                 s.held.remove(&(q, task));
-                if !s.completed_any {
+                if with_result && !s.completed_any {
                     s.completed_any = true;
                     self.completing_sessions_total += 1;
                 }
@@ -569,7 +571,7 @@ impl State {
             }
             let p = pending.pop_front().expect("front exists");
             if let Some((tq, task)) = p.settles {
-                self.settle(tq, task, session);
+                self.settle(tq, task, session, true);
             }
             let queue = &mut self.queues[q];
             queue.items.push_back(Item {
@@ -977,7 +979,7 @@ impl Broker {
         let q = state.queue_idx(queue)?;
         let mut stale = Vec::new();
         for &task in tasks {
-            if !state.settle(q, task, session) {
+            if !state.settle(q, task, session, false) {
                 stale.push(task);
             }
         }

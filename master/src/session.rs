@@ -185,6 +185,10 @@ impl Session<'_> {
                     unflushed = true;
                 }
                 Event::Message(Ok(Some(msg))) => {
+                    // Requests already buffered are decoded without touching the socket, which
+                    // spends no scheduling budget: charge one per request so a flooding client
+                    // yields its thread to the others.
+                    tokio::task::consume_budget().await;
                     self.last_heard = Instant::now();
                     let (id, request) = match msg {
                         ClientMessage::Request { id, request } => (id, request),

@@ -72,6 +72,11 @@ where
         }
     }
 
+    /// The stream underneath; anything buffered is dropped.
+    pub fn into_inner(self) -> S {
+        self.framed.into_inner()
+    }
+
     pub fn get_ref(&self) -> &S {
         self.framed.get_ref()
     }

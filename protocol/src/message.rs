@@ -361,7 +361,7 @@ pub struct Stats {
     pub connections_total: u64,
     /// Handshakes that failed (wrong key, bad version, garbage, deadline).
     pub handshake_failures: u64,
-    /// Distinct connections that completed at least one task since start.
+    /// Distinct connections that completed (with a result) at least one task since start.
     pub completing_clients_total: u64,
     pub queues: Vec<QueueStats>,
 }

@@ -25,4 +25,6 @@ pub struct SquareResult {
     /// The delivery of the task that produced this answer (1 = first), so a collector can
     /// count redeliveries.
     pub attempt: u32,
+    /// The answering worker's random id, so a collector can count the workers that took part.
+    pub worker: u32,
 }

@@ -10,20 +10,21 @@ pub fn square(n: i64) -> i128 {
     n * n
 }
 
-/// Answers one task, received on its `attempt`-th delivery.
-pub fn answer(task: SquareTask, attempt: u32) -> SquareResult {
+/// Answers one task, received on its `attempt`-th delivery, as worker `worker`.
+pub fn answer(task: SquareTask, attempt: u32, worker: u32) -> SquareResult {
     SquareResult {
         seq: task.seq,
         input: task.input,
         square: square(task.input),
         attempt,
+        worker,
     }
 }
 
 /// Decodes a task payload and encodes its result; an undecodable payload is an error.
-pub fn process(payload: &[u8], attempt: u32) -> Result<Bytes, CodecError> {
+pub fn process(payload: &[u8], attempt: u32, worker: u32) -> Result<Bytes, CodecError> {
     let task: SquareTask = decode_payload(payload)?;
-    encode_payload(&answer(task, attempt))
+    encode_payload(&answer(task, attempt, worker))
 }
 
 #[cfg(test)]
@@ -48,7 +49,7 @@ mod tests {
             seq: 41,
             input: -12,
         };
-        let out = process(&encode_payload(&task).unwrap(), 2).unwrap();
+        let out = process(&encode_payload(&task).unwrap(), 2, 9).unwrap();
         let result: SquareResult = decode_payload(&out).unwrap();
         assert_eq!(
             result,
@@ -57,13 +58,14 @@ mod tests {
                 input: -12,
                 square: 144,
                 attempt: 2,
+                worker: 9,
             }
         );
     }
 
     #[test]
     fn garbage_payloads_are_errors_not_panics() {
-        assert!(process(b"", 1).is_err());
-        assert!(process(&[0xff; 40], 1).is_err());
+        assert!(process(b"", 1, 1).is_err());
+        assert!(process(&[0xff; 40], 1, 1).is_err());
     }
 }

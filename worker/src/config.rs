@@ -28,6 +28,8 @@ pub struct WorkerConfig {
     pub client: ClientOptions,
     pub tasks_queue: String,
     pub results_queue: String,
+    /// Stamped on every result, so a collector can tell workers apart. Random by default.
+    pub id: u32,
 }
 
 impl WorkerConfig {
@@ -45,6 +47,7 @@ impl WorkerConfig {
             client: ClientOptions::default(),
             tasks_queue: TASKS_QUEUE.to_owned(),
             results_queue: RESULTS_QUEUE.to_owned(),
+            id: rand::random(),
         }
     }
 }

@@ -200,7 +200,7 @@ async fn work(
             continue;
         }
         state.last_task = Instant::now();
-        answer(tasks, &mut state.unsent);
+        answer(tasks, config.id, &mut state.unsent);
         if !config.simulated_work.is_zero() {
             busy(client, config.simulated_work).await?;
         }
@@ -224,9 +224,9 @@ async fn busy(client: &mut Client, time: Duration) -> Result<(), ClientError> {
 }
 
 /// Computes the answers to a leased batch.
-fn answer(tasks: Vec<Task>, unsent: &mut Unsent) {
+fn answer(tasks: Vec<Task>, worker: u32, unsent: &mut Unsent) {
     for task in tasks {
-        match compute::process(&task.payload, task.attempt) {
+        match compute::process(&task.payload, task.attempt, worker) {
             Ok(result) => unsent.results.push(Outcome {
                 task: task.id,
                 result,
