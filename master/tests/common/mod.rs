@@ -54,15 +54,30 @@ pub fn worker_bin() -> PathBuf {
 pub struct Proc {
     pub child: Child,
     lines: mpsc::Receiver<String>,
+    /// Where the child's stderr goes; kept (and named) if the test fails.
+    log: Option<PathBuf>,
+}
+
+/// A fresh file for a child's stderr.
+fn log_file() -> (PathBuf, std::fs::File) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("taskmill-test-{}-{n}.log", std::process::id()));
+    let file = std::fs::File::create(&path).expect("create a log file");
+    (path, file)
 }
 
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Self {
+        let (log_path, log) = log_file();
         let mut child = cmd
             .env("TASKMILL_AUTHKEY", KEY)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn");
         let stdout = child.stdout.take().unwrap();
@@ -74,7 +89,11 @@ impl Proc {
                 }
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            log: Some(log_path),
+        }
     }
 
     /// Guards a child spawned elsewhere (its stdout is not read).
@@ -82,6 +101,7 @@ impl Proc {
         Self {
             child,
             lines: mpsc::channel().1,
+            log: None,
         }
     }
 
@@ -133,5 +153,12 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(log) = &self.log {
+            if std::thread::panicking() {
+                eprintln!("child {} logged to {}", self.child.id(), log.display());
+            } else {
+                let _ = std::fs::remove_file(log);
+            }
+        }
     }
 }
