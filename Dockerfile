@@ -1,15 +1,21 @@
-# taskmill image: both binaries on a slim runtime, running as a non-root user.
-# Build:  docker build -t taskmill:latest .
-# The binaries handle SIGTERM themselves, so they can run as PID 1.
-FROM rust:1-bookworm AS build
+# taskmill image: both binaries on Debian slim, running as a non-root user.
+#   docker build -t taskmill:latest .
+# Needs a registry for the two base images. Without one, scripts/build-image.sh builds the
+# equivalent image FROM scratch (docker/Dockerfile) from statically linked binaries; both run
+# docker-compose.yml unchanged.
+# The binaries handle SIGTERM themselves, so they run as PID 1 without an init.
+ARG RUST_VERSION=1.95
+FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p taskmill-master -p taskmill-worker
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home taskmill
+RUN groupadd --system --gid 10001 taskmill \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin taskmill
 COPY --from=build /src/target/release/taskmill-master /src/target/release/taskmill-worker /usr/local/bin/
-USER taskmill
+# Numeric, so that runtimes can check it is not root (e.g. Kubernetes' runAsNonRoot).
+USER 10001:10001
 EXPOSE 5000
 ENTRYPOINT ["taskmill-master"]
 CMD ["serve", "--listen", "0.0.0.0:5000"]
