@@ -116,7 +116,9 @@ pub struct JobReport {
     pub tasks_per_sec: f64,
     /// Time from a task's put request to its result being collected, in microseconds.
     pub latency_p50_us: u64,
+    pub latency_p90_us: u64,
     pub latency_p99_us: u64,
+    pub latency_p999_us: u64,
     pub latency_max_us: u64,
 }
 
@@ -304,7 +306,9 @@ pub async fn drive(
             0.0
         },
         latency_p50_us: tally.latency.value_at_quantile(0.5),
+        latency_p90_us: tally.latency.value_at_quantile(0.9),
         latency_p99_us: tally.latency.value_at_quantile(0.99),
+        latency_p999_us: tally.latency.value_at_quantile(0.999),
         latency_max_us: tally.latency.max(),
     })
 }

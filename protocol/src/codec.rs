@@ -79,6 +79,10 @@ fn decode_limited<T: DeserializeOwned>(src: &[u8], max_frame: usize) -> Result<T
 pub struct MessageCodec<In, Out> {
     frames: LengthDelimitedCodec,
     max_frame: usize,
+    /// A length header has been consumed and its frame is not complete yet. The inner codec
+    /// keeps that to itself, and its buffer is then empty, so without this a stream that ends
+    /// right after a header would look like a clean close.
+    mid_frame: bool,
     _types: PhantomData<fn(Out) -> In>,
 }
 
@@ -91,6 +95,7 @@ impl<In, Out> MessageCodec<In, Out> {
                 .max_frame_length(max_frame)
                 .new_codec(),
             max_frame,
+            mid_frame: false,
             _types: PhantomData,
         }
     }
@@ -111,6 +116,7 @@ impl<In, Out> MessageCodec<In, Out> {
         MessageCodec {
             frames: self.frames,
             max_frame: self.max_frame,
+            mid_frame: self.mid_frame,
             _types: PhantomData,
         }
     }
@@ -121,10 +127,28 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
+        let before = src.len();
         match self.frames.decode(src) {
-            Ok(Some(frame)) => decode_limited(&frame, self.max_frame).map(Some),
-            Ok(None) => Ok(None),
+            Ok(Some(frame)) => {
+                self.mid_frame = false;
+                decode_limited(&frame, self.max_frame).map(Some)
+            }
+            Ok(None) => {
+                self.mid_frame |= src.len() < before;
+                Ok(None)
+            }
             Err(err) => Err(CodecError::from_frame_error(err, self.max_frame)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
+        match self.decode(src)? {
+            Some(msg) => Ok(Some(msg)),
+            None if self.mid_frame || !src.is_empty() => Err(CodecError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the stream ended inside a frame",
+            ))),
+            None => Ok(None),
         }
     }
 }
@@ -426,6 +450,18 @@ mod tests {
             dec.decode(&mut trailing),
             Err(CodecError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn a_stream_ending_right_after_a_header_is_an_error_not_a_clean_close() {
+        let mut dec = MasterSide::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        buf.put_u32(10);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty(), "the header was consumed");
+        assert!(dec.decode_eof(&mut buf).is_err());
+        let mut empty = BytesMut::new();
+        assert_eq!(MasterSide::new(DEFAULT_MAX_FRAME).decode_eof(&mut empty).unwrap(), None);
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! `taskmill-bench`: parse flags, connect, run one scenario, print figures.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use taskmill_bench::{Counter, Plan, Scenario, Target};
+use taskmill_protocol::ClientOptions;
+use taskmill_worker::support::{init_tracing, load_key, parse_duration, TlsClientArgs};
+
+/// Load generator for a taskmill master. Talks only to the address it is given, and every run
+/// is bounded by --duration and --count.
+///
+/// Scenarios: squares (the whole job with --connections in-process workers), produce (put
+/// rate), consume (lease + ack rate over a pre-filled queue), connections (open and hold
+/// --connections authenticated idle connections), latency (one task at a time, put to
+/// result). The authkey comes from TASKMILL_AUTHKEY or --authkey-file.
+#[derive(Debug, Parser)]
+#[command(name = "taskmill-bench", version)]
+struct Cli {
+    scenario: Scenario,
+    /// Master address (host:port).
+    #[arg(long, env = "TASKMILL_MASTER", default_value = "127.0.0.1:5000")]
+    master: String,
+    #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
+    authkey_file: Option<PathBuf>,
+    /// Connections (workers for squares).
+    #[arg(long, short = 'c', default_value_t = 4)]
+    connections: usize,
+    /// Items per request (tasks leased at once for squares).
+    #[arg(long, short = 'b', default_value_t = 256)]
+    batch: u32,
+    /// Stop after this long.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many items (tasks for squares).
+    #[arg(long, short = 'n', default_value_t = 1_000_000)]
+    count: u64,
+    /// Open loop: items per second in all (produce, latency). Default: as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tls: TlsClientArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("taskmill-bench: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("taskmill-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
+    let target = Target {
+        key: load_key(cli.authkey_file.as_deref())?,
+        client: ClientOptions {
+            tls: cli.tls.client(&cli.master)?,
+            ..ClientOptions::default()
+        },
+        addr: cli.master,
+    };
+    let plan = Plan {
+        scenario: cli.scenario,
+        connections: cli.connections,
+        batch: cli.batch,
+        duration: cli.duration,
+        count: cli.count,
+        rate: cli.rate,
+    };
+    let progress = Arc::new(Counter::default());
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("the template is valid"),
+    );
+    let ticker = {
+        let (bar, progress) = (bar.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = progress.get();
+                bar.set_message(format!("{now} items, {} /s", (now - last) * 2));
+                bar.tick();
+                last = now;
+            }
+        })
+    };
+    let report = taskmill_bench::run(&target, &plan, progress).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let report = report?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let l = &report.latency_us;
+        println!(
+            "{:?}: {} items in {:.2} s = {:.0} items/s over {} connections (batch {}); \
+             latency us p50 {} p90 {} p99 {} p99.9 {} max {}; errors {}",
+            report.scenario,
+            report.items,
+            report.elapsed_secs,
+            report.items_per_sec,
+            report.connections,
+            report.batch,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            report.errors
+        );
+    }
+    Ok(if report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

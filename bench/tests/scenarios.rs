@@ -1,0 +1,94 @@
+//! Every scenario runs briefly against a real master and produces a sane, parseable report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskmill_bench::{Counter, Plan, Scenario, Target};
+use taskmill_master::ServerConfig;
+use taskmill_protocol::{AuthKey, ClientOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn plan(scenario: Scenario, connections: usize, count: u64) -> Plan {
+    Plan {
+        scenario,
+        connections,
+        batch: 64,
+        duration: Duration::from_secs(2),
+        count,
+        rate: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_reports_parseable_sane_figures() {
+    let key = AuthKey::new("bench-test-key-0123").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = Target {
+        addr: listener.local_addr().unwrap().to_string(),
+        key: key.clone(),
+        client: ClientOptions::default(),
+    };
+    let stop = CancellationToken::new();
+    let master = tokio::spawn(taskmill_master::run(
+        listener,
+        ServerConfig::new(key),
+        stop.clone(),
+    ));
+    let mut open_loop = plan(Scenario::Latency, 1, 200);
+    open_loop.rate = Some(500.0);
+    for plan in [
+        plan(Scenario::Squares, 2, 5_000),
+        plan(Scenario::Produce, 2, 20_000), // a multiple of the connections: each puts half
+        plan(Scenario::Consume, 2, 20_000),
+        plan(Scenario::Connections, 50, 50),
+        plan(Scenario::Latency, 1, 200),
+        open_loop,
+    ] {
+        let progress = Arc::new(Counter::default());
+        let report = tokio::time::timeout(
+            Duration::from_secs(30),
+            taskmill_bench::run(&target, &plan, progress.clone()),
+        )
+        .await
+        .expect("a bench run is bounded")
+        .unwrap();
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        let text = serde_json::to_string(&json).unwrap();
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for field in [
+            "scenario",
+            "connections",
+            "batch",
+            "items",
+            "errors",
+            "latency_us",
+        ] {
+            assert_eq!(
+                back[field], json[field],
+                "{field} survives printing and parsing"
+            );
+        }
+        assert!(
+            back["items_per_sec"].as_f64().is_some() && back["elapsed_secs"].as_f64().is_some()
+        );
+        assert_eq!(report.errors, 0, "{text}");
+        assert_eq!(report.items, plan.count, "{text}");
+        assert!(report.items_per_sec > 0.0, "{text}");
+        let l = &json["latency_us"];
+        let (p50, p99, max) = (
+            l["p50"].as_u64().unwrap(),
+            l["p99"].as_u64().unwrap(),
+            l["max"].as_u64().unwrap(),
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= max, "{text}");
+        if plan.scenario != Scenario::Squares {
+            assert!(
+                progress.get() >= report.items.min(1),
+                "progress was counted"
+            );
+        }
+    }
+    stop.cancel();
+    master.await.unwrap().unwrap();
+}
