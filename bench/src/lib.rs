@@ -146,10 +146,15 @@ pub async fn run(
         Scenario::Latency => measured(latency(target, plan, &progress).await?),
     };
     let elapsed = started.elapsed().as_secs_f64();
+    // The latency scenario is one task at a time on one connection, whatever the flags say.
+    let (connections, batch) = match plan.scenario {
+        Scenario::Latency => (1, 1),
+        _ => (plan.connections, plan.batch),
+    };
     Ok(Report {
         scenario: plan.scenario,
-        connections: plan.connections,
-        batch: plan.batch,
+        connections,
+        batch,
         items,
         elapsed_secs: elapsed,
         items_per_sec: items as f64 / elapsed.max(f64::EPSILON),
@@ -160,10 +165,22 @@ pub async fn run(
 
 type Outcome = Result<(u64, Histogram<u64>, u64), BenchError>;
 
-/// When request `n` of one connection is due, for an open-loop rate of `per_conn` requests
-/// per second; `None` in closed loop.
-fn due(start: Instant, n: u64, per_conn: Option<f64>) -> Option<Instant> {
-    per_conn.map(|r| start + Duration::from_secs_f64(n as f64 / r))
+/// In open loop (`per_conn` requests per second), waits until request `n` of one connection
+/// is due and returns that moment; in closed loop, returns now. The timer's millisecond
+/// granularity would otherwise be counted as the master's latency, so the last stretch is
+/// spent yielding rather than sleeping.
+async fn pace(start: Instant, n: u64, per_conn: Option<f64>) -> Instant {
+    let Some(rate) = per_conn else {
+        return Instant::now();
+    };
+    let at = start + Duration::from_secs_f64(n as f64 / rate);
+    if let Some(early) = at.checked_sub(Duration::from_millis(2)) {
+        tokio::time::sleep_until(early).await;
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
+    at
 }
 
 /// Runs one request loop per connection and merges their counts and histograms.
@@ -234,13 +251,7 @@ async fn produce(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
             let end = start + plan.duration;
             let mut n = 0;
             while items < quota && Instant::now() < end {
-                let at = match due(start, n, per_conn) {
-                    Some(at) => {
-                        tokio::time::sleep_until(at).await;
-                        at
-                    }
-                    None => Instant::now(),
-                };
+                let at = pace(start, n, per_conn).await;
                 n += 1;
                 let left = (quota - items).min(batch.len() as u64) as usize;
                 match client
@@ -385,30 +396,26 @@ async fn latency(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
     let start = Instant::now();
     let end = start + plan.duration;
     while items < plan.count && Instant::now() < end {
-        let at = match due(start, items, per_sec) {
-            Some(at) => {
-                tokio::time::sleep_until(at).await;
-                at
-            }
-            None => Instant::now(),
-        };
+        let at = pace(start, items, per_sec).await;
         let task = encode_payload(&SquareTask {
             seq: items,
             input: items as i64,
         })
         .expect("a SquareTask always encodes");
+        // Timed from put to result in hand; settling the result afterwards is not counted.
         let round = async {
             client.put(tasks_queue, vec![task], Wait::Forever).await?;
             let result = client.get(results_queue, 1, Wait::Millis(5000)).await?;
+            let took = at.elapsed();
             let ids = result.iter().map(|r| r.id).collect::<Vec<_>>();
             client.ack(results_queue, ids.clone()).await?;
-            Ok::<_, ClientError>(ids.len())
+            Ok::<_, ClientError>((ids.len(), took))
         };
         match round.await {
-            Ok(1) => {
+            Ok((1, took)) => {
                 items += 1;
                 progress.add(1);
-                let _ = latency.record(at.elapsed().as_micros().max(1) as u64);
+                let _ = latency.record(took.as_micros().max(1) as u64);
             }
             _ => errors += 1,
         }
