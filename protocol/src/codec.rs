@@ -461,7 +461,12 @@ mod tests {
         assert!(buf.is_empty(), "the header was consumed");
         assert!(dec.decode_eof(&mut buf).is_err());
         let mut empty = BytesMut::new();
-        assert_eq!(MasterSide::new(DEFAULT_MAX_FRAME).decode_eof(&mut empty).unwrap(), None);
+        assert_eq!(
+            MasterSide::new(DEFAULT_MAX_FRAME)
+                .decode_eof(&mut empty)
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
