@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::{config, key, within, wrong_key, Master};
 use taskmill_protocol::handshake;
-use taskmill_protocol::{Client, ClientError, ClientMessage, Delivery, Rejection, Request, Wait};
+use taskmill_protocol::{Client, ClientError, ClientMessage, Rejection, Request, Wait};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -130,21 +130,10 @@ async fn a_client_that_never_reads_is_disconnected_and_its_leases_requeued() {
     let mut probe = master.client().await;
     let big = Bytes::from(vec![7u8; 200_000]);
     probe.put("tasks", vec![big; 4], Wait::No).await.unwrap();
-    let stream = TcpStream::connect(&master.addr).await.unwrap();
-    let (mut conn, _) = within("handshake", handshake::connect(stream, &key(), "test"))
+    let mut conn = support::raw_session(&master.addr).await;
+    conn.send(&support::lease(1, "tasks", 4, Wait::No))
         .await
         .unwrap();
-    conn.send(&ClientMessage::Request {
-        id: 1,
-        request: Request::Get {
-            queue: "tasks".into(),
-            max: 4,
-            wait: Wait::No,
-            delivery: Delivery::Lease { millis: None },
-        },
-    })
-    .await
-    .unwrap();
     // Then a flood of requests whose replies are never read: the master's writes back up.
     let flood = async {
         for id in 2.. {

@@ -181,21 +181,10 @@ async fn a_half_open_worker_is_detected_within_two_heartbeats_and_its_tasks_requ
         .await
         .unwrap();
     // A worker that takes tasks and then neither reads nor writes, but keeps its socket open.
-    let stream = TcpStream::connect(&master.addr).await.unwrap();
-    let (mut conn, _) = within("handshake", handshake::connect(stream, &key(), "test"))
+    let mut conn = support::raw_session(&master.addr).await;
+    conn.send(&support::lease(1, "tasks", 2, Wait::No))
         .await
         .unwrap();
-    conn.send(&ClientMessage::Request {
-        id: 1,
-        request: Request::Get {
-            queue: "tasks".into(),
-            max: 2,
-            wait: Wait::No,
-            delivery: Delivery::Lease { millis: None },
-        },
-    })
-    .await
-    .unwrap();
     assert!(matches!(
         within("tasks", conn.recv()).await.unwrap(),
         Some(MasterMessage::Reply { .. })

@@ -7,8 +7,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use taskmill_master::ServerConfig;
-use taskmill_protocol::{AuthKey, Client};
-use tokio::net::TcpListener;
+use taskmill_protocol::handshake::{self, ClientConnection};
+use taskmill_protocol::{AuthKey, Client, ClientMessage, Delivery, Request, Wait};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,29 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(LIMIT, fut).await {
         Ok(out) => out,
         Err(_) => panic!("timed out after {LIMIT:?}: {what}"),
+    }
+}
+
+/// An authenticated connection that speaks raw frames, for clients that misbehave after the
+/// handshake (never reading, going silent, pipelining).
+pub async fn raw_session(addr: &str) -> ClientConnection<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (conn, _) = within("handshake", handshake::connect(stream, &key(), "test"))
+        .await
+        .unwrap();
+    conn
+}
+
+/// A `get` of up to `max` tasks from `queue` under the master's default lease.
+pub fn lease(id: u64, queue: &str, max: u32, wait: Wait) -> ClientMessage {
+    ClientMessage::Request {
+        id,
+        request: Request::Get {
+            queue: queue.into(),
+            max,
+            wait,
+            delivery: Delivery::Lease { millis: None },
+        },
     }
 }
 
