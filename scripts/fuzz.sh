@@ -10,9 +10,9 @@
 #
 # How it fuzzes, best first:
 #   1. nightly toolchain present: cargo-fuzz (libFuzzer, coverage-guided) with AddressSanitizer.
-#   2. stable only: cargo-fuzz with `--sanitizer none`, which needs no nightly feature. Still
-#      libFuzzer and still coverage-guided; only the sanitizer is missing, which matters little
-#      for this code (safe Rust, no unsafe of its own).
+#   2. stable only (or the nightly build fails): cargo-fuzz with `--sanitizer none`, which needs
+#      no nightly feature. Still libFuzzer and still coverage-guided; only the sanitizer is
+#      missing, which matters little for this code (safe Rust, no unsafe of its own).
 #   3. cargo-fuzz cannot be installed or cannot build: replays the committed corpus through the
 #      same target functions as a plain test, then mutates it at random for the same time with
 #      no coverage feedback. Much weaker; said loudly.
@@ -62,18 +62,6 @@ blind() {
 
 [ "${FUZZ_BLIND:-0}" = 1 ] && blind "FUZZ_BLIND=1"
 
-# Toolchain: nightly (with AddressSanitizer) when it is there, else stable without a sanitizer.
-if [ "${FUZZ_TOOLCHAIN:-}" != stable ] && cargo +nightly --version >/dev/null 2>&1; then
-    toolchain=(+nightly)
-    sanitizer=address
-    say "libFuzzer via cargo-fuzz, nightly toolchain ($(cargo +nightly --version)), AddressSanitizer"
-else
-    toolchain=()
-    sanitizer=none
-    say "libFuzzer via cargo-fuzz, stable toolchain ($(cargo --version)), no sanitizer"
-    say "(no nightly toolchain here, or FUZZ_TOOLCHAIN=stable: coverage-guided all the same)"
-fi
-
 if ! cargo fuzz --version >/dev/null 2>&1; then
     say "installing cargo-fuzz (cargo install cargo-fuzz --locked)"
     if ! cargo install cargo-fuzz --locked --version '^0.13'; then
@@ -82,8 +70,25 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 say "$(cargo fuzz --version)"
 
-if ! cargo "${toolchain[@]}" fuzz build --sanitizer "$sanitizer"; then
-    blind "cargo fuzz build failed"
+# Toolchain: nightly with AddressSanitizer when it is there and builds, else stable without a
+# sanitizer (still libFuzzer, still coverage-guided), else the blind fallback.
+toolchain=()
+sanitizer=none
+if [ "${FUZZ_TOOLCHAIN:-}" != stable ] && cargo +nightly --version >/dev/null 2>&1; then
+    say "libFuzzer via cargo-fuzz, nightly toolchain ($(cargo +nightly --version)), AddressSanitizer"
+    if cargo +nightly fuzz build --sanitizer address; then
+        toolchain=(+nightly)
+        sanitizer=address
+    else
+        say "the nightly build failed; trying the stable toolchain without a sanitizer"
+    fi
+else
+    say "no nightly toolchain (or FUZZ_TOOLCHAIN=stable): cargo-fuzz on the stable toolchain"
+fi
+if [ "$sanitizer" = none ]; then
+    say "libFuzzer via cargo-fuzz, stable toolchain ($(cargo --version)), no sanitizer:"
+    say "coverage-guided all the same; only AddressSanitizer is missing"
+    cargo fuzz build --sanitizer none || blind "cargo fuzz build failed"
 fi
 
 mkdir -p fuzz/target/logs

@@ -4,6 +4,13 @@
 //! It owns two limits: the frame cap (checked on the length header, before any buffer grows) and
 //! bincode's allocation budget, which must track the cap because bincode allocates a declared
 //! length before reading it.
+//!
+//! One allocation escapes that budget: through the serde API, bincode passes a sequence's
+//! declared length to serde as a size hint without charging it, and serde's `Vec` visitor
+//! preallocates up to 1 MiB from it. So decoding one frame may briefly hold
+//! `max(cap × 8, 1 MiB)`; the memory is freed when the frame fails to decode, and handshake
+//! messages have no sequences, so only authenticated peers can cause it (found by fuzzing:
+//! fuzz/README.md). bincode's own derives would check the count first.
 
 use std::marker::PhantomData;
 
