@@ -844,17 +844,8 @@ impl Broker {
     ) -> Result<Step<PutProgress, PutWaiting>, QueueError> {
         let mut state = self.lock();
         let q = state.queue_idx(queue)?;
-        let first_id = state.reserve_ids(items.len());
-        let pending = items
-            .into_iter()
-            .zip(first_id..)
-            .map(|(payload, id)| Pending {
-                id,
-                payload,
-                settles: None,
-            })
-            .collect();
-        Ok(self.insert(state, q, session, pending, first_id, wait))
+        let items = items.into_iter().map(|payload| (payload, None));
+        Ok(self.insert(state, q, session, items, wait))
     }
 
     /// Settles each outcome's lease on `queue` and appends its result to `results`, atomically
@@ -870,17 +861,8 @@ impl Broker {
         let mut state = self.lock();
         let tq = state.queue_idx(queue)?;
         let rq = state.queue_idx(results)?;
-        let first_id = state.reserve_ids(outcomes.len());
-        let pending = outcomes
-            .into_iter()
-            .zip(first_id..)
-            .map(|(o, id)| Pending {
-                id,
-                payload: o.result,
-                settles: Some((tq, o.task)),
-            })
-            .collect();
-        Ok(self.insert(state, rq, session, pending, first_id, wait))
+        let items = outcomes.into_iter().map(|o| (o.result, Some((tq, o.task))));
+        Ok(self.insert(state, rq, session, items, wait))
     }
 
     fn insert(
@@ -888,10 +870,18 @@ impl Broker {
         mut state: MutexGuard<'_, State>,
         q: QueueIdx,
         session: SessionId,
-        mut pending: VecDeque<Pending>,
-        first_id: TaskId,
+        items: impl ExactSizeIterator<Item = (Bytes, Option<(QueueIdx, TaskId)>)>,
         wait: bool,
     ) -> Step<PutProgress, PutWaiting> {
+        let first_id = state.reserve_ids(items.len());
+        let mut pending: VecDeque<Pending> = items
+            .zip(first_id..)
+            .map(|((payload, settles), id)| Pending {
+                id,
+                payload,
+                settles,
+            })
+            .collect();
         let mut progress = PutProgress {
             first_id,
             total: pending.len() as u32,
