@@ -42,6 +42,9 @@ const TASK_OVERHEAD: usize = 32;
 /// Longest lease or nack delay a client may ask for; longer requests are cut to this.
 pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
+/// Dead entries the expiry heap may hold beyond twice the live leases before it is rebuilt.
+const EXPIRIES_SLACK: usize = 4096;
+
 /// Longest the timer task sleeps, so it notices leases that became due sooner than planned.
 const TICK_MAX: Duration = Duration::from_millis(250);
 
@@ -498,9 +501,32 @@ impl State {
                 held.extend(tasks.iter().map(|t| (q, t.id)));
                 self.expiries
                     .extend(tasks.iter().map(|t| Reverse((deadline, q, t.id))));
+                self.compact_expiries();
             }
         }
         tasks
+    }
+
+    /// Settled and touched leases leave their old entries in the expiry heap until those come
+    /// due, which under load would be millions of dead entries. Rebuilding from the live leases
+    /// once the dead outnumber them keeps the heap within twice the leases, at amortised O(1).
+    fn compact_expiries(&mut self) {
+        let live: usize = self.queues.iter().map(|q| q.leased.len()).sum();
+        if self.expiries.len() <= 2 * live + EXPIRIES_SLACK {
+            return;
+        }
+        let entries: Vec<_> = self
+            .queues
+            .iter()
+            .enumerate()
+            .flat_map(|(q, queue)| {
+                queue
+                    .leased
+                    .iter()
+                    .map(move |(&task, l)| Reverse((l.deadline, q, task)))
+            })
+            .collect();
+        self.expiries = BinaryHeap::from(entries);
     }
 
     /// Puts handed-out items back at the front, in their original order, as if never taken.
@@ -768,6 +794,7 @@ impl Broker {
             lease.deadline = now + lease.length;
             let deadline = lease.deadline;
             state.expiries.push(Reverse((deadline, q, task)));
+            state.compact_expiries();
         }
         Ok(settled(tasks.len(), stale))
     }

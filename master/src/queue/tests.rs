@@ -606,3 +606,28 @@ fn client_made_dead_names_count_against_the_limit_and_long_dead_names_are_valid(
     assert!(valid_name(&format!("{long}{DEAD_SUFFIX}")));
     assert!(!valid_name(&format!("{long}x")));
 }
+
+#[test]
+fn settled_leases_do_not_pile_up_in_the_expiry_heap() {
+    let br = broker();
+    let s = br.open_session();
+    for _ in 0..50 {
+        ready(br.put(s, "q", vec![Bytes::new(); 1000], false).unwrap());
+        let got = ready(br.get(s, "q", 1000, MB, LEASE, false).unwrap());
+        let ids: Vec<_> = got.iter().map(|t| t.id).collect();
+        br.ack(s, "q", &ids).unwrap();
+    }
+    let heap = br.lock().expiries.len();
+    assert!(
+        heap <= EXPIRIES_SLACK + 1000,
+        "{heap} entries for 50,000 settled leases"
+    );
+    // A live lease still expires after a rebuild.
+    ready(br.put(s, "q", vec![b("x")], false).unwrap());
+    ready(
+        br.get(s, "q", 1, MB, Delivery::Lease { millis: Some(1) }, false)
+            .unwrap(),
+    );
+    br.tick(Deadline::now() + Duration::from_secs(1));
+    assert_eq!(br.inspect("q").unwrap().len, 1, "expired and requeued");
+}
