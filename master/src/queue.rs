@@ -441,6 +441,11 @@ impl State {
             .filter(|l| l.session == session)
     }
 
+    fn next_waiter(&mut self) -> WaiterId {
+        self.next_waiter += 1;
+        self.next_waiter
+    }
+
     fn reserve_ids(&mut self, n: usize) -> TaskId {
         let first = self.next_task;
         self.next_task += n as u64;
@@ -926,8 +931,7 @@ impl Broker {
         if pending.is_empty() || !wait {
             return Step::Ready(progress);
         }
-        state.next_waiter += 1;
-        let id = state.next_waiter;
+        let id = state.next_waiter();
         let (tx, rx) = oneshot::channel();
         state.queues[q].putters.push_back(PutWaiter {
             id,
@@ -965,8 +969,7 @@ impl Broker {
         if !wait {
             return Ok(Step::Ready(tasks));
         }
-        state.next_waiter += 1;
-        let id = state.next_waiter;
+        let id = state.next_waiter();
         let (tx, rx) = oneshot::channel();
         state.queues[q].getters.push_back(GetWaiter {
             id,
@@ -1004,6 +1007,14 @@ impl Broker {
     }
 }
 
+/// Resolves at `deadline`, or never without one.
+async fn until(deadline: Option<Deadline>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A `get` waiting for items. Dropping it unregisters it; items handed to it in the meantime
 /// go back to the front of the queue.
 #[derive(Debug)]
@@ -1020,19 +1031,13 @@ impl GetWaiting {
     /// empty result (Python's `Empty`) unless items arrived at the same moment.
     pub async fn wait(mut self, deadline: Option<Deadline>, stop: CancellationToken) -> Vec<Task> {
         let rx = self.rx.as_mut().expect("waited once");
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             res = rx => {
                 self.rx = None;
                 // Only a bug could drop the sender unsent; treat it as an empty wait.
                 return res.unwrap_or_default();
             }
-            () = sleep => {}
+            () = until(deadline) => {}
             () = stop.cancelled() => {}
         }
         self.give_up().unwrap_or_default()
@@ -1081,18 +1086,12 @@ impl PutWaiting {
         stop: CancellationToken,
     ) -> PutProgress {
         let rx = self.rx.as_mut().expect("waited once");
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             res = rx => if let Ok(progress) = res {
                 self.rx = None;
                 return progress;
             },
-            () = sleep => {}
+            () = until(deadline) => {}
             () = stop.cancelled() => {}
         }
         // Registered, or its progress was sent; only a bug leaves neither.
