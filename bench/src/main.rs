@@ -9,7 +9,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskmill_bench::{Counter, Plan, Scenario, Target};
 use taskmill_protocol::ClientOptions;
-use taskmill_worker::support::{init_tracing, load_key, parse_duration, TlsClientArgs};
+use taskmill_worker::support::{init_tracing, load_key, parse_duration, run_main, TlsClientArgs};
 
 /// Load generator for a taskmill master. Talks only to the address it is given, and every run
 /// is bounded by --duration and --count.
@@ -52,20 +52,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("taskmill-bench: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench(cli)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("taskmill-bench: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("taskmill-bench", bench(cli))
 }
 
 async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {

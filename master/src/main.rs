@@ -8,34 +8,20 @@ use taskmill_master::config::{Cli, Command, RunArgs, ServeArgs, StatsArgs};
 use taskmill_master::job::{self, JobConfig};
 use taskmill_master::stats;
 use taskmill_protocol::{AuthKey, Client, ClientOptions, KeyError};
-use taskmill_worker::support::{cancel_on_signal, init_tracing, load_key};
+use taskmill_worker::support::{cancel_on_signal, init_tracing, load_key, run_main};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("taskmill-master: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    run_main("taskmill-master", async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Run(args) => run(args).await,
             Command::Stats(args) => show_stats(args).await,
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("taskmill-master: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use taskmill_protocol::{AuthKey, KeyError, TlsClient, TlsError};
@@ -66,6 +67,28 @@ pub fn load_key(file: Option<&Path>) -> Result<AuthKey, KeyError> {
         tracing::warn!("{warning}");
     }
     Ok(key)
+}
+
+/// Runs a binary's async body on a fresh runtime; an error is printed as `name: error` (with
+/// its causes) and exits 1.
+pub fn run_main<F>(name: &str, body: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{name}: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("{name}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM (the stop signal of container runtimes, where the
