@@ -50,6 +50,8 @@ pub struct Plan {
     pub connections: usize,
     /// Items per request.
     pub batch: u32,
+    /// Requests for tasks each `squares` worker keeps in flight.
+    pub prefetch: u32,
     /// Stop after this long.
     pub duration: Duration,
     /// Stop after this many items (tasks, puts, connections).
@@ -211,6 +213,7 @@ async fn squares(target: &Target, plan: &Plan) -> Result<(u64, Percentiles, u64)
     let mut config = JobConfig::new(plan.count);
     config.local_workers = plan.connections;
     config.worker_concurrency = plan.batch;
+    config.worker_prefetch = plan.prefetch;
     config.timeout = Some(plan.duration);
     config.client = target.client.clone();
     let report = job::run_against(

@@ -11,6 +11,9 @@ use taskmill_bench::{Counter, Plan, Scenario, Target};
 use taskmill_protocol::ClientOptions;
 use taskmill_worker::support::{init_tracing, load_key, parse_duration, run_main, TlsClientArgs};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator for a taskmill master. Talks only to the address it is given, and every run
 /// is bounded by --duration and --count.
 ///
@@ -33,6 +36,10 @@ struct Cli {
     /// Items per request (tasks leased at once for squares).
     #[arg(long, short = 'b', default_value_t = 256)]
     batch: u32,
+    /// Requests for tasks each squares worker keeps in flight (1: the simple loop, one round
+    /// trip per batch).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    prefetch: u32,
     /// Stop after this long.
     #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -68,6 +75,7 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         scenario: cli.scenario,
         connections: cli.connections,
         batch: cli.batch,
+        prefetch: cli.prefetch,
         duration: cli.duration,
         count: cli.count,
         rate: cli.rate,

@@ -14,6 +14,7 @@ fn plan(scenario: Scenario, connections: usize, count: u64) -> Plan {
         scenario,
         connections,
         batch: 64,
+        prefetch: 2,
         duration: Duration::from_secs(2),
         count,
         rate: None,

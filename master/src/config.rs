@@ -113,6 +113,9 @@ pub struct RunArgs {
     /// Tasks each local worker leases at once.
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub concurrency: u32,
+    /// Requests for tasks each local worker keeps in flight (1: wait for each batch).
+    #[arg(long, env = "TASKMILL_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub prefetch: u32,
     /// Address to listen on. Default: 0.0.0.0:5000, or a free loopback port when the job
     /// uses only --local-workers.
     #[arg(long, env = "TASKMILL_LISTEN", conflicts_with = "master")]

@@ -49,6 +49,8 @@ pub struct JobConfig {
     pub local_workers: usize,
     /// Tasks each local worker leases at once.
     pub worker_concurrency: u32,
+    /// Requests for tasks each local worker keeps in flight.
+    pub worker_prefetch: u32,
     /// Draw a progress bar (when stderr is a terminal) or log progress lines.
     pub progress: bool,
     /// How the job's own clients connect (timeouts, TLS).
@@ -67,6 +69,7 @@ impl JobConfig {
             stall_timeout: Duration::from_secs(30),
             local_workers: 0,
             worker_concurrency: 256,
+            worker_prefetch: 2,
             progress: false,
             client: ClientOptions::default(),
         }
@@ -194,6 +197,7 @@ pub async fn run_against(
     for _ in 0..job.local_workers {
         let mut config = WorkerConfig::new(addr, key.clone());
         config.concurrency = job.worker_concurrency;
+        config.prefetch = job.worker_prefetch;
         config.client = job.client.clone();
         workers.spawn(taskmill_worker::run(config, worker_stop.clone()));
     }

@@ -12,6 +12,9 @@ use taskmill_worker::support::{cancel_on_signal, init_tracing, load_key, run_mai
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -65,6 +68,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stall_timeout: args.stall_timeout,
         local_workers: args.local_workers,
         worker_concurrency: args.concurrency,
+        worker_prefetch: args.prefetch,
         progress: !args.json,
         client: ClientOptions {
             tls: args.tls_client.client(&client_target)?,

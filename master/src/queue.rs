@@ -14,11 +14,13 @@
 //! This module is the single owner of queue contents: a persistent store would slot in here.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use taskmill_protocol::{
     encode_payload, DeadLetter, Delivery, Outcome, QueueStats, Task, TaskId, DEAD_SUFFIX,
     MAX_REASON,
@@ -42,8 +44,9 @@ const TASK_OVERHEAD: usize = 32;
 /// Longest lease or nack delay a client may ask for; longer requests are cut to this.
 pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
-/// Dead entries the expiry heap may hold beyond twice the live leases before it is rebuilt.
-const EXPIRIES_SLACK: usize = 4096;
+/// Dead entries the expiry heap or a session's lease list may hold beyond twice the live
+/// leases before it is rebuilt.
+const DEAD_SLACK: usize = 4096;
 
 /// Longest the timer task sleeps, so it notices leases that became due sooner than planned.
 const TICK_MAX: Duration = Duration::from_millis(250);
@@ -91,11 +94,13 @@ struct State {
     limits: QueueLimits,
     queues: Vec<Queue>,
     by_name: HashMap<String, QueueIdx>,
-    sessions: HashMap<SessionId, SessionLeases>,
+    sessions: FxHashMap<SessionId, SessionLeases>,
     next_task: TaskId,
     next_session: SessionId,
     next_waiter: WaiterId,
     completing_sessions_total: u64,
+    /// Leases outstanding across all queues.
+    leased_live: usize,
     /// Lease deadlines, soonest first. Entries are not removed when a lease is settled or
     /// touched; an entry counts only if the lease still exists with that exact deadline.
     expiries: BinaryHeap<Reverse<(Deadline, QueueIdx, TaskId)>>,
@@ -149,9 +154,13 @@ impl GiveBack {
     }
 }
 
+/// The leases one session took. `held` is appended to on every leasing get and never searched:
+/// an entry counts only while its queue's lease map still names this session, so settling a
+/// lease costs a counter decrement, and the list is pruned once dead entries outnumber `live`.
 #[derive(Debug, Default)]
 struct SessionLeases {
-    held: HashSet<(QueueIdx, TaskId)>,
+    held: Vec<(QueueIdx, TaskId)>,
+    live: usize,
     completed_any: bool,
 }
 
@@ -160,7 +169,7 @@ struct Queue {
     name: String,
     items: VecDeque<Item>,
     capacity: Option<u64>,
-    leased: HashMap<TaskId, Leased>,
+    leased: FxHashMap<TaskId, Leased>,
     getters: VecDeque<GetWaiter>,
     putters: VecDeque<PutWaiter>,
     /// Nacked items of this queue in `State::delayed`.
@@ -267,7 +276,7 @@ impl Queue {
             name,
             items: VecDeque::new(),
             capacity,
-            leased: HashMap::new(),
+            leased: FxHashMap::default(),
             getters: VecDeque::new(),
             putters: VecDeque::new(),
             delayed: 0,
@@ -326,11 +335,12 @@ impl State {
             limits,
             queues: Vec::new(),
             by_name: HashMap::new(),
-            sessions: HashMap::new(),
+            sessions: FxHashMap::default(),
             next_task: 0,
             next_session: 0,
             next_waiter: 0,
             completing_sessions_total: 0,
+            leased_live: 0,
             expiries: BinaryHeap::new(),
             delayed: BinaryHeap::new(),
         }
@@ -424,13 +434,28 @@ impl State {
         self.pump(dq);
     }
 
-    /// Ends the lease on `task` in queue `q`, whoever holds it, returning the item.
-    fn unlease(&mut self, q: QueueIdx, task: TaskId) -> Option<Leased> {
-        let leased = self.queues[q].leased.remove(&task)?;
+    /// Ends the lease on `task` in queue `q` if `owner` (or, with `None`, anyone) holds it,
+    /// returning the item. The only place a lease ends.
+    fn unlease(&mut self, q: QueueIdx, task: TaskId, owner: Option<SessionId>) -> Option<Leased> {
+        let Entry::Occupied(lease) = self.queues[q].leased.entry(task) else {
+            return None;
+        };
+        if owner.is_some_and(|s| lease.get().session != s) {
+            return None;
+        }
+        let leased = lease.remove();
+        self.leased_live -= 1;
         if let Some(s) = self.sessions.get_mut(&leased.session) {
-            s.held.remove(&(q, task));
+            s.live -= 1;
         }
         Some(leased)
+    }
+
+    fn holds(&self, q: QueueIdx, task: TaskId, session: SessionId) -> bool {
+        self.queues[q]
+            .leased
+            .get(&task)
+            .is_some_and(|l| l.session == session)
     }
 
     /// The lease `session` holds on `task` in queue `q`, if it does.
@@ -497,13 +522,22 @@ impl State {
                     length,
                 };
                 queue.leased.insert(leased.item.id, leased);
+                self.leased_live += 1;
             }
         }
         queue.delivered_total += tasks.len() as u64;
         if let Some((_, deadline)) = lease {
             if !tasks.is_empty() {
-                let held = &mut self.sessions.entry(session).or_default().held;
-                held.extend(tasks.iter().map(|t| (q, t.id)));
+                let leases = self.sessions.entry(session).or_default();
+                leases.held.extend(tasks.iter().map(|t| (q, t.id)));
+                leases.live += tasks.len();
+                if leases.held.len() > 2 * leases.live + DEAD_SLACK {
+                    let mut held = std::mem::take(&mut leases.held);
+                    held.retain(|&(q, task)| self.holds(q, task, session));
+                    held.sort_unstable();
+                    held.dedup();
+                    self.sessions.entry(session).or_default().held = held;
+                }
                 self.expiries
                     .extend(tasks.iter().map(|t| Reverse((deadline, q, t.id))));
                 self.compact_expiries();
@@ -516,8 +550,7 @@ impl State {
     /// due, which under load would be millions of dead entries. Rebuilding from the live leases
     /// once the dead outnumber them keeps the heap within twice the leases, at amortised O(1).
     fn compact_expiries(&mut self) {
-        let live: usize = self.queues.iter().map(|q| q.leased.len()).sum();
-        if self.expiries.len() <= 2 * live + EXPIRIES_SLACK {
+        if self.expiries.len() <= 2 * self.leased_live + DEAD_SLACK {
             return;
         }
         let entries: Vec<_> = self
@@ -538,7 +571,7 @@ impl State {
     fn untake(&mut self, q: QueueIdx, tasks: Vec<Task>, delivery: Delivery) {
         for task in tasks.into_iter().rev() {
             let item = match delivery {
-                Delivery::Lease { .. } => match self.unlease(q, task.id) {
+                Delivery::Lease { .. } => match self.unlease(q, task.id, None) {
                     Some(leased) => leased.item,
                     // Already settled or requeued by its session's end: nothing to give back.
                     None => continue,
@@ -558,25 +591,21 @@ impl State {
         }
     }
 
-    /// Settles `task` if `session` holds its lease on queue `q`.
     /// Settles `task` if `session` holds its lease on queue `q`. `with_result` marks a
     /// completion, which makes the session count as a worker in the stats.
     fn settle(&mut self, q: QueueIdx, task: TaskId, session: SessionId, with_result: bool) -> bool {
-        let queue = &mut self.queues[q];
-        match queue.leased.get(&task) {
-            Some(l) if l.session == session => {
-                queue.leased.remove(&task);
-                queue.settled_total += 1;
-                let s = self.sessions.entry(session).or_default();
-                s.held.remove(&(q, task));
-                if with_result && !s.completed_any {
-                    s.completed_any = true;
-                    self.completing_sessions_total += 1;
-                }
-                true
-            }
-            _ => false,
+        if self.unlease(q, task, Some(session)).is_none() {
+            return false;
         }
+        self.queues[q].settled_total += 1;
+        if with_result {
+            let s = self.sessions.entry(session).or_default();
+            if !s.completed_any {
+                s.completed_any = true;
+                self.completing_sessions_total += 1;
+            }
+        }
+        true
     }
 
     /// Moves pending items into queue `q` while there is room, settling their leases. Stale
@@ -693,7 +722,9 @@ impl Broker {
         };
         let mut by_queue: HashMap<QueueIdx, Vec<(Item, GiveBack)>> = HashMap::new();
         for (q, task) in leases.held {
-            if let Some(leased) = state.queues[q].leased.remove(&task) {
+            // Entries for leases since settled, or since leased again by another session, are
+            // skipped by the ownership check.
+            if let Some(leased) = state.unlease(q, task, Some(session)) {
                 by_queue
                     .entry(q)
                     .or_default()
@@ -712,13 +743,12 @@ impl Broker {
         self.lock()
             .sessions
             .get(&session)
-            .is_some_and(|s| !s.held.is_empty())
+            .is_some_and(|s| s.live > 0)
     }
 
     /// Leases outstanding across all queues (what a draining master waits for).
     pub fn leased_total(&self) -> u64 {
-        let state = self.lock();
-        state.queues.iter().map(|q| q.leased.len() as u64).sum()
+        self.lock().leased_live as u64
     }
 
     /// Requeues (or dead-letters) tasks whose lease has run out by `now` and returns nacked
@@ -735,7 +765,7 @@ impl Broker {
             if current != Some(deadline) {
                 continue; // settled, requeued or touched since: a stale entry
             }
-            let leased = state.unlease(q, task).expect("just found");
+            let leased = state.unlease(q, task, None).expect("just found");
             let why = GiveBack::Expired(leased.length);
             expired.entry(q).or_default().push((leased.item, why));
         }
@@ -823,7 +853,7 @@ impl Broker {
                 stale.push(task);
                 continue;
             }
-            let item = state.unlease(q, task).expect("held").item;
+            let item = state.unlease(q, task, None).expect("held").item;
             if delay.is_zero() || state.exhausted(q, &item) {
                 now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {

@@ -356,6 +356,48 @@ impl Session<'_> {
                         ) as Waiting),
                     })
             }
+            Request::CompleteAndGet {
+                queue,
+                results,
+                outcomes,
+                max,
+                wait,
+                lease_ms,
+            } => {
+                if max == 0 {
+                    return Step::Ready(error_reply(
+                        ErrorKind::BadRequest,
+                        "max must be at least 1".into(),
+                    ));
+                }
+                let next = NextGet {
+                    broker: broker.clone(),
+                    session: self.id,
+                    queue,
+                    max,
+                    lease_ms,
+                    wait,
+                    deadline: deadline(wait),
+                    max_frame: self.conn.max_frame(),
+                    drain,
+                };
+                self.check_payloads(outcomes.iter().map(|o| &o.result))
+                    .and_then(|()| {
+                        broker
+                            .complete(self.id, &next.queue, &results, outcomes, wait != Wait::No)
+                            .map_err(Into::into)
+                    })
+                    .map(|step| match step {
+                        Step::Ready(p) => next.after(id, p),
+                        Step::Wait(w) => Step::Wait(Box::pin(async move {
+                            let p = w.wait(next.deadline, stop).await;
+                            match next.after(id, p) {
+                                Step::Ready(reply) => (id, reply),
+                                Step::Wait(get) => get.await,
+                            }
+                        }) as Waiting),
+                    })
+            }
             Request::Ack { queue, tasks } => broker
                 .ack(self.id, &queue, &tasks)
                 .map_err(Into::into)
@@ -425,6 +467,53 @@ impl Session<'_> {
             handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
             completing_clients_total: completing,
             queues,
+        }
+    }
+}
+
+/// The get half of a `CompleteAndGet`, made once its completion has been processed.
+struct NextGet {
+    broker: crate::queue::Broker,
+    session: SessionId,
+    queue: String,
+    max: u32,
+    lease_ms: Option<u64>,
+    wait: Wait,
+    /// The request's one deadline, shared by both halves.
+    deadline: Option<Instant>,
+    max_frame: usize,
+    drain: CancellationToken,
+}
+
+impl NextGet {
+    /// Leases the next tasks unless outcomes are still pending or the master is draining.
+    fn after(self, id: u64, p: PutProgress) -> Step<Reply, Waiting> {
+        let worked = move |p: PutProgress, tasks| Reply::Worked {
+            done: p.done(),
+            pending: p.pending(),
+            stale: p.stale,
+            tasks,
+        };
+        if p.pending() > 0 || self.drain.is_cancelled() {
+            return Step::Ready(worked(p, Vec::new()));
+        }
+        // The stale ids share the reply's frame with the tasks.
+        let budget = max_payload(self.max_frame).saturating_sub(p.stale.len() * 10);
+        let delivery = Delivery::Lease {
+            millis: self.lease_ms,
+        };
+        let wait = self.wait != Wait::No && self.deadline.is_none_or(|d| d > Instant::now());
+        let step = self
+            .broker
+            .get(self.session, &self.queue, self.max, budget, delivery, wait);
+        match step {
+            Ok(Step::Ready(tasks)) => Step::Ready(worked(p, tasks)),
+            Ok(Step::Wait(w)) => Step::Wait(Box::pin(
+                w.wait(self.deadline, self.drain)
+                    .map(move |tasks| (id, worked(p, tasks))),
+            )),
+            // The queue was found for the completion just now, so this cannot happen.
+            Err(err) => Step::Ready(err.into()),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `Client`: connect, authenticate, then typed calls, one request at a time.
+//! `Client`: connect, authenticate, then typed calls, one request at a time, or pipelined with
+//! [`Client::submit`] and [`Client::next_reply`].
 //!
 //! Used by the worker, the master's job runner, the tests and users' programs. Every network
 //! wait is bounded: the handshake by `connect_timeout`, a request by its own wait plus
@@ -7,6 +8,7 @@
 //! An idle client sends nothing; one that holds leases while busy should call
 //! [`Client::heartbeat`] at least once per [`Client::heartbeat_interval`].
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,12 +65,69 @@ pub struct Settled {
     pub pending: u32,
 }
 
+/// What a `complete_and_get` achieved: the completion, then the tasks leased next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worked {
+    pub settled: Settled,
+    /// Empty if the wait ended with the queue empty, or no get was made (see
+    /// [`Request::CompleteAndGet`]).
+    pub tasks: Vec<Task>,
+}
+
+impl Worked {
+    /// Reads the reply to a pipelined `CompleteAndGet`, `Complete` (which leased nothing) or
+    /// leasing `Get` (which settled nothing).
+    pub fn from_reply(reply: Reply) -> Result<Self, ClientError> {
+        match reply {
+            Reply::Settled {
+                done,
+                stale,
+                pending,
+            } => Ok(Self {
+                settled: Settled {
+                    done,
+                    stale,
+                    pending,
+                },
+                tasks: Vec::new(),
+            }),
+            Reply::Worked {
+                done,
+                stale,
+                pending,
+                tasks,
+            } => Ok(Self {
+                settled: Settled {
+                    done,
+                    stale,
+                    pending,
+                },
+                tasks,
+            }),
+            Reply::Tasks(tasks) => Ok(Self {
+                settled: Settled {
+                    done: 0,
+                    stale: Vec::new(),
+                    pending: 0,
+                },
+                tasks,
+            }),
+            Reply::Error { kind, message } => Err(ClientError::Server { kind, message }),
+            other => Err(unexpected("Worked", &other)),
+        }
+    }
+}
+
 /// An authenticated connection to a master.
 #[derive(Debug)]
 pub struct Client {
     conn: ClientConnection<Stream>,
     peer: String,
     next_id: u64,
+    /// Requests sent whose replies have not been read yet.
+    in_flight: usize,
+    /// Replies to pipelined requests read while waiting for another one.
+    stashed: VecDeque<(u64, Reply)>,
     options: ClientOptions,
     /// The master's liveness interval, from its welcome.
     heartbeat: Duration,
@@ -114,6 +173,8 @@ impl Client {
             conn,
             peer: addr.to_owned(),
             next_id: 1,
+            in_flight: 0,
+            stashed: VecDeque::new(),
             options: options.clone(),
             heartbeat,
             last_sent: Instant::now(),
@@ -155,15 +216,24 @@ impl Client {
     }
 
     /// Sends one request and waits for its reply. `Reply::Error` becomes `ClientError::Server`.
+    /// Replies to requests pipelined earlier that arrive meanwhile are kept for
+    /// [`Client::next_reply`].
     pub async fn request(&mut self, request: Request) -> Result<Reply, ClientError> {
         let bound = match request.wait() {
             Wait::No => Some(self.options.request_timeout),
             Wait::Millis(ms) => Some(self.options.request_timeout + Duration::from_millis(ms)),
             Wait::Forever => None,
         };
-        let id = self.next_id;
-        self.next_id += 1;
-        let exchange = self.exchange(id, request);
+        let exchange = async {
+            let id = self.submit(request).await?;
+            loop {
+                let (got, reply) = self.receive().await?;
+                if got == id {
+                    return server_error(reply);
+                }
+                self.stashed.push_back((got, reply));
+            }
+        };
         match bound {
             Some(bound) => timeout(bound, exchange)
                 .await
@@ -172,12 +242,46 @@ impl Client {
         }
     }
 
-    /// Sends a request and reads until its reply, heartbeating while the master works on it.
-    async fn exchange(&mut self, id: u64, request: Request) -> Result<Reply, ClientError> {
-        self.conn
-            .send(&ClientMessage::Request { id, request })
-            .await?;
+    /// Sends `request` without waiting for its reply and returns its id; read the reply with
+    /// [`Client::next_reply`]. Pipelining lets a worker keep tasks coming while it computes.
+    pub async fn submit(&mut self, request: Request) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let limit = self.options.request_timeout;
+        timeout(
+            limit,
+            self.conn.send(&ClientMessage::Request { id, request }),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(limit, "sending a request"))??;
         self.last_sent = Instant::now();
+        self.in_flight += 1;
+        Ok(id)
+    }
+
+    /// The next reply to a submitted request, in the order the master answers (a request that
+    /// waits can be overtaken). The reply is returned as sent, `Reply::Error` included. Waits
+    /// as long as the master is alive: bound it by the longest wait in flight.
+    pub async fn next_reply(&mut self) -> Result<(u64, Reply), ClientError> {
+        match self.stashed.pop_front() {
+            Some(reply) => Ok(reply),
+            None => self.receive().await,
+        }
+    }
+
+    /// Requests sent whose replies have not been returned yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight + self.stashed.len()
+    }
+
+    /// Reads until the next reply, heartbeating while the master works on it and giving up
+    /// on a master silent for two heartbeat intervals.
+    async fn receive(&mut self) -> Result<(u64, Reply), ClientError> {
+        if self.in_flight == 0 {
+            return Err(ClientError::Protocol(
+                "no request is waiting for a reply".into(),
+            ));
+        }
         let heartbeat = self.heartbeat;
         let mut last_heard = Instant::now();
         loop {
@@ -195,17 +299,13 @@ impl Client {
             };
             last_heard = Instant::now();
             match received {
-                Ok(Some(MasterMessage::Reply { id: got, reply })) if got == id => {
-                    return match reply {
-                        Reply::Error { kind, message } => {
-                            Err(ClientError::Server { kind, message })
-                        }
-                        reply => Ok(reply),
-                    }
+                Ok(Some(MasterMessage::Reply { id, reply })) if id < self.next_id => {
+                    self.in_flight -= 1;
+                    return Ok((id, reply));
                 }
-                Ok(Some(MasterMessage::Reply { id: got, .. })) => {
+                Ok(Some(MasterMessage::Reply { id, .. })) => {
                     return Err(ClientError::Protocol(format!(
-                        "reply for request {got} while waiting for {id}"
+                        "reply for request {id}, which was never sent"
                     )))
                 }
                 Ok(Some(MasterMessage::Heartbeat)) => {}
@@ -344,6 +444,28 @@ impl Client {
         self.settle(request).await
     }
 
+    /// [`Client::complete`], then lease up to `max` more tasks of `queue`, in one round trip:
+    /// the loop of a worker that handles one task (or one batch) at a time. `wait` bounds both
+    /// parts together.
+    pub async fn complete_and_get(
+        &mut self,
+        queue: &str,
+        results: &str,
+        outcomes: Vec<Outcome>,
+        max: u32,
+        wait: Wait,
+    ) -> Result<Worked, ClientError> {
+        let request = Request::CompleteAndGet {
+            queue: queue.to_owned(),
+            results: results.to_owned(),
+            outcomes,
+            max,
+            wait,
+            lease_ms: None,
+        };
+        Worked::from_reply(self.request(request).await?)
+    }
+
     async fn settle(&mut self, request: Request) -> Result<Settled, ClientError> {
         match self.request(request).await? {
             Reply::Settled {
@@ -399,6 +521,14 @@ impl Client {
             Reply::Pong => Ok(()),
             other => Err(unexpected("Pong", &other)),
         }
+    }
+}
+
+/// `Reply::Error` as `ClientError::Server`, any other reply as it is.
+fn server_error(reply: Reply) -> Result<Reply, ClientError> {
+    match reply {
+        Reply::Error { kind, message } => Err(ClientError::Server { kind, message }),
+        reply => Ok(reply),
     }
 }
 

@@ -207,6 +207,19 @@ pub enum Request {
         delay_ms: u64,
         reason: String,
     },
+    /// A worker's step in one round trip: [`Request::Complete`], then, once every outcome has
+    /// been processed, a leasing [`Request::Get`] of up to `max` tasks from `queue` (lease
+    /// `lease_ms`, default the master's). One deadline, from `wait`, covers both parts. No
+    /// get is made if outcomes are left pending (the results queue stayed full) or the master
+    /// is draining. Answer: [`Reply::Worked`].
+    CompleteAndGet {
+        queue: String,
+        results: String,
+        outcomes: Vec<Outcome>,
+        max: u32,
+        wait: Wait,
+        lease_ms: Option<u64>,
+    },
 }
 
 impl Request {
@@ -215,7 +228,8 @@ impl Request {
         match self {
             Request::Put { wait, .. }
             | Request::Get { wait, .. }
-            | Request::Complete { wait, .. } => *wait,
+            | Request::Complete { wait, .. }
+            | Request::CompleteAndGet { wait, .. } => *wait,
             Request::Ack { .. }
             | Request::Touch { .. }
             | Request::Nack { .. }
@@ -256,6 +270,15 @@ pub enum Reply {
     Error {
         kind: ErrorKind,
         message: String,
+    },
+    // Variants are only ever appended.
+    /// The answer to [`Request::CompleteAndGet`]: the completion's `Settled` fields, then the
+    /// tasks leased (empty if the wait ended first, or no get was made).
+    Worked {
+        done: u32,
+        stale: Vec<TaskId>,
+        pending: u32,
+        tasks: Vec<Task>,
     },
 }
 

@@ -98,6 +98,26 @@ fn request() -> impl Strategy<Value = Request> {
                 reason,
             }
         }),
+        (
+            (text(), text()),
+            vec((any::<u64>(), bytes()), 0..4),
+            any::<u32>(),
+            wait(),
+            option::of(any::<u64>())
+        )
+            .prop_map(|((queue, results), outcomes, max, wait, lease_ms)| {
+                Request::CompleteAndGet {
+                    queue,
+                    results,
+                    outcomes: outcomes
+                        .into_iter()
+                        .map(|(task, result)| Outcome { task, result })
+                        .collect(),
+                    max,
+                    wait,
+                    lease_ms,
+                }
+            }),
     ]
 }
 
@@ -173,6 +193,25 @@ fn reply() -> impl Strategy<Value = Reply> {
             }))),
         Just(Reply::Pong),
         (error_kind(), text()).prop_map(|(kind, message)| Reply::Error { kind, message }),
+        (
+            any::<u32>(),
+            task_ids(),
+            any::<u32>(),
+            vec((any::<u64>(), any::<u32>(), bytes()), 0..4)
+        )
+            .prop_map(|(done, stale, pending, tasks)| Reply::Worked {
+                done,
+                stale,
+                pending,
+                tasks: tasks
+                    .into_iter()
+                    .map(|(id, attempt, payload)| Task {
+                        id,
+                        attempt,
+                        payload
+                    })
+                    .collect(),
+            }),
     ]
 }
 
@@ -245,7 +284,8 @@ fn every_request_has_a_strategy(request: &Request) {
         | Request::Stats
         | Request::Ping
         | Request::Touch { .. }
-        | Request::Nack { .. } => {}
+        | Request::Nack { .. }
+        | Request::CompleteAndGet { .. } => {}
     }
 }
 
@@ -258,7 +298,8 @@ fn every_reply_has_a_strategy(reply: &Reply, kind: ErrorKind) {
         | Reply::Queue(_)
         | Reply::Stats(_)
         | Reply::Pong
-        | Reply::Error { .. } => {}
+        | Reply::Error { .. }
+        | Reply::Worked { .. } => {}
     }
     match kind {
         ErrorKind::BadQueueName

@@ -13,6 +13,9 @@ pub struct WorkerConfig {
     pub key: AuthKey,
     /// Tasks leased and worked on at once (the original's `Pool(K)`).
     pub concurrency: u32,
+    /// Requests for tasks kept in flight: with 2 or more, the next batch is already on its way
+    /// while one is computed. Each may lease `concurrency` tasks.
+    pub prefetch: u32,
     /// Exit once no task has arrived for this long (the original stops on its first `Empty`).
     pub idle_exit: Option<Duration>,
     /// Longest single wait for tasks, so idleness and shutdown are noticed promptly.
@@ -39,6 +42,7 @@ impl WorkerConfig {
             master: master.into(),
             key,
             concurrency: 64,
+            prefetch: 2,
             idle_exit: None,
             poll: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),

@@ -11,6 +11,9 @@ use taskmill_worker::support::{
 use taskmill_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pulls integer tasks from a taskmill master, squares them and pushes the results back.
 ///
 /// Tasks are leased: if this worker dies, the master gives its tasks to another worker.
@@ -31,6 +34,10 @@ struct Cli {
     /// Tasks leased and worked on at once (like Python's Pool(K)).
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     concurrency: u32,
+    /// Requests for tasks kept in flight: with 2 or more, the next batch is already on its way
+    /// while one is computed (up to prefetch x concurrency tasks leased at once).
+    #[arg(long, env = "TASKMILL_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    prefetch: u32,
     /// Exit after no task has arrived for this long (e.g. 5, 500ms, 2m). Default: run until stopped.
     #[arg(long, env = "TASKMILL_IDLE_EXIT", value_parser = parse_duration)]
     idle_exit: Option<Duration>,
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
     let mut config = WorkerConfig::new(cli.master, key);
     config.client.tls = tls;
     config.concurrency = cli.concurrency;
+    config.prefetch = cli.prefetch;
     config.idle_exit = cli.idle_exit;
     config.max_backoff = cli.max_backoff;
     config.drain_timeout = cli.drain_timeout;

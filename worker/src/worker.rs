@@ -7,9 +7,12 @@
 //! after a reconnect it is not, so they are counted stale and the tasks are redone elsewhere
 //! (never counted twice).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use taskmill_protocol::{Client, ClientError, Outcome, Task, Wait};
+use taskmill_protocol::{
+    Client, ClientError, Delivery, ErrorKind, Outcome, Request, Settled, Task, Wait, Worked,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -38,6 +41,7 @@ pub enum WorkerError {
     Fatal(#[from] ClientError),
 }
 
+#[derive(Debug, Clone, Copy)]
 enum Stop {
     Idle,
     Shutdown,
@@ -179,33 +183,134 @@ async fn work(
 ) -> Result<Stop, ClientError> {
     // Answers kept from a lost connection go first.
     hand_in(config, client, shutdown, state).await?;
-    loop {
-        if shutdown.is_cancelled() {
-            return Ok(Stop::Shutdown);
-        }
-        if client.master_shutting_down() {
-            return Ok(Stop::MasterDraining);
-        }
-        let Some(idle_left) = idle_for(config, state.last_task) else {
-            return Ok(Stop::Idle);
-        };
-        let wait = Wait::Millis(config.poll.min(idle_left).as_millis() as u64);
-        // Abandoning a get mid-flight is safe: anything it leased returns to the queue when this
-        // connection closes.
-        let tasks = tokio::select! {
-            () = shutdown.cancelled() => return Ok(Stop::Shutdown),
-            tasks = client.get(&config.tasks_queue, config.concurrency, wait) => tasks?,
-        };
-        if tasks.is_empty() {
-            continue;
-        }
-        state.last_task = Instant::now();
-        answer(tasks, config.id, &mut state.unsent);
-        if !config.simulated_work.is_zero() {
-            busy(client, config.simulated_work).await?;
-        }
-        hand_in(config, client, shutdown, state).await?;
+    let mut sent = HashMap::new();
+    let result = pipeline(config, client, shutdown, state, &mut sent).await;
+    // Results whose completion got no answer are kept, like any other unsent result.
+    for (_, outcomes) in sent {
+        state.unsent.results.extend(outcomes);
     }
+    result
+}
+
+/// Keeps `config.prefetch` requests for tasks in flight, so a batch is already on its way
+/// while the previous one is computed, and hands each batch's results in with the request for
+/// the next one (one round trip per batch). Stops asking for tasks on shutdown, idleness or
+/// the master's drain, then settles what is still in flight. `sent` holds the results of
+/// each completion until its reply says what became of them.
+async fn pipeline(
+    config: &WorkerConfig,
+    client: &mut Client,
+    shutdown: &CancellationToken,
+    state: &mut State,
+    sent: &mut HashMap<u64, Vec<Outcome>>,
+) -> Result<Stop, ClientError> {
+    let window = config.prefetch.max(1) as usize;
+    let mut stop = None;
+    loop {
+        if stop.is_none() {
+            if shutdown.is_cancelled() {
+                stop = Some(Stop::Shutdown);
+            } else if client.master_shutting_down() {
+                stop = Some(Stop::MasterDraining);
+            }
+        }
+        let idle_left = idle_for(config, state.last_task);
+        if stop.is_none() && idle_left.is_none() {
+            stop = Some(Stop::Idle);
+        }
+        if stop.is_none() {
+            let wait =
+                Wait::Millis(config.poll.min(idle_left.unwrap_or_default()).as_millis() as u64);
+            while client.in_flight() < window {
+                client
+                    .submit(Request::Get {
+                        queue: config.tasks_queue.clone(),
+                        max: config.concurrency,
+                        wait,
+                        delivery: Delivery::Lease { millis: None },
+                    })
+                    .await?;
+            }
+        }
+        let Some(ending) = stop.as_ref().filter(|_| client.in_flight() == 0) else {
+            let (id, reply) = tokio::select! {
+                () = shutdown.cancelled(), if stop.is_none() => continue,
+                reply = client.next_reply() => reply?,
+            };
+            let worked = match Worked::from_reply(reply) {
+                Err(ClientError::Server {
+                    kind: ErrorKind::ShuttingDown,
+                    ..
+                }) => {
+                    stop.get_or_insert(Stop::MasterDraining);
+                    continue;
+                }
+                worked => worked?,
+            };
+            settled(state, sent.remove(&id), worked.settled);
+            if !worked.tasks.is_empty() {
+                state.last_task = Instant::now();
+                answer(worked.tasks, config.id, &mut state.unsent);
+                if !config.simulated_work.is_zero() {
+                    busy(client, config.simulated_work).await?;
+                }
+            }
+            if !state.unsent.rejected.is_empty() {
+                hand_in(config, client, shutdown, state).await?;
+            }
+            if state.unsent.results.is_empty() || drain_over(config, shutdown, state) {
+                continue;
+            }
+            let outcomes = std::mem::take(&mut state.unsent.results);
+            let request = if stop.is_none() {
+                Request::CompleteAndGet {
+                    queue: config.tasks_queue.clone(),
+                    results: config.results_queue.clone(),
+                    outcomes: outcomes.clone(),
+                    max: config.concurrency,
+                    wait: Wait::Millis(config.poll.as_millis() as u64),
+                    lease_ms: None,
+                }
+            } else {
+                Request::Complete {
+                    queue: config.tasks_queue.clone(),
+                    results: config.results_queue.clone(),
+                    outcomes: outcomes.clone(),
+                    wait: Wait::Millis(config.poll.as_millis() as u64),
+                }
+            };
+            let id = client.submit(request).await?;
+            sent.insert(id, outcomes);
+            continue;
+        };
+        return Ok(*ending);
+    }
+}
+
+/// Counts a completion's reply; results it left pending (the results queue stayed full) go
+/// back to be handed in again.
+fn settled(state: &mut State, outcomes: Option<Vec<Outcome>>, settled: Settled) {
+    state.report.completed += u64::from(settled.done);
+    state.report.stale += settled.stale.len() as u64;
+    if !settled.stale.is_empty() {
+        debug!(
+            stale = settled.stale.len(),
+            "some leases were taken back before completion"
+        );
+    }
+    if let Some(mut outcomes) = outcomes {
+        let pending = outcomes.len().saturating_sub(settled.pending as usize);
+        state.unsent.results.extend(outcomes.drain(pending..));
+    }
+}
+
+/// True once a shutdown's drain timeout has passed: results still held are given up.
+fn drain_over(config: &WorkerConfig, shutdown: &CancellationToken, state: &mut State) -> bool {
+    if !shutdown.is_cancelled() {
+        return false;
+    }
+    let since = *state.shutdown_at.get_or_insert_with(Instant::now);
+    since.elapsed() >= config.drain_timeout
 }
 
 /// Spends `time` as if working, heartbeating so the master does not presume us dead.
@@ -254,20 +359,22 @@ async fn hand_in(
     let rejected_queue = format!("{}.rejected", config.tasks_queue);
     for rejected in [false, true] {
         loop {
+            let unsent = if rejected {
+                state.unsent.rejected.len()
+            } else {
+                state.unsent.results.len()
+            };
+            if unsent == 0 {
+                break;
+            }
+            if drain_over(config, shutdown, state) {
+                return Ok(());
+            }
             let (target, batch) = if rejected {
                 (&rejected_queue, &mut state.unsent.rejected)
             } else {
                 (&config.results_queue, &mut state.unsent.results)
             };
-            if batch.is_empty() {
-                break;
-            }
-            if shutdown.is_cancelled() {
-                let since = *state.shutdown_at.get_or_insert_with(Instant::now);
-                if since.elapsed() >= config.drain_timeout {
-                    return Ok(());
-                }
-            }
             let settled = client
                 .complete(&config.tasks_queue, target, batch.clone(), wait)
                 .await?;

@@ -619,7 +619,7 @@ fn settled_leases_do_not_pile_up_in_the_expiry_heap() {
     }
     let heap = br.lock().expiries.len();
     assert!(
-        heap <= EXPIRIES_SLACK + 1000,
+        heap <= DEAD_SLACK + 1000,
         "{heap} entries for 50,000 settled leases"
     );
     // A live lease still expires after a rebuild.
