@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Measures the master's memory for issue 4's targets: resident memory per idle authenticated
+# connection (10,000 held) and per queued 8-byte task (10M queued). Each measurement starts a
+# fresh release `taskmill-master serve` on a free loopback port, reads its VmRSS before and its
+# peak (VmHWM) after a `taskmill-bench` run, and prints the difference per item.
+#
+#   scripts/measure-memory.sh [connections] [tasks]     # defaults 10000 10000000; 0 skips one
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+conns="${1:-10000}"
+tasks="${2:-10000000}"
+export TASKMILL_AUTHKEY="${TASKMILL_AUTHKEY:-memory-measure-key-0123}"
+target="${CARGO_TARGET_DIR:-$root/target}/release"
+cargo build --release --locked -q -p taskmill-master -p taskmill-bench
+
+# Each process holds one descriptor per connection, plus a margin.
+ulimit -n "$(( conns + 1024 ))" 2>/dev/null || {
+    echo "measure-memory: cannot raise the open-file limit to $(( conns + 1024 ))" >&2
+    exit 2
+}
+
+master_pid=""
+trap '[ -n "$master_pid" ] && kill "$master_pid" 2>/dev/null; wait 2>/dev/null || true' EXIT
+
+kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+
+# Starts a master with extra flags; sets master_pid and port.
+start_master() {
+    local log
+    log="$(mktemp)"
+    "$target/taskmill-master" serve --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+    master_pid=$!
+    for _ in $(seq 100); do
+        port="$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)"
+        [ -n "$port" ] && return 0
+        sleep 0.1
+    done
+    echo "measure-memory: the master did not report its port" >&2
+    cat "$log" >&2
+    exit 1
+}
+
+stop_master() {
+    kill "$master_pid"
+    wait "$master_pid" 2>/dev/null || true
+    master_pid=""
+}
+
+report() { # name items before_kib peak_kib
+    awk -v name="$1" -v n="$2" -v b="$3" -v p="$4" 'BEGIN {
+        printf "%s: %d items, RSS %.1f MiB before, peak %.1f MiB: %.1f bytes per item\n",
+            name, n, b / 1024, p / 1024, (p - b) * 1024 / n }'
+}
+
+# Idle connections: the bench opens them, holds them for the run, then pings each one.
+if [ "$conns" -gt 0 ]; then
+start_master --max-connections "$(( conns + 100 ))"
+before="$(kib "$master_pid" VmRSS)"
+"$target/taskmill-bench" connections --master "127.0.0.1:$port" -c "$conns" -n "$conns" -d 20s
+peak="$(kib "$master_pid" VmHWM)"
+report "idle connections" "$conns" "$before" "$peak"
+stop_master
+fi
+
+# Queued tasks: put 8-byte items into an unbounded queue; the bench empties it afterwards, so
+# the peak is when every item was queued.
+if [ "$tasks" -gt 0 ]; then
+start_master --queue-capacity 0
+before="$(kib "$master_pid" VmRSS)"
+"$target/taskmill-bench" produce --master "127.0.0.1:$port" -c 2 -b 4096 -n "$tasks" -d 300s
+peak="$(kib "$master_pid" VmHWM)"
+report "queued 8-byte tasks" "$tasks" "$before" "$peak"
+stop_master
+fi
