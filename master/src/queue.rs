@@ -189,7 +189,59 @@ struct Item {
     id: TaskId,
     /// Times handed out so far.
     deliveries: u32,
-    payload: Bytes,
+    payload: Payload,
+}
+
+// The memory target (64 bytes per queued small task, with a deque's growth slack) needs this.
+const _: () = assert!(std::mem::size_of::<Item>() <= 32);
+
+/// Payloads up to this long are kept inside the [`Item`].
+const INLINE: usize = 14;
+
+/// An item's payload as the queue keeps it. Most tasks are a few bytes (an encoded
+/// `SquareTask` is at most 8 for the usual inputs), so they are stored inline: a queued small
+/// task costs a 32-byte slot and no allocation of its own. Larger payloads stay shared, boxed
+/// so the inline case sets the size.
+#[derive(Debug)]
+enum Payload {
+    Inline { len: u8, data: [u8; INLINE] },
+    Shared(Box<Bytes>),
+}
+
+impl Payload {
+    fn new(bytes: Bytes) -> Self {
+        if bytes.len() > INLINE {
+            return Payload::Shared(Box::new(bytes));
+        }
+        let mut data = [0; INLINE];
+        data[..bytes.len()].copy_from_slice(&bytes);
+        Payload::Inline {
+            len: bytes.len() as u8,
+            data,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Payload::Inline { len, .. } => usize::from(*len),
+            Payload::Shared(bytes) => bytes.len(),
+        }
+    }
+
+    /// A copy to hand out; the queue keeps its own until the lease is settled.
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Payload::Inline { len, data } => Bytes::copy_from_slice(&data[..usize::from(*len)]),
+            Payload::Shared(bytes) => Bytes::clone(bytes),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Payload::Shared(bytes) => *bytes,
+            inline => inline.to_bytes(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -413,7 +465,7 @@ impl State {
             queue: name.clone(),
             attempts: item.deliveries,
             reason,
-            payload: item.payload,
+            payload: item.payload.into_bytes(),
         };
         let dead_name = format!("{name}{DEAD_SUFFIX}");
         let dq = match self.by_name.get(&dead_name) {
@@ -423,7 +475,7 @@ impl State {
         self.queues[dq].dead_letters = true;
         self.queues[q].dead_total += 1;
         let id = self.reserve_ids(1);
-        let payload = encode_payload(&letter).expect("a DeadLetter always encodes");
+        let payload = Payload::new(encode_payload(&letter).expect("a DeadLetter always encodes"));
         let dead = &mut self.queues[dq];
         dead.items.push_back(Item {
             id,
@@ -512,7 +564,7 @@ impl State {
             tasks.push(Task {
                 id: item.id,
                 attempt: item.deliveries,
-                payload: item.payload.clone(),
+                payload: item.payload.to_bytes(),
             });
             if let Some((length, deadline)) = lease {
                 let leased = Leased {
@@ -579,7 +631,7 @@ impl State {
                 Delivery::Remove => Item {
                     id: task.id,
                     deliveries: task.attempt,
-                    payload: task.payload,
+                    payload: Payload::new(task.payload),
                 },
             };
             let queue = &mut self.queues[q];
@@ -637,7 +689,7 @@ impl State {
             queue.items.push_back(Item {
                 id: p.id,
                 deliveries: 0,
-                payload: p.payload,
+                payload: Payload::new(p.payload),
             });
             queue.put_total += 1;
             progress.processed += 1;
