@@ -8,12 +8,13 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p taskmill-master -p taskmill-worker
+RUN cargo build --release --locked -p taskmill-master -p taskmill-worker -p taskmill-bench
 
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 taskmill \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin taskmill
-COPY --from=build /src/target/release/taskmill-master /src/target/release/taskmill-worker /usr/local/bin/
+COPY --from=build /src/target/release/taskmill-master /src/target/release/taskmill-worker \
+    /src/target/release/taskmill-bench /usr/local/bin/
 # Numeric, so that runtimes can check it is not root (e.g. Kubernetes' runAsNonRoot).
 USER 10001:10001
 EXPOSE 5000

@@ -33,10 +33,10 @@ log() { printf '%s build-image: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 log "cargo build (static, $host) into $CARGO_TARGET_DIR"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     nice -n 10 cargo build --release --locked --target "$host" \
-    -p taskmill-master -p taskmill-worker
+    -p taskmill-master -p taskmill-worker -p taskmill-bench
 
 bin_dir="$CARGO_TARGET_DIR/$host/release"
-for bin in taskmill-master taskmill-worker; do
+for bin in taskmill-master taskmill-worker taskmill-bench; do
     desc="$(file -b "$bin_dir/$bin")"
     case "$desc" in
     *"statically linked"* | *"static-pie linked"*) ;;
@@ -51,10 +51,11 @@ for bin in taskmill-master taskmill-worker; do
 done
 log "binaries are static: $(file -b "$bin_dir/taskmill-master" | cut -d, -f1-3)"
 
-# A context of exactly three files, so nothing else from the work tree reaches the engine.
+# A context of exactly four files, so nothing else from the work tree reaches the engine.
 context="$(mktemp -d "$CARGO_TARGET_DIR/image-context.XXXXXX")"
 trap 'rm -rf "$context"' EXIT
-cp docker/Dockerfile "$bin_dir/taskmill-master" "$bin_dir/taskmill-worker" "$context/"
+cp docker/Dockerfile "$bin_dir/taskmill-master" "$bin_dir/taskmill-worker" \
+    "$bin_dir/taskmill-bench" "$context/"
 
 labels=(--label "org.opencontainers.image.title=taskmill")
 if revision="$(git rev-parse HEAD 2>/dev/null)"; then

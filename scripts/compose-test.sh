@@ -409,7 +409,16 @@ scenario_1() {
     grep -Eq "^verified: +$tasks\$" "$tmp/s1.out" || fail "not every task verified"
     grep -Eq '^workers seen: +3$' "$tmp/s1.out" || fail "not all 3 workers took part: $(grep workers "$tmp/s1.out")"
     rate="$(awk '/^throughput:/ { print $2 }' "$tmp/s1.out")"
-    result[1]="PASS: $tasks tasks verified exactly once, 3 workers seen, $rate tasks/s"
+
+    log "docker-compose run --rm bench latency -n 500 --json (the load tool over the compose network)"
+    ok=0
+    compose 120 run --rm -T bench latency -n 500 --json </dev/null >"$tmp/s1b.json" 2>"$tmp/s1b.err" || ok=$?
+    [ "$ok" -eq 0 ] || { tail -20 "$tmp/s1b.err"; fail "the bench exited $ok"; }
+    [ "$(json "$tmp/s1b.json" "d['items']")" -eq 500 ] || fail "the bench moved $(json "$tmp/s1b.json" "d['items']") of 500 tasks"
+    [ "$(json "$tmp/s1b.json" "d['errors']")" -eq 0 ] || fail "the bench saw $(json "$tmp/s1b.json" "d['errors']") errors"
+    local p50
+    p50="$(json "$tmp/s1b.json" "d['latency_us']['p50']")"
+    result[1]="PASS: $tasks tasks verified exactly once, 3 workers seen, $rate tasks/s; bench latency over the compose network p50 $p50 us"
 }
 
 scenario_2() {

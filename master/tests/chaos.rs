@@ -2,8 +2,9 @@
 //! replaced, and one is frozen with SIGSTOP for longer than its lease. Every input must still
 //! come back exactly once, verified.
 //!
-//! The workers simulate 20 ms of work per batch, which paces the job (4 workers x 64 tasks per
-//! 20 ms, about 12,800 tasks/s) so the chaos happens while it runs, in debug and release alike.
+//! The workers simulate 20 ms of work per 64 tasks, which paces the job (about 12,800 tasks/s)
+//! so the chaos happens while it runs, in debug and release alike. Half of them lease batches
+//! of 512 with two requests in flight, so large batches and prefetched leases are killed too.
 //! `long_chaos_run` (ignored) is the long version; size it with TASKMILL_CHAOS_TASKS:
 //! `cargo test --release -p taskmill-master --test chaos -- --ignored --nocapture`.
 
@@ -43,14 +44,24 @@ impl Dice {
     }
 }
 
-fn spawn_worker(addr: &str) -> Proc {
+/// Worker slot `i`: even slots take batches of 64 one request at a time, odd slots batches of
+/// 512 with a prefetch window of 2 (the same pace: 512 tasks per 160 ms), so that kills and
+/// freezes also hit large batches and requests in flight.
+fn spawn_worker(addr: &str, i: usize) -> Proc {
+    let (concurrency, prefetch, work) = if i.is_multiple_of(2) {
+        ("64", "1", "20ms")
+    } else {
+        ("512", "2", "160ms")
+    };
     Proc::spawn(Command::new(worker_bin()).args([
         "--master",
         addr,
         "--concurrency",
-        "64",
+        concurrency,
+        "--prefetch",
+        prefetch,
         "--simulated-work",
-        "20ms",
+        work,
         "--max-backoff",
         "200ms",
     ]))
@@ -90,7 +101,7 @@ fn chaos(tasks: u64, limit: Duration) -> Figures {
         &format!("{}s", limit.as_secs()),
     ]));
     let addr = master.listening_addr();
-    let mut workers: Vec<Proc> = (0..WORKERS).map(|_| spawn_worker(&addr)).collect();
+    let mut workers: Vec<Proc> = (0..WORKERS).map(|i| spawn_worker(&addr, i)).collect();
     let mut dice = Dice(started.elapsed().as_nanos() as u64 | 1);
     let (mut kills, mut freezes) = (0u32, 0u32);
     let mut frozen: Option<(usize, Instant)> = None;
@@ -123,7 +134,7 @@ fn chaos(tasks: u64, limit: Duration) -> Figures {
             if frozen.map(|(f, _)| f) != Some(i) {
                 workers[i].signal(libc::SIGKILL);
                 workers[i].wait(Duration::from_secs(10));
-                workers[i] = spawn_worker(&addr);
+                workers[i] = spawn_worker(&addr, i);
                 kills += 1;
             }
             next_kill = Instant::now() + KILL_EVERY;

@@ -35,7 +35,9 @@ struct Cli {
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     concurrency: u32,
     /// Requests for tasks kept in flight: with 2 or more, the next batch is already on its way
-    /// while one is computed (up to prefetch x concurrency tasks leased at once).
+    /// while one is computed (up to prefetch x concurrency tasks leased at once). A prefetched
+    /// batch's leases run while it waits its turn: keep prefetch x the time one batch takes
+    /// well under the master's lease timeout.
     #[arg(long, env = "TASKMILL_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     prefetch: u32,
     /// Exit after no task has arrived for this long (e.g. 5, 500ms, 2m). Default: run until stopped.
