@@ -17,12 +17,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use taskmill_master::job::{self, JobConfig};
 use taskmill_protocol::squares::SquareTask;
-use taskmill_protocol::{
-    encode_payload, AuthKey, Client, ClientError, ClientOptions, Delivery, Reply, Request, Wait,
-};
+use taskmill_protocol::{encode_payload, AuthKey, Client, ClientError, ClientOptions, Wait};
 use taskmill_worker::WorkerConfig;
 use tokio::task::JoinSet;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Where to send the load.
@@ -408,36 +406,10 @@ async fn latency(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
             input: items as i64,
         })
         .expect("a SquareTask always encodes");
-        // Timed from put to result in hand; settling the result afterwards is not counted. The
-        // get for the result is pipelined behind the put, as a client that wants the answer
-        // as soon as possible would send it: it is waiting at the master when the result lands.
+        // Timed from put to result in hand; settling the result afterwards is not counted.
         let round = async {
-            client
-                .submit(Request::Put {
-                    queue: tasks_queue.into(),
-                    items: vec![task],
-                    wait: Wait::Forever,
-                })
-                .await?;
-            client
-                .submit(Request::Get {
-                    queue: results_queue.into(),
-                    max: 1,
-                    wait: Wait::Millis(5000),
-                    delivery: Delivery::Lease { millis: None },
-                })
-                .await?;
-            let mut result = Vec::new();
-            for _ in 0..2 {
-                let (_, reply) = timeout(Duration::from_secs(10), client.next_reply())
-                    .await
-                    .map_err(|_| ClientError::Timeout(Duration::from_secs(10), "a result"))??;
-                match reply {
-                    Reply::Put { accepted: 1, .. } => {}
-                    Reply::Tasks(tasks) => result = tasks,
-                    other => return Err(ClientError::Protocol(format!("{other:?}"))),
-                }
-            }
+            client.put(tasks_queue, vec![task], Wait::Forever).await?;
+            let result = client.get(results_queue, 1, Wait::Millis(5000)).await?;
             let took = at.elapsed();
             let ids = result.iter().map(|r| r.id).collect::<Vec<_>>();
             client.ack(results_queue, ids.clone()).await?;
