@@ -290,17 +290,28 @@ async fn pipeline(
 /// Counts a completion's reply; results it left pending (the results queue stayed full) go
 /// back to be handed in again.
 fn settled(state: &mut State, outcomes: Option<Vec<Outcome>>, settled: Settled) {
-    state.report.completed += u64::from(settled.done);
-    state.report.stale += settled.stale.len() as u64;
+    tally(&mut state.report, &settled, false);
+    if let Some(mut outcomes) = outcomes {
+        let pending = outcomes.len().saturating_sub(settled.pending as usize);
+        state.unsent.results.extend(outcomes.drain(pending..));
+    }
+}
+
+/// Counts what a completion settled (as rejected tasks, for the rejected queue) and what the
+/// master had already taken back.
+fn tally(report: &mut WorkerReport, settled: &Settled, rejected: bool) {
+    let done = u64::from(settled.done);
+    if rejected {
+        report.rejected += done;
+    } else {
+        report.completed += done;
+    }
+    report.stale += settled.stale.len() as u64;
     if !settled.stale.is_empty() {
         debug!(
             stale = settled.stale.len(),
             "some leases were taken back before completion"
         );
-    }
-    if let Some(mut outcomes) = outcomes {
-        let pending = outcomes.len().saturating_sub(settled.pending as usize);
-        state.unsent.results.extend(outcomes.drain(pending..));
     }
 }
 
@@ -380,18 +391,7 @@ async fn hand_in(
                 .await?;
             let processed = batch.len() - settled.pending as usize;
             batch.drain(..processed);
-            if rejected {
-                state.report.rejected += u64::from(settled.done);
-            } else {
-                state.report.completed += u64::from(settled.done);
-            }
-            state.report.stale += settled.stale.len() as u64;
-            if !settled.stale.is_empty() {
-                debug!(
-                    stale = settled.stale.len(),
-                    "some leases were taken back before completion"
-                );
-            }
+            tally(&mut state.report, &settled, rejected);
             if settled.pending > 0 {
                 debug!(pending = settled.pending, queue = %target, "results queue full; waiting for room");
             }
