@@ -146,6 +146,37 @@ async fn complete_and_get_waits_for_the_next_task_within_its_deadline() {
 }
 
 #[tokio::test]
+async fn a_draining_master_takes_the_completion_but_leases_nothing_more() {
+    let mut cfg = config();
+    cfg.shutdown_grace = std::time::Duration::from_secs(10);
+    let master = Master::start(cfg).await;
+    let mut c = master.client().await;
+    c.put("tasks", vec![b("1"), b("2")], Wait::No)
+        .await
+        .unwrap();
+    let held = c.get("tasks", 1, Wait::No).await.unwrap().remove(0);
+    let stopping = tokio::spawn(master.stop());
+    // Wait for the drain notice, which rides on the next reply.
+    within("the drain notice", async {
+        while !c.master_shutting_down() {
+            c.ping().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let worked = c
+        .complete_and_get("tasks", "results", vec![outcome(held.id, "1")], 1, Wait::No)
+        .await
+        .unwrap();
+    assert_eq!(
+        worked.settled.done, 1,
+        "the completion is accepted while draining"
+    );
+    assert!(worked.tasks.is_empty(), "no new lease while draining");
+    within("master stop", stopping).await.unwrap();
+}
+
+#[tokio::test]
 async fn pipelined_requests_get_every_reply_and_waiting_ones_can_be_overtaken() {
     let master = Master::start(config()).await;
     let mut c = master.client().await;
