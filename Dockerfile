@@ -8,7 +8,8 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p taskmill-master -p taskmill-worker -p taskmill-bench
+RUN CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+    cargo build --release --locked -p taskmill-master -p taskmill-worker -p taskmill-bench
 
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 taskmill \

@@ -29,9 +29,10 @@ esac
 log() { printf '%s build-image: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 # An explicit --target keeps build scripts and proc macros dynamically linked; only the
-# binaries get the static C runtime.
+# binaries get the static C runtime. The image's binaries are stripped of the line tables the
+# release profile keeps for profiling: they were most of the image's size.
 log "cargo build (static, $host) into $CARGO_TARGET_DIR"
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=debuginfo \
     nice -n 10 cargo build --release --locked --target "$host" \
     -p taskmill-master -p taskmill-worker -p taskmill-bench
 
