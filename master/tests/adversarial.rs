@@ -137,6 +137,7 @@ async fn hostile(kind: usize, source: u8, addr: SocketAddr) {
 }
 
 fn run(attack: bool) -> Run {
+    let worker = worker_bin(); // before the job's stall clock starts
     let tasks = TASKS.to_string();
     let mut master = Proc::spawn(Command::new(master_bin()).args([
         "run",
@@ -159,7 +160,7 @@ fn run(attack: bool) -> Run {
     let work = work_time();
     let _workers: Vec<Proc> = (0..2)
         .map(|_| {
-            Proc::spawn(Command::new(worker_bin()).args([
+            Proc::spawn(Command::new(&worker).args([
                 "--master",
                 &addr.to_string(),
                 "--concurrency",

@@ -10,6 +10,7 @@ use common::{master_bin, worker_bin, Proc, KEY, LIMIT};
 
 #[test]
 fn run_job_with_two_worker_processes_completes_and_sigterm_stops_the_workers() {
+    let worker = worker_bin(); // before the job's stall clock starts
     let mut master = Proc::spawn(Command::new(master_bin()).args([
         "run",
         "--tasks",
@@ -23,12 +24,7 @@ fn run_job_with_two_worker_processes_completes_and_sigterm_stops_the_workers() {
     let addr = master.listening_addr();
     let mut workers: Vec<Proc> = (0..2)
         .map(|_| {
-            Proc::spawn(Command::new(worker_bin()).args([
-                "--master",
-                &addr,
-                "--max-backoff",
-                "200ms",
-            ]))
+            Proc::spawn(Command::new(&worker).args(["--master", &addr, "--max-backoff", "200ms"]))
         })
         .collect();
     let status = master.wait(LIMIT);

@@ -82,6 +82,9 @@ fn delivered(addr: &str) -> Option<u64> {
 }
 
 fn chaos(tasks: u64, limit: Duration) -> Figures {
+    // Built (or found current) before the job's stall clock starts: a first release build of
+    // the worker takes longer than the stall timeout.
+    worker_bin();
     let started = Instant::now();
     let tasks_arg = tasks.to_string();
     let mut master = Proc::spawn(Command::new(master_bin()).args([
