@@ -366,6 +366,15 @@ impl Queue {
     }
 }
 
+/// True while `session` holds the lease on `task` in queue `q`. A free function so that it can
+/// read the queues while a session's lease list is borrowed.
+fn holds(queues: &[Queue], q: QueueIdx, task: TaskId, session: SessionId) -> bool {
+    queues[q]
+        .leased
+        .get(&task)
+        .is_some_and(|l| l.session == session)
+}
+
 /// 1 to [`MAX_QUEUE_NAME`] bytes of `[A-Za-z0-9._:-]`, plus room for [`DEAD_SUFFIX`] so that
 /// every queue's dead-letter queue can be named too.
 fn valid_name(name: &str) -> bool {
@@ -503,13 +512,6 @@ impl State {
         Some(leased)
     }
 
-    fn holds(&self, q: QueueIdx, task: TaskId, session: SessionId) -> bool {
-        self.queues[q]
-            .leased
-            .get(&task)
-            .is_some_and(|l| l.session == session)
-    }
-
     /// The lease `session` holds on `task` in queue `q`, if it does.
     fn held_by(&mut self, q: QueueIdx, task: TaskId, session: SessionId) -> Option<&mut Leased> {
         self.queues[q]
@@ -584,11 +586,13 @@ impl State {
                 leases.held.extend(tasks.iter().map(|t| (q, t.id)));
                 leases.live += tasks.len();
                 if leases.held.len() > 2 * leases.live + DEAD_SLACK {
-                    let mut held = std::mem::take(&mut leases.held);
-                    held.retain(|&(q, task)| self.holds(q, task, session));
-                    held.sort_unstable();
-                    held.dedup();
-                    self.sessions.entry(session).or_default().held = held;
+                    let queues = &self.queues;
+                    leases
+                        .held
+                        .retain(|&(q, task)| holds(queues, q, task, session));
+                    // A task leased again by the same session appears twice.
+                    leases.held.sort_unstable();
+                    leases.held.dedup();
                 }
                 self.expiries
                     .extend(tasks.iter().map(|t| Reverse((deadline, q, t.id))));
@@ -643,21 +647,23 @@ impl State {
         }
     }
 
-    /// Settles `task` if `session` holds its lease on queue `q`. `with_result` marks a
-    /// completion, which makes the session count as a worker in the stats.
-    fn settle(&mut self, q: QueueIdx, task: TaskId, session: SessionId, with_result: bool) -> bool {
+    /// Settles `task` if `session` holds its lease on queue `q`.
+    fn settle(&mut self, q: QueueIdx, task: TaskId, session: SessionId) -> bool {
         if self.unlease(q, task, Some(session)).is_none() {
             return false;
         }
         self.queues[q].settled_total += 1;
-        if with_result {
-            let s = self.sessions.entry(session).or_default();
+        true
+    }
+
+    /// Counts `session` as a worker in the stats, once it has completed a task.
+    fn completed_by(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
             if !s.completed_any {
                 s.completed_any = true;
                 self.completing_sessions_total += 1;
             }
         }
-        true
     }
 
     /// Moves pending items into queue `q` while there is room, settling their leases. Stale
@@ -669,22 +675,29 @@ impl State {
         pending: &mut VecDeque<Pending>,
         progress: &mut PutProgress,
     ) {
+        let mut settled_any = false;
         while let Some(front) = pending.front() {
+            let room = self.queues[q].has_room();
             if let Some((tq, task)) = front.settles {
-                if self.held_by(tq, task, session).is_none() {
+                // With room, settling is the ownership check; without, only a stale completion
+                // may still be consumed.
+                let held = if room {
+                    self.settle(tq, task, session)
+                } else {
+                    holds(&self.queues, tq, task, session)
+                };
+                if !held {
                     pending.pop_front();
                     progress.processed += 1;
                     progress.stale.push(task);
                     continue;
                 }
+                settled_any |= room;
             }
-            if !self.queues[q].has_room() {
+            if !room {
                 break;
             }
             let p = pending.pop_front().expect("front exists");
-            if let Some((tq, task)) = p.settles {
-                self.settle(tq, task, session, true);
-            }
             let queue = &mut self.queues[q];
             queue.items.push_back(Item {
                 id: p.id,
@@ -693,6 +706,9 @@ impl State {
             });
             queue.put_total += 1;
             progress.processed += 1;
+        }
+        if settled_any {
+            self.completed_by(session);
         }
     }
 
@@ -881,8 +897,8 @@ impl Broker {
             lease.deadline = now + lease.length;
             let deadline = lease.deadline;
             state.expiries.push(Reverse((deadline, q, task)));
-            state.compact_expiries();
         }
+        state.compact_expiries();
         Ok(settled(tasks.len(), stale))
     }
 
@@ -901,11 +917,10 @@ impl Broker {
         let mut stale = Vec::new();
         let mut now_back = Vec::new();
         for &task in tasks {
-            if state.held_by(q, task, session).is_none() {
+            let Some(Leased { item, .. }) = state.unlease(q, task, Some(session)) else {
                 stale.push(task);
                 continue;
-            }
-            let item = state.unlease(q, task, None).expect("held").item;
+            };
             if delay.is_zero() || state.exhausted(q, &item) {
                 now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {
@@ -1081,7 +1096,7 @@ impl Broker {
         let q = state.queue_idx(queue)?;
         let mut stale = Vec::new();
         for &task in tasks {
-            if !state.settle(q, task, session, false) {
+            if !state.settle(q, task, session) {
                 stale.push(task);
             }
         }

@@ -631,3 +631,87 @@ fn settled_leases_do_not_pile_up_in_the_expiry_heap() {
     br.tick(Deadline::now() + Duration::from_secs(1));
     assert_eq!(br.inspect("q").unwrap().len, 1, "expired and requeued");
 }
+
+#[test]
+fn a_sessions_settled_leases_are_pruned_and_its_live_ones_still_requeued_on_close() {
+    let br = broker();
+    let s = br.open_session();
+    for _ in 0..50 {
+        ready(br.put(s, "q", vec![Bytes::new(); 1000], false).unwrap());
+        let got = ready(br.get(s, "q", 1000, MB, LEASE, false).unwrap());
+        let ids: Vec<_> = got.iter().map(|t| t.id).collect();
+        br.ack(s, "q", &ids).unwrap();
+    }
+    let held = br.lock().sessions[&s].held.len();
+    assert!(
+        held <= DEAD_SLACK + 1000,
+        "{held} entries for 50,000 settled leases"
+    );
+    // The same task leased twice by the session (expired in between) is given back once.
+    ready(br.put(s, "q", vec![b("a"), b("b")], false).unwrap());
+    let short = Delivery::Lease { millis: Some(1) };
+    ready(br.get(s, "q", 1, MB, short, false).unwrap());
+    br.tick(Deadline::now() + Duration::from_secs(1));
+    assert_eq!(ready(br.get(s, "q", 2, MB, LEASE, false).unwrap()).len(), 2);
+    assert!(br.holds_leases(s));
+    assert_eq!(br.close_session(s), 2);
+    let q = br.inspect("q").unwrap();
+    assert_eq!((q.len, q.leased), (2, 0));
+    assert_eq!(br.leased_total(), 0);
+}
+
+#[test]
+fn payloads_inline_or_shared_come_back_byte_for_byte() {
+    let br = broker();
+    let s = br.open_session();
+    let sizes = [0, 1, INLINE, INLINE + 1, 4096];
+    let items: Vec<Bytes> = sizes
+        .iter()
+        .map(|&n| Bytes::from((0..n).map(|i| i as u8).collect::<Vec<_>>()))
+        .collect();
+    ready(br.put(s, "q", items.clone(), false).unwrap());
+    let got = ready(br.get(s, "q", 10, MB, LEASE, false).unwrap());
+    assert_eq!(
+        got.iter().map(|t| t.payload.clone()).collect::<Vec<_>>(),
+        items
+    );
+    // Given back and handed out again, the queue's own copies are intact too.
+    assert_eq!(br.close_session(s), sizes.len());
+    let again = ready(br.get(s, "q", 10, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(
+        again.into_iter().map(|t| t.payload).collect::<Vec<_>>(),
+        items
+    );
+}
+
+#[test]
+fn a_session_counts_as_completing_once_and_only_for_completions_that_settle() {
+    let br = broker();
+    let acker = br.open_session();
+    let worker = br.open_session();
+    ready(
+        br.put(acker, "q", vec![b("1"), b("2"), b("3")], false)
+            .unwrap(),
+    );
+    let acked = ready(br.get(acker, "q", 1, MB, LEASE, false).unwrap());
+    br.ack(acker, "q", &[acked[0].id]).unwrap();
+    let stale = Outcome {
+        task: acked[0].id,
+        result: b("x"),
+    };
+    ready(br.complete(worker, "q", "r", vec![stale], false).unwrap());
+    assert_eq!(
+        br.snapshot().1,
+        0,
+        "an ack and a stale completion count no one"
+    );
+    let got = ready(br.get(worker, "q", 2, MB, LEASE, false).unwrap());
+    for task in got {
+        let done = Outcome {
+            task: task.id,
+            result: b("y"),
+        };
+        ready(br.complete(worker, "q", "r", vec![done], false).unwrap());
+    }
+    assert_eq!(br.snapshot().1, 1, "one completing session, counted once");
+}
