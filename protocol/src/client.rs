@@ -56,7 +56,7 @@ pub struct PutOutcome {
 }
 
 /// What an `ack` or `complete` achieved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settled {
     pub done: u32,
     /// Tasks this connection no longer held (already settled, or requeued to someone else).
@@ -78,19 +78,7 @@ impl Worked {
     /// Reads the reply to a pipelined `CompleteAndGet`, `Complete` (which leased nothing) or
     /// leasing `Get` (which settled nothing).
     pub fn from_reply(reply: Reply) -> Result<Self, ClientError> {
-        match reply {
-            Reply::Settled {
-                done,
-                stale,
-                pending,
-            } => Ok(Self {
-                settled: Settled {
-                    done,
-                    stale,
-                    pending,
-                },
-                tasks: Vec::new(),
-            }),
+        match server_error(reply)? {
             Reply::Worked {
                 done,
                 stale,
@@ -105,15 +93,31 @@ impl Worked {
                 tasks,
             }),
             Reply::Tasks(tasks) => Ok(Self {
-                settled: Settled {
-                    done: 0,
-                    stale: Vec::new(),
-                    pending: 0,
-                },
+                settled: Settled::default(),
                 tasks,
             }),
-            Reply::Error { kind, message } => Err(ClientError::Server { kind, message }),
+            reply @ Reply::Settled { .. } => Ok(Self {
+                settled: Settled::from_reply(reply)?,
+                tasks: Vec::new(),
+            }),
             other => Err(unexpected("Worked", &other)),
+        }
+    }
+}
+
+impl Settled {
+    fn from_reply(reply: Reply) -> Result<Self, ClientError> {
+        match reply {
+            Reply::Settled {
+                done,
+                stale,
+                pending,
+            } => Ok(Self {
+                done,
+                stale,
+                pending,
+            }),
+            other => Err(unexpected("Settled", &other)),
         }
     }
 }
@@ -467,18 +471,7 @@ impl Client {
     }
 
     async fn settle(&mut self, request: Request) -> Result<Settled, ClientError> {
-        match self.request(request).await? {
-            Reply::Settled {
-                done,
-                stale,
-                pending,
-            } => Ok(Settled {
-                done,
-                stale,
-                pending,
-            }),
-            other => Err(unexpected("Settled", &other)),
-        }
+        Settled::from_reply(self.request(request).await?)
     }
 
     /// Creates `queue` or sets its capacity (`None` or 0: unbounded).

@@ -207,20 +207,18 @@ async fn pipeline(
     let window = config.prefetch.max(1) as usize;
     let mut stop = None;
     loop {
-        if stop.is_none() {
-            if shutdown.is_cancelled() {
-                stop = Some(Stop::Shutdown);
-            } else if client.master_shutting_down() {
-                stop = Some(Stop::MasterDraining);
-            }
-        }
         let idle_left = idle_for(config, state.last_task);
-        if stop.is_none() && idle_left.is_none() {
-            stop = Some(Stop::Idle);
-        }
         if stop.is_none() {
-            let wait =
-                Wait::Millis(config.poll.min(idle_left.unwrap_or_default()).as_millis() as u64);
+            stop = if shutdown.is_cancelled() {
+                Some(Stop::Shutdown)
+            } else if client.master_shutting_down() {
+                Some(Stop::MasterDraining)
+            } else {
+                idle_left.is_none().then_some(Stop::Idle)
+            };
+        }
+        if let (None, Some(idle_left)) = (stop, idle_left) {
+            let wait = Wait::Millis(config.poll.min(idle_left).as_millis() as u64);
             while client.in_flight() < window {
                 client
                     .submit(Request::Get {
@@ -232,58 +230,57 @@ async fn pipeline(
                     .await?;
             }
         }
-        let Some(ending) = stop.as_ref().filter(|_| client.in_flight() == 0) else {
-            let (id, reply) = tokio::select! {
-                () = shutdown.cancelled(), if stop.is_none() => continue,
-                reply = client.next_reply() => reply?,
-            };
-            let worked = match Worked::from_reply(reply) {
-                Err(ClientError::Server {
-                    kind: ErrorKind::ShuttingDown,
-                    ..
-                }) => {
-                    stop.get_or_insert(Stop::MasterDraining);
-                    continue;
-                }
-                worked => worked?,
-            };
-            settled(state, sent.remove(&id), worked.settled);
-            if !worked.tasks.is_empty() {
-                state.last_task = Instant::now();
-                answer(worked.tasks, config.id, &mut state.unsent);
-                if !config.simulated_work.is_zero() {
-                    busy(client, config.simulated_work).await?;
-                }
-            }
-            if !state.unsent.rejected.is_empty() {
-                hand_in(config, client, shutdown, state).await?;
-            }
-            if state.unsent.results.is_empty() || drain_over(config, shutdown, state) {
+        if let Some(ending) = stop.filter(|_| client.in_flight() == 0) {
+            return Ok(ending);
+        }
+        let (id, reply) = tokio::select! {
+            () = shutdown.cancelled(), if stop.is_none() => continue,
+            reply = client.next_reply() => reply?,
+        };
+        let worked = match Worked::from_reply(reply) {
+            Err(ClientError::Server {
+                kind: ErrorKind::ShuttingDown,
+                ..
+            }) => {
+                stop.get_or_insert(Stop::MasterDraining);
                 continue;
             }
-            let outcomes = std::mem::take(&mut state.unsent.results);
-            let request = if stop.is_none() {
-                Request::CompleteAndGet {
-                    queue: config.tasks_queue.clone(),
-                    results: config.results_queue.clone(),
-                    outcomes: outcomes.clone(),
-                    max: config.concurrency,
-                    wait: Wait::Millis(config.poll.as_millis() as u64),
-                    lease_ms: None,
-                }
-            } else {
-                Request::Complete {
-                    queue: config.tasks_queue.clone(),
-                    results: config.results_queue.clone(),
-                    outcomes: outcomes.clone(),
-                    wait: Wait::Millis(config.poll.as_millis() as u64),
-                }
-            };
-            let id = client.submit(request).await?;
-            sent.insert(id, outcomes);
-            continue;
+            worked => worked?,
         };
-        return Ok(*ending);
+        settled(state, sent.remove(&id), worked.settled);
+        if !worked.tasks.is_empty() {
+            state.last_task = Instant::now();
+            answer(worked.tasks, config.id, &mut state.unsent);
+            if !config.simulated_work.is_zero() {
+                busy(client, config.simulated_work).await?;
+            }
+        }
+        if !state.unsent.rejected.is_empty() {
+            hand_in(config, client, shutdown, state).await?;
+        }
+        if state.unsent.results.is_empty() || drain_over(config, shutdown, state) {
+            continue;
+        }
+        let outcomes = std::mem::take(&mut state.unsent.results);
+        let request = if stop.is_none() {
+            Request::CompleteAndGet {
+                queue: config.tasks_queue.clone(),
+                results: config.results_queue.clone(),
+                outcomes: outcomes.clone(),
+                max: config.concurrency,
+                wait: Wait::Millis(config.poll.as_millis() as u64),
+                lease_ms: None,
+            }
+        } else {
+            Request::Complete {
+                queue: config.tasks_queue.clone(),
+                results: config.results_queue.clone(),
+                outcomes: outcomes.clone(),
+                wait: Wait::Millis(config.poll.as_millis() as u64),
+            }
+        };
+        let id = client.submit(request).await?;
+        sent.insert(id, outcomes);
     }
 }
 
