@@ -5,8 +5,8 @@ mod support;
 use std::time::Duration;
 
 use support::{config, key, within};
-use taskmill_master::job::{self, Ending, JobConfig};
-use taskmill_worker::WorkerConfig;
+use taskmill_master::job::{self, Ending, JobConfig, JobReport};
+use taskmill_worker::{WorkerConfig, WorkerReport};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -17,36 +17,71 @@ fn worker(addr: &str) -> WorkerConfig {
     config
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_thousand_tasks_through_three_workers_come_back_exactly_once() {
+/// Runs `job` on a fresh master with `n` in-process workers made by `worker` for its address,
+/// then stops the workers; returns the job's report and theirs.
+async fn job_with_workers(
+    n: usize,
+    worker: impl Fn(&str) -> WorkerConfig,
+    job: JobConfig,
+) -> (JobReport, Vec<WorkerReport>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop_workers = CancellationToken::new();
-    let workers: Vec<_> = (0..3)
+    let workers: Vec<_> = (0..n)
         .map(|_| tokio::spawn(taskmill_worker::run(worker(&addr), stop_workers.clone())))
         .collect();
+    let report = within(
+        "squares job",
+        job::run(listener, config(), job, CancellationToken::new()),
+    )
+    .await
+    .unwrap();
+    stop_workers.cancel();
+    let mut reports = Vec::new();
+    for w in workers {
+        reports.push(within("worker exit", w).await.unwrap().unwrap());
+    }
+    (report, reports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_tasks_through_three_workers_come_back_exactly_once() {
     let mut job_config = JobConfig::new(20_000);
     job_config.min = -1_000_000;
     job_config.max = 1_000_000;
     job_config.batch = 500;
-    let report = within(
-        "squares job",
-        job::run(listener, config(), job_config, CancellationToken::new()),
-    )
-    .await
-    .unwrap();
+    let (report, workers) = job_with_workers(3, worker, job_config).await;
     assert!(report.success(), "{report:?}");
     assert_eq!(
         (report.verified, report.wrong, report.missing),
         (20_000, 0, 0)
     );
     assert_eq!(report.workers_seen, 3, "every worker took part");
-    stop_workers.cancel();
-    let mut completed = 0;
-    for w in workers {
-        completed += within("worker exit", w).await.unwrap().unwrap().completed;
-    }
+    let completed: u64 = workers.iter().map(|w| w.completed).sum();
     assert_eq!(completed, 20_000, "the workers' own counts agree");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_and_a_deep_prefetch_window_deliver_every_square_exactly_once() {
+    let big = |addr: &str| {
+        let mut w = WorkerConfig::new(addr, key());
+        w.concurrency = 4096;
+        w.prefetch = 4;
+        w
+    };
+    let mut job_config = JobConfig::new(200_000);
+    job_config.batch = 8192;
+    let (report, workers) = job_with_workers(3, big, job_config).await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(
+        (report.verified, report.duplicates, report.missing),
+        (200_000, 0, 0)
+    );
+    for w in &workers {
+        assert_eq!(w.abandoned, 0, "a drained worker keeps no results");
+    }
+    let completed: u64 = workers.iter().map(|w| w.completed).sum();
+    assert_eq!(completed, 200_000, "the workers' own counts agree");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,26 +1,29 @@
 //! The throughput paths keep the core's semantics: `CompleteAndGet` (a completion carrying the
-//! next get), pipelined requests with out-of-order replies, and the squares job with large
-//! batches and a deep prefetch window.
+//! next get) and pipelined requests with out-of-order replies. The squares job with large
+//! batches and a deep prefetch window is in end_to_end.rs.
 
 mod support;
 
 use bytes::Bytes;
-use support::{config, key, within, Master};
-use taskmill_master::job::{self, JobConfig};
-use taskmill_protocol::{Delivery, Outcome, Reply, Request, Wait, Worked};
-use taskmill_worker::WorkerConfig;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use support::{config, within, Master};
+use taskmill_protocol::{Client, Delivery, Outcome, Reply, Request, Wait, Worked};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-fn outcome(task: u64, result: &str) -> Outcome {
-    Outcome {
-        task,
-        result: b(result),
-    }
+/// A worker's step on "tasks": complete `done` (if any) with a result, then lease up to `max`.
+async fn step(c: &mut Client, done: Option<u64>, max: u32, wait: Wait) -> Worked {
+    let outcomes = done
+        .map(|task| Outcome {
+            task,
+            result: b("r"),
+        })
+        .into_iter()
+        .collect();
+    c.complete_and_get("tasks", "results", outcomes, max, wait)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -31,16 +34,7 @@ async fn complete_and_get_settles_then_leases_the_next_tasks_in_one_round_trip()
         .await
         .unwrap();
     let first = c.get("tasks", 1, Wait::No).await.unwrap().remove(0);
-    let worked = c
-        .complete_and_get(
-            "tasks",
-            "results",
-            vec![outcome(first.id, "1")],
-            2,
-            Wait::No,
-        )
-        .await
-        .unwrap();
+    let worked = step(&mut c, Some(first.id), 2, Wait::No).await;
     assert_eq!((worked.settled.done, worked.settled.pending), (1, 0));
     let next: Vec<_> = worked.tasks.iter().map(|t| t.payload.clone()).collect();
     assert_eq!(next, vec![b("2"), b("3")], "the next tasks, in order");
@@ -51,16 +45,7 @@ async fn complete_and_get_settles_then_leases_the_next_tasks_in_one_round_trip()
         "the new tasks are leased to this connection"
     );
     // Completing the same task again is stale, and the get part still runs (empty queue).
-    let again = c
-        .complete_and_get(
-            "tasks",
-            "results",
-            vec![outcome(first.id, "1")],
-            2,
-            Wait::No,
-        )
-        .await
-        .unwrap();
+    let again = step(&mut c, Some(first.id), 2, Wait::No).await;
     assert_eq!(
         (again.settled.done, again.settled.stale),
         (0, vec![first.id])
@@ -80,16 +65,7 @@ async fn complete_and_get_makes_no_get_while_results_are_left_pending() {
         .await
         .unwrap();
     let first = c.get("tasks", 1, Wait::No).await.unwrap().remove(0);
-    let worked = c
-        .complete_and_get(
-            "tasks",
-            "results",
-            vec![outcome(first.id, "1")],
-            1,
-            Wait::Millis(50),
-        )
-        .await
-        .unwrap();
+    let worked = step(&mut c, Some(first.id), 1, Wait::Millis(50)).await;
     assert_eq!((worked.settled.done, worked.settled.pending), (0, 1));
     assert!(worked.tasks.is_empty(), "no new lease while a result waits");
     let tasks = c.inspect("tasks").await.unwrap();
@@ -108,16 +84,7 @@ async fn complete_and_get_waits_for_the_next_task_within_its_deadline() {
     producer.put("tasks", vec![b("1")], Wait::No).await.unwrap();
     let first = worker.get("tasks", 1, Wait::No).await.unwrap().remove(0);
     let waiting = tokio::spawn(async move {
-        let worked = worker
-            .complete_and_get(
-                "tasks",
-                "results",
-                vec![outcome(first.id, "1")],
-                1,
-                Wait::Millis(10_000),
-            )
-            .await
-            .unwrap();
+        let worked = step(&mut worker, Some(first.id), 1, Wait::Millis(10_000)).await;
         (worker, worked)
     });
     // The completion is processed before the get part: its result shows up first. Whether the
@@ -135,10 +102,7 @@ async fn complete_and_get_waits_for_the_next_task_within_its_deadline() {
     assert_eq!(worked.tasks[0].payload, b("2"));
 
     let mut lone = master.client().await;
-    let empty = lone
-        .complete_and_get("tasks", "results", Vec::new(), 1, Wait::Millis(50))
-        .await
-        .unwrap();
+    let empty = step(&mut lone, None, 1, Wait::Millis(50)).await;
     assert!(
         empty.tasks.is_empty(),
         "the wait ends empty (Python's Empty)"
@@ -164,10 +128,7 @@ async fn a_draining_master_takes_the_completion_but_leases_nothing_more() {
         }
     })
     .await;
-    let worked = c
-        .complete_and_get("tasks", "results", vec![outcome(held.id, "1")], 1, Wait::No)
-        .await
-        .unwrap();
+    let worked = step(&mut c, Some(held.id), 1, Wait::No).await;
     assert_eq!(
         worked.settled.done, 1,
         "the completion is accepted while draining"
@@ -207,40 +168,4 @@ async fn pipelined_requests_get_every_reply_and_waiting_ones_can_be_overtaken() 
         c.next_reply().await.is_err(),
         "nothing in flight is an error, not a hang"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_batches_and_a_deep_prefetch_window_deliver_every_square_exactly_once() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let stop_workers = CancellationToken::new();
-    let workers: Vec<_> = (0..3)
-        .map(|_| {
-            let mut w = WorkerConfig::new(&addr, key());
-            w.concurrency = 4096;
-            w.prefetch = 4;
-            tokio::spawn(taskmill_worker::run(w, stop_workers.clone()))
-        })
-        .collect();
-    let mut job_config = JobConfig::new(200_000);
-    job_config.batch = 8192;
-    let report = within(
-        "squares job",
-        job::run(listener, config(), job_config, CancellationToken::new()),
-    )
-    .await
-    .unwrap();
-    assert!(report.success(), "{report:?}");
-    assert_eq!(
-        (report.verified, report.duplicates, report.missing),
-        (200_000, 0, 0)
-    );
-    stop_workers.cancel();
-    let mut completed = 0;
-    for w in workers {
-        let report = within("worker exit", w).await.unwrap().unwrap();
-        assert_eq!(report.abandoned, 0, "a drained worker keeps no results");
-        completed += report.completed;
-    }
-    assert_eq!(completed, 200_000, "the workers' own counts agree");
 }
