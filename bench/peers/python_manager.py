@@ -67,11 +67,16 @@ def worker(address, authkey, ready, deadline):
     tasks = manager.get_task_queue()
     results = manager.get_result_queue()
     ready.set()
+    # The first get waits for the job to start (the master puts once every worker is ready,
+    # and a slow spawn of the last one must not make the first give up); then the original's
+    # "stop when the queue stays empty for a second".
+    timeout = max(0.0, deadline - time.monotonic())
     while time.monotonic() < deadline:
         try:
-            n = tasks.get(timeout=TASK_GET_TIMEOUT)
+            n = tasks.get(timeout=timeout)
         except queue.Empty:  # not Queue.Empty
             break
+        timeout = TASK_GET_TIMEOUT
         results.put((n, n * n))
     sys.exit(0)
 
