@@ -1,11 +1,20 @@
 //! Queue state: named bounded queues, FIFO waiters, and leases owned by sessions. No I/O.
 //!
-//! Everything lives behind one `std::sync::Mutex` that is never held across an `.await`:
-//! every operation is a short synchronous step. An operation that must wait registers a waiter
-//! and returns a future; whoever makes progress possible (a put, a get, a requeue) hands items
-//! or room to waiters in arrival order while holding the lock, so no waiter is ever overtaken
-//! and nothing is lost between a wake-up and a retry. Waiting futures clean up after
-//! themselves when dropped, so a client that disconnects while waiting leaves nothing behind.
+//! Each queue has its own `std::sync::Mutex`, never held across an `.await`: every operation is
+//! a short synchronous step, and connections working on different queues never wait for each
+//! other. An operation that spans two queues (a completion settles a lease in one and appends
+//! its result to the other) takes both locks in the queues' creation order, so no two
+//! operations can deadlock. The registry of names is read-mostly and is never locked while a
+//! queue lock is held.
+//!
+//! An operation that must wait registers a waiter and returns a future; whoever makes progress
+//! possible (a put, a get, a requeue) hands items or room to waiters in arrival order while
+//! holding the queue's lock, so no waiter is ever overtaken and nothing is lost between a
+//! wake-up and a retry. The one exception is a completion waiting for room in another queue
+//! than the one holding its leases: whoever frees room cannot take the second lock out of
+//! order, so it wakes the waiter, which stays first in line and fills itself under both locks.
+//! Waiting futures clean up after themselves when dropped, so a client that disconnects while
+//! waiting leaves nothing behind.
 //!
 //! Leases expire: [`Broker::tick`], driven by a timer task, requeues tasks whose lease ran out
 //! and returns nacked tasks whose delay is over. A task handed out `max_attempts` times and
@@ -16,16 +25,18 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use taskmill_protocol::{
     encode_payload, DeadLetter, Delivery, Outcome, QueueStats, Task, TaskId, DEAD_SUFFIX,
     MAX_REASON,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +46,6 @@ pub const MAX_QUEUE_NAME: usize = 128;
 /// Identity of one authenticated connection, for lease ownership.
 pub type SessionId = u64;
 
-type QueueIdx = usize;
 type WaiterId = u64;
 
 /// Bytes a task adds to a `Tasks` reply beyond its payload (id, attempt, lengths), rounded up.
@@ -50,6 +60,9 @@ const DEAD_SLACK: usize = 4096;
 
 /// Longest the timer task sleeps, so it notices leases that became due sooner than planned.
 const TICK_MAX: Duration = Duration::from_millis(250);
+
+/// A queue's `due` when it has no lease to expire and no delayed item to return.
+const NEVER: u64 = u64::MAX;
 
 /// Limits that apply to every queue.
 #[derive(Debug, Clone, Copy)]
@@ -83,36 +96,53 @@ pub struct Broker {
 
 #[derive(Debug)]
 struct Shared {
-    /// A `std` mutex, not tokio's: critical sections are short and never await, which is both
-    /// faster and rules out holding the lock across a suspension point.
-    state: Mutex<State>,
+    limits: QueueLimits,
+    registry: RwLock<Registry>,
+    /// Ids are reserved under the lock of the queue they go into, so that within one queue
+    /// they grow with put order: giving items back in order relies on it.
+    next_task: AtomicU64,
+    next_session: AtomicU64,
+    /// Sessions that have completed a task. Each queue remembers which of its sessions it has
+    /// reported, so this lock is taken about once per session and queue, not per completion.
+    completers: Mutex<Completers>,
     started: Instant,
+    /// The origin of the queues' `due` times.
+    epoch: Deadline,
 }
 
+#[derive(Debug, Default)]
+struct Completers {
+    open: FxHashSet<SessionId>,
+    total: u64,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_name: HashMap<String, Arc<Cell>>,
+    /// In creation order: a queue's index here is its `rank`.
+    all: Vec<Arc<Cell>>,
+}
+
+/// One queue and what may be read of it without its lock.
 #[derive(Debug)]
-struct State {
-    limits: QueueLimits,
-    queues: Vec<Queue>,
-    by_name: HashMap<String, QueueIdx>,
-    sessions: FxHashMap<SessionId, SessionLeases>,
-    next_task: TaskId,
-    next_session: SessionId,
-    next_waiter: WaiterId,
-    completing_sessions_total: u64,
-    /// Leases outstanding across all queues.
-    leased_live: usize,
-    /// Lease deadlines, soonest first. Entries are not removed when a lease is settled or
-    /// touched; an entry counts only if the lease still exists with that exact deadline.
-    expiries: BinaryHeap<Reverse<(Deadline, QueueIdx, TaskId)>>,
-    /// Nacked items waiting out their delay, soonest first.
-    delayed: BinaryHeap<Reverse<Delayed>>,
+struct Cell {
+    name: String,
+    /// Creation order; two queue locks are always taken lowest rank first.
+    rank: usize,
+    /// Holds another queue's dead letters: exempt from the queue limit, never dead-letters.
+    /// A client may create `x.dead` itself; it becomes a dead-letter queue with x's first one.
+    dead_letters: AtomicBool,
+    /// When the queue next has a lease to expire or a delayed item to return, in nanoseconds
+    /// from [`Shared::epoch`] ([`NEVER`] for nothing). Written on every unlock, so the timer
+    /// can skip idle queues without locking them.
+    due: AtomicU64,
+    queue: Mutex<Queue>,
 }
 
 /// A nacked item and when it may return to its queue.
 #[derive(Debug)]
 struct Delayed {
     at: Deadline,
-    q: QueueIdx,
     item: Item,
 }
 
@@ -154,28 +184,36 @@ impl GiveBack {
     }
 }
 
-/// The leases one session took. `held` is appended to on every leasing get and never searched:
-/// an entry counts only while its queue's lease map still names this session, so settling a
-/// lease costs a counter decrement, and the list is pruned once dead entries outnumber `live`.
+/// The leases one session took from one queue. `held` is appended to on every leasing get and
+/// never searched: an entry counts only while the queue's lease map still names this session,
+/// so settling a lease costs a counter decrement, and the list is pruned once dead entries
+/// outnumber `live`.
 #[derive(Debug, Default)]
 struct SessionLeases {
-    held: Vec<(QueueIdx, TaskId)>,
+    held: Vec<TaskId>,
     live: usize,
-    completed_any: bool,
+    /// This queue has reported the session to [`Shared::completers`].
+    completed: bool,
 }
 
 #[derive(Debug)]
 struct Queue {
-    name: String,
+    limits: QueueLimits,
     items: VecDeque<Item>,
     capacity: Option<u64>,
     leased: FxHashMap<TaskId, Leased>,
+    sessions: FxHashMap<SessionId, SessionLeases>,
     getters: VecDeque<GetWaiter>,
     putters: VecDeque<PutWaiter>,
-    /// Nacked items of this queue in `State::delayed`.
-    delayed: u64,
-    /// Holds another queue's dead letters: exempt from the queue limit, never dead-letters.
-    dead_letters: bool,
+    next_waiter: WaiterId,
+    /// Lease deadlines, soonest first. Entries are not removed when a lease is settled or
+    /// touched; an entry counts only if the lease still exists with that exact deadline.
+    expiries: BinaryHeap<Reverse<(Deadline, TaskId)>>,
+    /// Nacked items waiting out their delay, soonest first.
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    /// Sessions that completed their first task here since the lock was taken; reported to
+    /// [`Shared::completers`] when it is released.
+    new_completers: Vec<SessionId>,
     put_total: u64,
     delivered_total: u64,
     settled_total: u64,
@@ -270,15 +308,26 @@ struct PutWaiter {
     session: SessionId,
     pending: VecDeque<Pending>,
     progress: PutProgress,
-    tx: oneshot::Sender<PutProgress>,
+    done: Done,
 }
 
-/// One item on its way into a queue; `settles` is the lease a completion settles with it.
+/// How a waiting put or complete learns it may go on.
+#[derive(Debug)]
+enum Done {
+    /// Whoever frees room fills the waiter and sends its final progress.
+    Filled(oneshot::Sender<PutProgress>),
+    /// A completion settling leases in another queue: whoever frees room wakes it, and it
+    /// fills itself under both locks (see the module docs).
+    Woken(Arc<Notify>),
+}
+
+/// One item on its way into a queue; `settles` is the lease a completion settles with it, in
+/// the queue that `fill` is given as the source (or this queue, without one).
 #[derive(Debug)]
 struct Pending {
     id: TaskId,
     payload: Bytes,
-    settles: Option<(QueueIdx, TaskId)>,
+    settles: Option<TaskId>,
 }
 
 /// How far a put or complete got.
@@ -322,59 +371,6 @@ pub enum Step<T, W> {
     Wait(W),
 }
 
-impl Queue {
-    fn new(name: String, capacity: Option<u64>) -> Self {
-        Self {
-            name,
-            items: VecDeque::new(),
-            capacity,
-            leased: FxHashMap::default(),
-            getters: VecDeque::new(),
-            putters: VecDeque::new(),
-            delayed: 0,
-            dead_letters: false,
-            put_total: 0,
-            delivered_total: 0,
-            settled_total: 0,
-            requeued_total: 0,
-            expired_total: 0,
-            dead_total: 0,
-        }
-    }
-
-    fn has_room(&self) -> bool {
-        self.capacity
-            .is_none_or(|cap| (self.items.len() as u64) < cap)
-    }
-
-    fn stats(&self) -> QueueStats {
-        QueueStats {
-            name: self.name.clone(),
-            len: self.items.len() as u64,
-            capacity: self.capacity,
-            leased: self.leased.len() as u64,
-            delayed: self.delayed,
-            waiting_getters: self.getters.len() as u64,
-            waiting_putters: self.putters.len() as u64,
-            put_total: self.put_total,
-            delivered_total: self.delivered_total,
-            settled_total: self.settled_total,
-            requeued_total: self.requeued_total,
-            expired_total: self.expired_total,
-            dead_total: self.dead_total,
-        }
-    }
-}
-
-/// True while `session` holds the lease on `task` in queue `q`. A free function so that it can
-/// read the queues while a session's lease list is borrowed.
-fn holds(queues: &[Queue], q: QueueIdx, task: TaskId, session: SessionId) -> bool {
-    queues[q]
-        .leased
-        .get(&task)
-        .is_some_and(|l| l.session == session)
-}
-
 /// 1 to [`MAX_QUEUE_NAME`] bytes of `[A-Za-z0-9._:-]`, plus room for [`DEAD_SUFFIX`] so that
 /// every queue's dead-letter queue can be named too.
 fn valid_name(name: &str) -> bool {
@@ -390,76 +386,134 @@ fn normalise_capacity(capacity: Option<u64>) -> Option<u64> {
     capacity.filter(|&c| c > 0)
 }
 
-impl State {
+impl Queue {
     fn new(limits: QueueLimits) -> Self {
         Self {
             limits,
-            queues: Vec::new(),
-            by_name: HashMap::new(),
+            items: VecDeque::new(),
+            capacity: normalise_capacity(limits.default_capacity),
+            leased: FxHashMap::default(),
             sessions: FxHashMap::default(),
-            next_task: 0,
-            next_session: 0,
+            getters: VecDeque::new(),
+            putters: VecDeque::new(),
             next_waiter: 0,
-            completing_sessions_total: 0,
-            leased_live: 0,
             expiries: BinaryHeap::new(),
             delayed: BinaryHeap::new(),
+            new_completers: Vec::new(),
+            put_total: 0,
+            delivered_total: 0,
+            settled_total: 0,
+            requeued_total: 0,
+            expired_total: 0,
+            dead_total: 0,
         }
     }
 
-    fn queue_idx(&mut self, name: &str) -> Result<QueueIdx, QueueError> {
-        if let Some(&idx) = self.by_name.get(name) {
-            return Ok(idx);
-        }
-        if !valid_name(name) {
-            return Err(QueueError::BadName(name.to_owned()));
-        }
-        let user_queues = self.queues.iter().filter(|q| !q.dead_letters).count();
-        if user_queues >= self.limits.max_queues {
-            return Err(QueueError::TooManyQueues {
-                name: name.to_owned(),
-                max: self.limits.max_queues,
-            });
-        }
-        Ok(self.create_queue(name))
+    fn has_room(&self) -> bool {
+        self.capacity
+            .is_none_or(|cap| (self.items.len() as u64) < cap)
     }
 
-    fn create_queue(&mut self, name: &str) -> QueueIdx {
-        let idx = self.queues.len();
-        let capacity = normalise_capacity(self.limits.default_capacity);
-        self.queues.push(Queue::new(name.to_owned(), capacity));
-        self.by_name.insert(name.to_owned(), idx);
-        idx
+    fn stats(&self, name: &str) -> QueueStats {
+        QueueStats {
+            name: name.to_owned(),
+            len: self.items.len() as u64,
+            capacity: self.capacity,
+            leased: self.leased.len() as u64,
+            delayed: self.delayed.len() as u64,
+            waiting_getters: self.getters.len() as u64,
+            waiting_putters: self.putters.len() as u64,
+            put_total: self.put_total,
+            delivered_total: self.delivered_total,
+            settled_total: self.settled_total,
+            requeued_total: self.requeued_total,
+            expired_total: self.expired_total,
+            dead_total: self.dead_total,
+        }
     }
 
-    /// True when `item`, given back now, has had all its deliveries and must be dead-lettered.
-    /// Dead-letter queues themselves never dead-letter, so no chain of queues can grow.
-    fn exhausted(&self, q: QueueIdx, item: &Item) -> bool {
-        item.deliveries >= self.limits.max_attempts && !self.queues[q].dead_letters
+    /// When the timer next has work here.
+    fn next_due(&self) -> Option<Deadline> {
+        let lease = self.expiries.peek().map(|e| e.0 .0);
+        let delayed = self.delayed.peek().map(|d| d.0.at);
+        lease.into_iter().chain(delayed).min()
     }
 
-    /// Gives back several items of queue `q` so that they keep their put order at the front.
-    fn give_back_all(&mut self, q: QueueIdx, mut items: Vec<(Item, GiveBack)>) {
+    fn next_waiter(&mut self) -> WaiterId {
+        self.next_waiter += 1;
+        self.next_waiter
+    }
+
+    /// True while `session` holds the lease on `task`.
+    fn holds(&self, task: TaskId, session: SessionId) -> bool {
+        self.leased.get(&task).is_some_and(|l| l.session == session)
+    }
+
+    /// The lease `session` holds on `task`, if it does.
+    fn held_by(&mut self, task: TaskId, session: SessionId) -> Option<&mut Leased> {
+        self.leased.get_mut(&task).filter(|l| l.session == session)
+    }
+
+    /// Ends the lease on `task` if `owner` (or, with `None`, anyone) holds it, returning the
+    /// item. The only place a lease ends.
+    fn unlease(&mut self, task: TaskId, owner: Option<SessionId>) -> Option<Leased> {
+        let Entry::Occupied(lease) = self.leased.entry(task) else {
+            return None;
+        };
+        if owner.is_some_and(|s| lease.get().session != s) {
+            return None;
+        }
+        let leased = lease.remove();
+        if let Some(s) = self.sessions.get_mut(&leased.session) {
+            s.live -= 1;
+        }
+        Some(leased)
+    }
+
+    /// Settles `task` if `session` holds its lease.
+    fn settle(&mut self, task: TaskId, session: SessionId) -> bool {
+        if self.unlease(task, Some(session)).is_none() {
+            return false;
+        }
+        self.settled_total += 1;
+        true
+    }
+
+    /// Counts `session` as a worker in the stats, once it has completed a task from here.
+    fn completed_by(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            if !s.completed {
+                s.completed = true;
+                self.new_completers.push(session);
+            }
+        }
+    }
+
+    /// Gives back several items so that they keep their put order at the front. Returns those
+    /// that must go to the dead-letter queue instead (see [`Queue::give_back`]).
+    fn give_back_all(&mut self, mut items: Vec<(Item, GiveBack)>, buries: bool) -> Vec<Buried> {
         // Ids grow with put order: giving back the newest first leaves the oldest in front.
         items.sort_unstable_by_key(|(item, _)| Reverse(item.id));
-        for (item, why) in items {
-            self.give_back(q, item, &why);
-        }
+        items
+            .into_iter()
+            .filter_map(|(item, why)| self.give_back(item, &why, buries))
+            .collect()
     }
 
-    /// Puts an item whose lease ended unsettled back at the front of queue `q`, or, once it
-    /// has had all its deliveries, at the back of the queue's dead-letter queue.
-    fn give_back(&mut self, q: QueueIdx, item: Item, why: &GiveBack) {
+    /// Puts an item whose lease ended unsettled back at the front, or, once it has had all its
+    /// deliveries and this queue `buries` (dead-letter queues don't, so no chain of queues can
+    /// grow), returns it for the dead-letter queue, which the caller fills after unlocking.
+    fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
         if matches!(why, GiveBack::Expired(_)) {
-            self.queues[q].expired_total += 1;
+            self.expired_total += 1;
         }
-        if !self.exhausted(q, &item) {
-            let queue = &mut self.queues[q];
-            queue.requeued_total += 1;
-            queue.items.push_front(item);
-            self.pump(q);
-            return;
+        if !buries || item.deliveries < self.limits.max_attempts {
+            self.requeued_total += 1;
+            self.items.push_front(item);
+            self.pump();
+            return None;
         }
+        self.dead_total += 1;
         let mut reason = why.reason();
         if reason.len() > MAX_REASON {
             let mut cut = MAX_REASON;
@@ -468,74 +522,13 @@ impl State {
             }
             reason.truncate(cut);
         }
-        let name = &self.queues[q].name;
-        let letter = DeadLetter {
-            task: item.id,
-            queue: name.clone(),
-            attempts: item.deliveries,
-            reason,
-            payload: item.payload.into_bytes(),
-        };
-        let dead_name = format!("{name}{DEAD_SUFFIX}");
-        let dq = match self.by_name.get(&dead_name) {
-            Some(&dq) => dq,
-            None => self.create_queue(&dead_name),
-        };
-        self.queues[dq].dead_letters = true;
-        self.queues[q].dead_total += 1;
-        let id = self.reserve_ids(1);
-        let payload = Payload::new(encode_payload(&letter).expect("a DeadLetter always encodes"));
-        let dead = &mut self.queues[dq];
-        dead.items.push_back(Item {
-            id,
-            deliveries: 0,
-            payload,
-        });
-        dead.put_total += 1;
-        self.pump(dq);
-    }
-
-    /// Ends the lease on `task` in queue `q` if `owner` (or, with `None`, anyone) holds it,
-    /// returning the item. The only place a lease ends.
-    fn unlease(&mut self, q: QueueIdx, task: TaskId, owner: Option<SessionId>) -> Option<Leased> {
-        let Entry::Occupied(lease) = self.queues[q].leased.entry(task) else {
-            return None;
-        };
-        if owner.is_some_and(|s| lease.get().session != s) {
-            return None;
-        }
-        let leased = lease.remove();
-        self.leased_live -= 1;
-        if let Some(s) = self.sessions.get_mut(&leased.session) {
-            s.live -= 1;
-        }
-        Some(leased)
-    }
-
-    /// The lease `session` holds on `task` in queue `q`, if it does.
-    fn held_by(&mut self, q: QueueIdx, task: TaskId, session: SessionId) -> Option<&mut Leased> {
-        self.queues[q]
-            .leased
-            .get_mut(&task)
-            .filter(|l| l.session == session)
-    }
-
-    fn next_waiter(&mut self) -> WaiterId {
-        self.next_waiter += 1;
-        self.next_waiter
-    }
-
-    fn reserve_ids(&mut self, n: usize) -> TaskId {
-        let first = self.next_task;
-        self.next_task += n as u64;
-        first
+        Some(Buried { item, reason })
     }
 
     /// Takes up to `max` items (at least one if any are queued) whose reply fits `max_bytes`,
     /// leasing them to `session` when asked to.
     fn take(
         &mut self,
-        q: QueueIdx,
         session: SessionId,
         max: u32,
         max_bytes: usize,
@@ -549,11 +542,10 @@ impl State {
             }
             Delivery::Remove => None,
         };
-        let queue = &mut self.queues[q];
         let mut tasks = Vec::new();
         let mut bytes = 0usize;
         while (tasks.len() as u32) < max {
-            let Some(front) = queue.items.front() else {
+            let Some(front) = self.items.front() else {
                 break;
             };
             let size = front.payload.len() + TASK_OVERHEAD;
@@ -561,7 +553,7 @@ impl State {
                 break;
             }
             bytes += size;
-            let mut item = queue.items.pop_front().expect("front exists");
+            let mut item = self.items.pop_front().expect("front exists");
             item.deliveries += 1;
             tasks.push(Task {
                 id: item.id,
@@ -575,27 +567,26 @@ impl State {
                     deadline,
                     length,
                 };
-                queue.leased.insert(leased.item.id, leased);
-                self.leased_live += 1;
+                self.leased.insert(leased.item.id, leased);
             }
         }
-        queue.delivered_total += tasks.len() as u64;
+        self.delivered_total += tasks.len() as u64;
         if let Some((_, deadline)) = lease {
             if !tasks.is_empty() {
+                let leased = &self.leased;
                 let leases = self.sessions.entry(session).or_default();
-                leases.held.extend(tasks.iter().map(|t| (q, t.id)));
+                leases.held.extend(tasks.iter().map(|t| t.id));
                 leases.live += tasks.len();
                 if leases.held.len() > 2 * leases.live + DEAD_SLACK {
-                    let queues = &self.queues;
                     leases
                         .held
-                        .retain(|&(q, task)| holds(queues, q, task, session));
+                        .retain(|task| leased.get(task).is_some_and(|l| l.session == session));
                     // A task leased again by the same session appears twice.
                     leases.held.sort_unstable();
                     leases.held.dedup();
                 }
                 self.expiries
-                    .extend(tasks.iter().map(|t| Reverse((deadline, q, t.id))));
+                    .extend(tasks.iter().map(|t| Reverse((deadline, t.id))));
                 self.compact_expiries();
             }
         }
@@ -606,28 +597,21 @@ impl State {
     /// due, which under load would be millions of dead entries. Rebuilding from the live leases
     /// once the dead outnumber them keeps the heap within twice the leases, at amortised O(1).
     fn compact_expiries(&mut self) {
-        if self.expiries.len() <= 2 * self.leased_live + DEAD_SLACK {
+        if self.expiries.len() <= 2 * self.leased.len() + DEAD_SLACK {
             return;
         }
-        let entries: Vec<_> = self
-            .queues
+        self.expiries = self
+            .leased
             .iter()
-            .enumerate()
-            .flat_map(|(q, queue)| {
-                queue
-                    .leased
-                    .iter()
-                    .map(move |(&task, l)| Reverse((l.deadline, q, task)))
-            })
+            .map(|(&task, l)| Reverse((l.deadline, task)))
             .collect();
-        self.expiries = BinaryHeap::from(entries);
     }
 
     /// Puts handed-out items back at the front, in their original order, as if never taken.
-    fn untake(&mut self, q: QueueIdx, tasks: Vec<Task>, delivery: Delivery) {
+    fn untake(&mut self, tasks: Vec<Task>, delivery: Delivery) {
         for task in tasks.into_iter().rev() {
             let item = match delivery {
-                Delivery::Lease { .. } => match self.unlease(q, task.id, None) {
+                Delivery::Lease { .. } => match self.unlease(task.id, None) {
                     Some(leased) => leased.item,
                     // Already settled or requeued by its session's end: nothing to give back.
                     None => continue,
@@ -638,53 +622,38 @@ impl State {
                     payload: Payload::new(task.payload),
                 },
             };
-            let queue = &mut self.queues[q];
-            queue.delivered_total -= 1;
-            queue.items.push_front(Item {
+            self.delivered_total -= 1;
+            self.items.push_front(Item {
                 deliveries: item.deliveries - 1,
                 ..item
             });
         }
     }
 
-    /// Settles `task` if `session` holds its lease on queue `q`.
-    fn settle(&mut self, q: QueueIdx, task: TaskId, session: SessionId) -> bool {
-        if self.unlease(q, task, Some(session)).is_none() {
-            return false;
-        }
-        self.queues[q].settled_total += 1;
-        true
-    }
-
-    /// Counts `session` as a worker in the stats, once it has completed a task.
-    fn completed_by(&mut self, session: SessionId) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            if !s.completed_any {
-                s.completed_any = true;
-                self.completing_sessions_total += 1;
-            }
-        }
-    }
-
-    /// Moves pending items into queue `q` while there is room, settling their leases. Stale
-    /// completions need no room and are consumed wherever they stand.
+    /// Moves pending items in while there is room, settling their leases in `source` (or in
+    /// this queue, without one). Stale completions need no room and are consumed wherever
+    /// they stand.
     fn fill(
         &mut self,
-        q: QueueIdx,
+        mut source: Option<&mut Queue>,
         session: SessionId,
         pending: &mut VecDeque<Pending>,
         progress: &mut PutProgress,
     ) {
         let mut settled_any = false;
         while let Some(front) = pending.front() {
-            let room = self.queues[q].has_room();
-            if let Some((tq, task)) = front.settles {
+            let room = self.has_room();
+            if let Some(task) = front.settles {
+                let leases = match source.as_deref_mut() {
+                    Some(other) => other,
+                    None => &mut *self,
+                };
                 // With room, settling is the ownership check; without, only a stale completion
                 // may still be consumed.
                 let held = if room {
-                    self.settle(tq, task, session)
+                    leases.settle(task, session)
                 } else {
-                    holds(&self.queues, tq, task, session)
+                    leases.holds(task, session)
                 };
                 if !held {
                     pending.pop_front();
@@ -698,51 +667,57 @@ impl State {
                 break;
             }
             let p = pending.pop_front().expect("front exists");
-            let queue = &mut self.queues[q];
-            queue.items.push_back(Item {
+            self.items.push_back(Item {
                 id: p.id,
                 deliveries: 0,
                 payload: Payload::new(p.payload),
             });
-            queue.put_total += 1;
+            self.put_total += 1;
             progress.processed += 1;
         }
         if settled_any {
-            self.completed_by(session);
+            source.unwrap_or(self).completed_by(session);
         }
     }
 
     /// Hands queued items to waiting getters and room to waiting putters, in arrival order,
     /// until neither can make progress.
-    fn pump(&mut self, q: QueueIdx) {
+    fn pump(&mut self) {
         loop {
             let mut progressed = false;
-            while !self.queues[q].items.is_empty() {
-                let Some(w) = self.queues[q].getters.pop_front() else {
+            while !self.items.is_empty() {
+                let Some(w) = self.getters.pop_front() else {
                     break;
                 };
-                let tasks = self.take(q, w.session, w.max, w.max_bytes, w.delivery);
+                let tasks = self.take(w.session, w.max, w.max_bytes, w.delivery);
                 if let Err(tasks) = w.tx.send(tasks) {
                     // The waiter was dropped between giving up and unregistering.
-                    self.untake(q, tasks, w.delivery);
+                    self.untake(tasks, w.delivery);
                 } else {
                     progressed = true;
                 }
             }
-            while self.queues[q].has_room() {
-                let Some(mut w) = self.queues[q].putters.pop_front() else {
+            while self.has_room() {
+                let Some(front) = self.putters.front() else {
                     break;
                 };
+                if let Done::Woken(turn) = &front.done {
+                    // It settles leases in another queue, whose lock we may not take here.
+                    turn.notify_one();
+                    break;
+                }
+                let mut w = self.putters.pop_front().expect("front exists");
                 let before = w.progress.processed;
-                self.fill(q, w.session, &mut w.pending, &mut w.progress);
+                self.fill(None, w.session, &mut w.pending, &mut w.progress);
                 progressed |= w.progress.processed != before;
-                if w.pending.is_empty() {
+                if !w.pending.is_empty() {
+                    self.putters.push_front(w);
+                    break;
+                }
+                if let Done::Filled(tx) = w.done {
                     // A dropped receiver means the putter is gone; its items stay queued, as
                     // they were accepted while it still waited.
-                    let _ = w.tx.send(w.progress);
-                } else {
-                    self.queues[q].putters.push_front(w);
-                    break;
+                    let _ = tx.send(w.progress);
                 }
             }
             if !progressed {
@@ -750,22 +725,247 @@ impl State {
             }
         }
     }
+
+    /// Requeues (or returns for burial) tasks whose lease has run out by `now`, and returns
+    /// nacked tasks whose delay is over to the front.
+    fn expire(&mut self, now: Deadline, buries: bool) -> Vec<Buried> {
+        let mut expired = Vec::new();
+        while let Some(&Reverse((deadline, task))) = self.expiries.peek() {
+            if deadline > now {
+                break;
+            }
+            self.expiries.pop();
+            if self.leased.get(&task).map(|l| l.deadline) != Some(deadline) {
+                continue; // settled, requeued or touched since: a stale entry
+            }
+            let leased = self.unlease(task, None).expect("just found");
+            expired.push((leased.item, GiveBack::Expired(leased.length)));
+        }
+        let buried = self.give_back_all(expired, buries);
+        let mut due = Vec::new();
+        while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
+            due.push(self.delayed.pop().expect("just peeked").0.item);
+        }
+        if !due.is_empty() {
+            due.sort_unstable_by_key(|item| Reverse(item.id));
+            for item in due {
+                self.items.push_front(item);
+            }
+            self.pump();
+        }
+        buried
+    }
+}
+
+/// An item on its way to its queue's dead-letter queue.
+#[derive(Debug)]
+struct Buried {
+    item: Item,
+    reason: String,
+}
+
+/// A locked queue. Unlocking publishes what others read without the lock: when the timer is
+/// next due here, and sessions that completed their first task here.
+struct Locked<'a> {
+    shared: &'a Shared,
+    cell: &'a Cell,
+    queue: MutexGuard<'a, Queue>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = Queue;
+
+    fn deref(&self) -> &Queue {
+        &self.queue
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let due = self
+            .queue
+            .next_due()
+            .map_or(NEVER, |at| self.shared.nanos(at));
+        self.cell.due.store(due, Relaxed);
+        if !self.queue.new_completers.is_empty() {
+            // A leaf lock: nothing else is ever taken while holding it.
+            let mut completers = lock(&self.shared.completers);
+            for session in self.queue.new_completers.drain(..) {
+                if completers.open.insert(session) {
+                    completers.total += 1;
+                }
+            }
+        }
+    }
+}
+
+/// A poisoned lock means a panic while holding it, which would already be a bug report; keep
+/// serving with the state as it is rather than failing every connection after it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn nanos(&self, at: Deadline) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+impl Registry {
+    fn create(&mut self, name: &str, limits: QueueLimits) -> Arc<Cell> {
+        let cell = Arc::new(Cell {
+            name: name.to_owned(),
+            rank: self.all.len(),
+            dead_letters: AtomicBool::new(false),
+            due: AtomicU64::new(NEVER),
+            queue: Mutex::new(Queue::new(limits)),
+        });
+        self.all.push(Arc::clone(&cell));
+        self.by_name.insert(name.to_owned(), Arc::clone(&cell));
+        cell
+    }
+}
+
+impl Cell {
+    /// Whether tasks that used up their attempts here go to a dead-letter queue.
+    fn buries(&self) -> bool {
+        !self.dead_letters.load(Relaxed)
+    }
 }
 
 impl Broker {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(limits)),
+                limits,
+                registry: RwLock::default(),
+                next_task: AtomicU64::new(0),
+                next_session: AtomicU64::new(0),
+                completers: Mutex::default(),
                 started: Instant::now(),
+                epoch: Deadline::now(),
             }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock would already have been a bug report; keep serving
-        // with the state as it is rather than poisoning every connection after it.
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock<'a>(&'a self, cell: &'a Cell) -> Locked<'a> {
+        Locked {
+            shared: &self.shared,
+            cell,
+            queue: lock(&cell.queue),
+        }
+    }
+
+    /// Locks `target` and, if it is another queue, `source`, lowest rank first.
+    fn lock_pair<'a>(
+        &'a self,
+        target: &'a Cell,
+        source: Option<&'a Cell>,
+    ) -> (Locked<'a>, Option<Locked<'a>>) {
+        match source {
+            Some(source) if source.rank < target.rank => {
+                let source = self.lock(source);
+                (self.lock(target), Some(source))
+            }
+            Some(source) if source.rank > target.rank => {
+                let target = self.lock(target);
+                (target, Some(self.lock(source)))
+            }
+            _ => (self.lock(target), None),
+        }
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.shared
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.shared
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn existing(&self, name: &str) -> Option<Arc<Cell>> {
+        self.registry().by_name.get(name).cloned()
+    }
+
+    /// Every queue, in rank order.
+    fn cells(&self) -> Vec<Arc<Cell>> {
+        self.registry().all.clone()
+    }
+
+    /// The queue named `name`, created on first use.
+    fn queue(&self, name: &str) -> Result<Arc<Cell>, QueueError> {
+        if let Some(cell) = self.existing(name) {
+            return Ok(cell);
+        }
+        if !valid_name(name) {
+            return Err(QueueError::BadName(name.to_owned()));
+        }
+        let mut registry = self.registry_mut();
+        if let Some(cell) = registry.by_name.get(name) {
+            return Ok(Arc::clone(cell)); // created since we looked
+        }
+        let limits = self.shared.limits;
+        let user_queues = registry.all.iter().filter(|c| c.buries()).count();
+        if user_queues >= limits.max_queues {
+            return Err(QueueError::TooManyQueues {
+                name: name.to_owned(),
+                max: limits.max_queues,
+            });
+        }
+        Ok(registry.create(name, limits))
+    }
+
+    /// Reserves `n` consecutive task ids. Call with the lock of the queue they go into held.
+    fn reserve(&self, n: usize) -> TaskId {
+        self.shared.next_task.fetch_add(n as u64, Relaxed)
+    }
+
+    /// Appends items that used up their attempts in `from` to its dead-letter queue.
+    fn bury(&self, from: &Cell, buried: Vec<Buried>) {
+        if buried.is_empty() {
+            return;
+        }
+        let dead = {
+            let name = format!("{}{DEAD_SUFFIX}", from.name);
+            let mut registry = self.registry_mut();
+            let cell = match registry.by_name.get(&name) {
+                Some(cell) => Arc::clone(cell),
+                None => registry.create(&name, self.shared.limits),
+            };
+            cell.dead_letters.store(true, Relaxed);
+            cell
+        };
+        let mut queue = self.lock(&dead);
+        let first = self.reserve(buried.len());
+        for (Buried { item, reason }, id) in buried.into_iter().zip(first..) {
+            let letter = DeadLetter {
+                task: item.id,
+                queue: from.name.clone(),
+                attempts: item.deliveries,
+                reason,
+                payload: item.payload.into_bytes(),
+            };
+            let payload = encode_payload(&letter).expect("a DeadLetter always encodes");
+            queue.items.push_back(Item {
+                id,
+                deliveries: 0,
+                payload: Payload::new(payload),
+            });
+            queue.put_total += 1;
+        }
+        queue.pump();
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -774,89 +974,69 @@ impl Broker {
 
     /// Registers a connection that may hold leases.
     pub fn open_session(&self) -> SessionId {
-        let mut state = self.lock();
-        state.next_session += 1;
-        let id = state.next_session;
-        state.sessions.insert(id, SessionLeases::default());
-        id
+        self.shared.next_session.fetch_add(1, Relaxed) + 1
     }
 
     /// Ends a connection: every task it still leases goes back to the front of its queue.
     /// Call after dropping the session's waiting futures. Returns how many were requeued.
     pub fn close_session(&self, session: SessionId) -> usize {
-        let mut state = self.lock();
-        let Some(leases) = state.sessions.remove(&session) else {
-            return 0;
-        };
-        let mut by_queue: HashMap<QueueIdx, Vec<(Item, GiveBack)>> = HashMap::new();
-        for (q, task) in leases.held {
+        let mut requeued = 0;
+        for cell in self.cells() {
+            let mut queue = self.lock(&cell);
+            let Some(leases) = queue.sessions.remove(&session) else {
+                continue;
+            };
             // Entries for leases since settled, or since leased again by another session, are
             // skipped by the ownership check.
-            if let Some(leased) = state.unlease(q, task, Some(session)) {
-                by_queue
-                    .entry(q)
-                    .or_default()
-                    .push((leased.item, GiveBack::ConnectionClosed));
-            }
+            let back: Vec<_> = leases
+                .held
+                .into_iter()
+                .filter_map(|task| queue.unlease(task, Some(session)))
+                .map(|leased| (leased.item, GiveBack::ConnectionClosed))
+                .collect();
+            requeued += back.len();
+            let buried = queue.give_back_all(back, cell.buries());
+            drop(queue);
+            self.bury(&cell, buried);
         }
-        let requeued = by_queue.values().map(Vec::len).sum();
-        for (q, items) in by_queue {
-            state.give_back_all(q, items);
-        }
+        lock(&self.shared.completers).open.remove(&session);
         requeued
     }
 
     /// True while `session` holds at least one lease.
     pub fn holds_leases(&self, session: SessionId) -> bool {
-        self.lock()
-            .sessions
-            .get(&session)
-            .is_some_and(|s| s.live > 0)
+        self.cells().iter().any(|cell| {
+            self.lock(cell)
+                .sessions
+                .get(&session)
+                .is_some_and(|s| s.live > 0)
+        })
     }
 
     /// Leases outstanding across all queues (what a draining master waits for).
     pub fn leased_total(&self) -> u64 {
-        self.lock().leased_live as u64
+        let cells = self.cells();
+        cells
+            .iter()
+            .map(|cell| self.lock(cell).leased.len() as u64)
+            .sum()
     }
 
     /// Requeues (or dead-letters) tasks whose lease has run out by `now` and returns nacked
     /// tasks whose delay is over. Returns when it next has work to do.
     pub fn tick(&self, now: Deadline) -> Option<Deadline> {
-        let mut state = self.lock();
-        let mut expired: HashMap<QueueIdx, Vec<(Item, GiveBack)>> = HashMap::new();
-        while let Some(&Reverse((deadline, q, task))) = state.expiries.peek() {
-            if deadline > now {
-                break;
+        let due_now = self.shared.nanos(now);
+        let mut next = NEVER;
+        for cell in self.cells() {
+            if cell.due.load(Relaxed) <= due_now {
+                let mut queue = self.lock(&cell);
+                let buried = queue.expire(now, cell.buries());
+                drop(queue);
+                self.bury(&cell, buried);
             }
-            state.expiries.pop();
-            let current = state.queues[q].leased.get(&task).map(|l| l.deadline);
-            if current != Some(deadline) {
-                continue; // settled, requeued or touched since: a stale entry
-            }
-            let leased = state.unlease(q, task, None).expect("just found");
-            let why = GiveBack::Expired(leased.length);
-            expired.entry(q).or_default().push((leased.item, why));
+            next = next.min(cell.due.load(Relaxed));
         }
-        for (q, items) in expired {
-            state.give_back_all(q, items);
-        }
-        let mut due: HashMap<QueueIdx, Vec<Item>> = HashMap::new();
-        while state.delayed.peek().is_some_and(|d| d.0.at <= now) {
-            let Reverse(Delayed { q, item, .. }) = state.delayed.pop().expect("just peeked");
-            due.entry(q).or_default().push(item);
-        }
-        for (q, mut items) in due {
-            items.sort_unstable_by_key(|item| Reverse(item.id));
-            let queue = &mut state.queues[q];
-            queue.delayed -= items.len() as u64;
-            for item in items {
-                queue.items.push_front(item);
-            }
-            state.pump(q);
-        }
-        let next_lease = state.expiries.peek().map(|e| e.0 .0);
-        let next_delayed = state.delayed.peek().map(|d| d.0.at);
-        next_lease.into_iter().chain(next_delayed).min()
+        (next != NEVER).then(|| self.shared.epoch + Duration::from_nanos(next))
     }
 
     /// Runs [`Broker::tick`] until `stop` fires.
@@ -882,12 +1062,12 @@ impl Broker {
         tasks: &[TaskId],
         millis: Option<u64>,
     ) -> Result<PutProgress, QueueError> {
-        let mut state = self.lock();
-        let q = state.queue_idx(queue)?;
+        let cell = self.queue(queue)?;
+        let mut queue = self.lock(&cell);
         let now = Deadline::now();
         let mut stale = Vec::new();
         for &task in tasks {
-            let Some(lease) = state.held_by(q, task, session) else {
+            let Some(lease) = queue.held_by(task, session) else {
                 stale.push(task);
                 continue;
             };
@@ -896,9 +1076,9 @@ impl Broker {
             }
             lease.deadline = now + lease.length;
             let deadline = lease.deadline;
-            state.expiries.push(Reverse((deadline, q, task)));
+            queue.expiries.push(Reverse((deadline, task)));
         }
-        state.compact_expiries();
+        queue.compact_expiries();
         Ok(settled(tasks.len(), stale))
     }
 
@@ -912,54 +1092,58 @@ impl Broker {
         delay: Duration,
         reason: &str,
     ) -> Result<PutProgress, QueueError> {
-        let mut state = self.lock();
-        let q = state.queue_idx(queue)?;
+        let cell = self.queue(queue)?;
+        let mut queue = self.lock(&cell);
+        let buries = cell.buries();
         let mut stale = Vec::new();
         let mut now_back = Vec::new();
         for &task in tasks {
-            let Some(Leased { item, .. }) = state.unlease(q, task, Some(session)) else {
+            let Some(Leased { item, .. }) = queue.unlease(task, Some(session)) else {
                 stale.push(task);
                 continue;
             };
-            if delay.is_zero() || state.exhausted(q, &item) {
+            let last = buries && item.deliveries >= queue.limits.max_attempts;
+            if delay.is_zero() || last {
                 now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {
-                state.queues[q].requeued_total += 1;
-                state.queues[q].delayed += 1;
-                state.delayed.push(Reverse(Delayed {
+                queue.requeued_total += 1;
+                queue.delayed.push(Reverse(Delayed {
                     at: Deadline::now() + delay.min(MAX_LEASE),
-                    q,
                     item,
                 }));
             }
         }
-        state.give_back_all(q, now_back);
+        let buried = queue.give_back_all(now_back, buries);
+        drop(queue);
+        self.bury(&cell, buried);
         Ok(settled(tasks.len(), stale))
     }
 
     /// Creates `queue` if needed and sets its capacity.
     pub fn declare(&self, queue: &str, capacity: Option<u64>) -> Result<QueueStats, QueueError> {
-        let mut state = self.lock();
-        let q = state.queue_idx(queue)?;
-        state.queues[q].capacity = normalise_capacity(capacity);
-        state.pump(q);
-        Ok(state.queues[q].stats())
+        let cell = self.queue(queue)?;
+        let mut queue = self.lock(&cell);
+        queue.capacity = normalise_capacity(capacity);
+        queue.pump();
+        Ok(queue.stats(&cell.name))
     }
 
     pub fn inspect(&self, queue: &str) -> Result<QueueStats, QueueError> {
-        let state = self.lock();
-        let q = *state
-            .by_name
-            .get(queue)
+        let cell = self
+            .existing(queue)
             .ok_or_else(|| QueueError::NoSuchQueue(queue.to_owned()))?;
-        Ok(state.queues[q].stats())
+        let stats = self.lock(&cell).stats(&cell.name);
+        Ok(stats)
     }
 
     /// Every queue's state, plus how many sessions ever completed a task.
     pub fn snapshot(&self) -> (Vec<QueueStats>, u64) {
-        let state = self.lock();
-        let queues = state.queues.iter().map(Queue::stats).collect();
-        (queues, state.completing_sessions_total)
+        let cells = self.cells();
+        let queues = cells
+            .iter()
+            .map(|cell| self.lock(cell).stats(&cell.name))
+            .collect();
+        (queues, lock(&self.shared.completers).total)
     }
 
     /// Appends `items` as far as there is room. If some are left and `wait` is true, returns a
@@ -971,10 +1155,9 @@ impl Broker {
         items: Vec<Bytes>,
         wait: bool,
     ) -> Result<Step<PutProgress, PutWaiting>, QueueError> {
-        let mut state = self.lock();
-        let q = state.queue_idx(queue)?;
+        let cell = self.queue(queue)?;
         let items = items.into_iter().map(|payload| (payload, None));
-        Ok(self.insert(state, q, session, items, wait))
+        Ok(self.insert(cell, None, session, items, wait))
     }
 
     /// Settles each outcome's lease on `queue` and appends its result to `results`, atomically
@@ -987,22 +1170,24 @@ impl Broker {
         outcomes: Vec<Outcome>,
         wait: bool,
     ) -> Result<Step<PutProgress, PutWaiting>, QueueError> {
-        let mut state = self.lock();
-        let tq = state.queue_idx(queue)?;
-        let rq = state.queue_idx(results)?;
-        let items = outcomes.into_iter().map(|o| (o.result, Some((tq, o.task))));
-        Ok(self.insert(state, rq, session, items, wait))
+        let tasks = self.queue(queue)?;
+        let target = self.queue(results)?;
+        // Settling in the results queue itself needs no second lock.
+        let source = (tasks.rank != target.rank).then_some(tasks);
+        let items = outcomes.into_iter().map(|o| (o.result, Some(o.task)));
+        Ok(self.insert(target, source, session, items, wait))
     }
 
     fn insert(
         &self,
-        mut state: MutexGuard<'_, State>,
-        q: QueueIdx,
+        target: Arc<Cell>,
+        source: Option<Arc<Cell>>,
         session: SessionId,
-        items: impl ExactSizeIterator<Item = (Bytes, Option<(QueueIdx, TaskId)>)>,
+        items: impl ExactSizeIterator<Item = (Bytes, Option<TaskId>)>,
         wait: bool,
     ) -> Step<PutProgress, PutWaiting> {
-        let first_id = state.reserve_ids(items.len());
+        let (mut queue, mut leases) = self.lock_pair(&target, source.as_deref());
+        let first_id = self.reserve(items.len());
         let mut pending: VecDeque<Pending> = items
             .zip(first_id..)
             .map(|((payload, settles), id)| Pending {
@@ -1018,30 +1203,38 @@ impl Broker {
             stale: Vec::new(),
         };
         // Earlier waiting putters go first: a new put may not overtake them.
-        if state.queues[q].putters.is_empty() {
-            state.fill(q, session, &mut pending, &mut progress);
-            state.pump(q);
+        if queue.putters.is_empty() {
+            queue.fill(leases.as_deref_mut(), session, &mut pending, &mut progress);
+            queue.pump();
             // Room freed by getters served just now goes to what is left of this batch.
-            state.fill(q, session, &mut pending, &mut progress);
-            state.pump(q);
+            queue.fill(leases.as_deref_mut(), session, &mut pending, &mut progress);
+            queue.pump();
         }
         if pending.is_empty() || !wait {
             return Step::Ready(progress);
         }
-        let id = state.next_waiter();
-        let (tx, rx) = oneshot::channel();
-        state.queues[q].putters.push_back(PutWaiter {
+        let id = queue.next_waiter();
+        let (done, wake) = if source.is_some() {
+            let turn = Arc::new(Notify::new());
+            (Done::Woken(Arc::clone(&turn)), Wake::Woken(turn))
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Done::Filled(tx), Wake::Filled(rx))
+        };
+        queue.putters.push_back(PutWaiter {
             id,
             session,
             pending,
             progress,
-            tx,
+            done,
         });
+        drop((queue, leases));
         Step::Wait(PutWaiting {
             broker: self.clone(),
-            q,
+            target,
+            source,
             id,
-            rx: Some(rx),
+            wake: Some(wake),
         })
     }
 
@@ -1056,19 +1249,19 @@ impl Broker {
         delivery: Delivery,
         wait: bool,
     ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
-        let mut state = self.lock();
-        let q = state.queue_idx(queue)?;
-        let tasks = state.take(q, session, max, max_bytes, delivery);
+        let cell = self.queue(queue)?;
+        let mut queue = self.lock(&cell);
+        let tasks = queue.take(session, max, max_bytes, delivery);
         if !tasks.is_empty() {
-            state.pump(q);
+            queue.pump();
             return Ok(Step::Ready(tasks));
         }
         if !wait {
             return Ok(Step::Ready(tasks));
         }
-        let id = state.next_waiter();
+        let id = queue.next_waiter();
         let (tx, rx) = oneshot::channel();
-        state.queues[q].getters.push_back(GetWaiter {
+        queue.getters.push_back(GetWaiter {
             id,
             session,
             max,
@@ -1076,9 +1269,10 @@ impl Broker {
             delivery,
             tx,
         });
+        drop(queue);
         Ok(Step::Wait(GetWaiting {
             broker: self.clone(),
-            q,
+            cell,
             id,
             delivery,
             rx: Some(rx),
@@ -1092,14 +1286,13 @@ impl Broker {
         queue: &str,
         tasks: &[TaskId],
     ) -> Result<PutProgress, QueueError> {
-        let mut state = self.lock();
-        let q = state.queue_idx(queue)?;
-        let mut stale = Vec::new();
-        for &task in tasks {
-            if !state.settle(q, task, session) {
-                stale.push(task);
-            }
-        }
+        let cell = self.queue(queue)?;
+        let mut queue = self.lock(&cell);
+        let stale = tasks
+            .iter()
+            .copied()
+            .filter(|&task| !queue.settle(task, session))
+            .collect();
         Ok(settled(tasks.len(), stale))
     }
 }
@@ -1117,7 +1310,7 @@ async fn until(deadline: Option<Deadline>) {
 #[derive(Debug)]
 pub struct GetWaiting {
     broker: Broker,
-    q: QueueIdx,
+    cell: Arc<Cell>,
     id: WaiterId,
     delivery: Delivery,
     rx: Option<oneshot::Receiver<Vec<Task>>>,
@@ -1143,10 +1336,9 @@ impl GetWaiting {
     /// Unregisters; returns items that were handed over before we got the lock.
     fn give_up(&mut self) -> Option<Vec<Task>> {
         let mut rx = self.rx.take()?;
-        let mut state = self.broker.lock();
-        let getters = &mut state.queues[self.q].getters;
-        if let Some(pos) = getters.iter().position(|w| w.id == self.id) {
-            getters.remove(pos);
+        let mut queue = self.broker.lock(&self.cell);
+        if let Some(pos) = queue.getters.iter().position(|w| w.id == self.id) {
+            queue.getters.remove(pos);
             return None;
         }
         // Not registered any more, so the sender already ran, under the same lock.
@@ -1157,9 +1349,9 @@ impl GetWaiting {
 impl Drop for GetWaiting {
     fn drop(&mut self) {
         if let Some(tasks) = self.give_up() {
-            let mut state = self.broker.lock();
-            state.untake(self.q, tasks, self.delivery);
-            state.pump(self.q);
+            let mut queue = self.broker.lock(&self.cell);
+            queue.untake(tasks, self.delivery);
+            queue.pump();
         }
     }
 }
@@ -1169,9 +1361,18 @@ impl Drop for GetWaiting {
 #[derive(Debug)]
 pub struct PutWaiting {
     broker: Broker,
-    q: QueueIdx,
+    target: Arc<Cell>,
+    /// The queue holding the leases a completion settles, when it is not `target`.
+    source: Option<Arc<Cell>>,
     id: WaiterId,
-    rx: Option<oneshot::Receiver<PutProgress>>,
+    wake: Option<Wake>,
+}
+
+/// The waiting side of [`Done`].
+#[derive(Debug)]
+enum Wake {
+    Filled(oneshot::Receiver<PutProgress>),
+    Woken(Arc<Notify>),
 }
 
 impl PutWaiting {
@@ -1182,30 +1383,78 @@ impl PutWaiting {
         deadline: Option<Deadline>,
         stop: CancellationToken,
     ) -> PutProgress {
-        let rx = self.rx.as_mut().expect("waited once");
-        tokio::select! {
-            res = rx => if let Ok(progress) = res {
-                self.rx = None;
-                return progress;
-            },
-            () = until(deadline) => {}
-            () = stop.cancelled() => {}
+        loop {
+            match self.wake.as_mut().expect("waited once") {
+                Wake::Filled(rx) => {
+                    tokio::select! {
+                        res = rx => if let Ok(progress) = res {
+                            self.wake = None;
+                            return progress;
+                        },
+                        () = until(deadline) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    break;
+                }
+                Wake::Woken(turn) => {
+                    let turn = Arc::clone(turn);
+                    tokio::select! {
+                        () = turn.notified() => {}
+                        () = until(deadline) => break,
+                        () = stop.cancelled() => break,
+                    }
+                    if let Some(progress) = self.fill_self() {
+                        self.wake = None;
+                        return progress;
+                    }
+                }
+            }
         }
         // Registered, or its progress was sent; only a bug leaves neither.
         self.give_up().unwrap_or_default()
     }
 
+    /// A woken completion's turn: if it is first in line, it fills itself under both locks
+    /// and, once it has nothing left, unregisters and returns its progress.
+    fn fill_self(&self) -> Option<PutProgress> {
+        let (mut queue, mut leases) = self.broker.lock_pair(&self.target, self.source.as_deref());
+        if queue.putters.front().is_none_or(|w| w.id != self.id) {
+            return None; // not its turn yet: whoever is first will wake it in time
+        }
+        let mut w = queue.putters.pop_front().expect("front exists");
+        queue.fill(
+            leases.as_deref_mut(),
+            w.session,
+            &mut w.pending,
+            &mut w.progress,
+        );
+        let finished = w.pending.is_empty();
+        let progress = if finished {
+            Some(w.progress)
+        } else {
+            queue.putters.push_front(w);
+            None
+        };
+        // Getters may be waiting for what was just queued, and if they make room, whoever is
+        // first in line (possibly this completion again) is woken.
+        queue.pump();
+        progress
+    }
+
     fn give_up(&mut self) -> Option<PutProgress> {
-        let mut rx = self.rx.take()?;
-        let mut state = self.broker.lock();
-        let putters = &mut state.queues[self.q].putters;
-        if let Some(pos) = putters.iter().position(|w| w.id == self.id) {
-            let w = putters.remove(pos).expect("position is in range");
+        let wake = self.wake.take()?;
+        let mut queue = self.broker.lock(&self.target);
+        if let Some(pos) = queue.putters.iter().position(|w| w.id == self.id) {
+            let w = queue.putters.remove(pos).expect("position is in range");
             // Putters behind this one may fit now.
-            state.pump(self.q);
+            queue.pump();
             return Some(w.progress);
         }
-        rx.try_recv().ok()
+        match wake {
+            Wake::Filled(mut rx) => rx.try_recv().ok(),
+            // Only `fill_self` unregisters a woken completion, and it returns its progress.
+            Wake::Woken(_) => None,
+        }
     }
 }
 
