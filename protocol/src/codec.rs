@@ -11,6 +11,10 @@
 //! `max(cap × 8, 1 MiB)`; the memory is freed when the frame fails to decode, and handshake
 //! messages have no sequences, so only authenticated peers can cause it (found by fuzzing:
 //! fuzz/README.md). bincode's own derives would check the count first.
+//!
+//! Frames are decoded borrowing, so payloads come out as views into the frame (`frame_bytes.rs`)
+//! rather than one allocation each; the limits are the same, as bincode claims a borrowed byte
+//! string against the budget just as it does one it allocates.
 
 use std::marker::PhantomData;
 
@@ -20,6 +24,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::error::CodecError;
+use crate::frame_bytes::FrameScope;
 
 /// Frame cap before the peer has authenticated: the handshake's largest message is well under
 /// 100 bytes, so an unauthenticated peer can never make us buffer more than this.
@@ -50,7 +55,8 @@ fn encode_config() -> Configuration {
 /// bytes, so a lying length inside a frame costs at most a few times the frame cap.
 fn decode_limited<T: DeserializeOwned>(src: &[u8], max_frame: usize) -> Result<T, CodecError> {
     fn run<T: DeserializeOwned, C: Config>(src: &[u8], config: C) -> Result<T, CodecError> {
-        let (value, used) = bincode::serde::decode_from_slice(src, config)
+        // Borrowing, so that byte strings reach serde as slices of `src` (see `frame_bytes`).
+        let (value, used) = bincode::serde::borrow_decode_from_slice(src, config)
             .map_err(|e| CodecError::Decode(e.to_string()))?;
         if used != src.len() {
             return Err(CodecError::Decode(format!(
@@ -82,6 +88,9 @@ fn decode_limited<T: DeserializeOwned>(src: &[u8], max_frame: usize) -> Result<T
 ///
 /// Partial input is `Ok(None)`; a frame over the cap, or bytes that do not decode, are errors
 /// after which the connection must be closed.
+///
+/// Decoded payloads are views into their frame and keep alive the whole read-buffer block the
+/// frame was split from: copy one (`Bytes::copy_from_slice`) before keeping it long on its own.
 #[derive(Debug)]
 pub struct MessageCodec<In, Out> {
     frames: LengthDelimitedCodec,
@@ -138,6 +147,8 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
         match self.frames.decode(src) {
             Ok(Some(frame)) => {
                 self.mid_frame = false;
+                let frame = frame.freeze();
+                let _scope = FrameScope::enter(frame.clone());
                 decode_limited(&frame, self.max_frame).map(Some)
             }
             Ok(None) => {
@@ -203,6 +214,7 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame_bytes;
     use crate::message::*;
     use bytes::Bytes;
 
@@ -473,6 +485,175 @@ mod tests {
                 .decode_eof(&mut empty)
                 .unwrap(),
             None
+        );
+    }
+
+    /// Distinct payloads of 15 to 46 bytes: past any inline size, so a copy would show.
+    fn payloads(n: usize) -> Vec<Bytes> {
+        (0..n)
+            .map(|i| Bytes::from(format!("payload {i:>6} {}", "x".repeat(i % 32))))
+            .collect()
+    }
+
+    /// Decodes the one frame in `buf` and checks that every payload `of` finds in the message
+    /// lies inside the buffer the frame was read from.
+    fn decode_in_place<In: DeserializeOwned, Out>(
+        mut buf: BytesMut,
+        of: impl Fn(&In) -> Vec<&Bytes>,
+    ) -> In {
+        let read = buf.as_ptr_range();
+        let msg = MessageCodec::<In, Out>::new(DEFAULT_MAX_FRAME)
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap();
+        for payload in of(&msg) {
+            let at = payload.as_ptr_range();
+            assert!(
+                read.start <= at.start && at.end <= read.end,
+                "a payload was copied out of its frame"
+            );
+        }
+        msg
+    }
+
+    #[test]
+    fn put_items_decode_as_views_into_the_frame() {
+        let msg = ClientMessage::Request {
+            id: 1,
+            request: Request::Put {
+                queue: "tasks".into(),
+                items: payloads(10_000),
+                wait: Wait::No,
+            },
+        };
+        let mut buf = BytesMut::new();
+        ClientSide::new(DEFAULT_MAX_FRAME)
+            .encode(&msg, &mut buf)
+            .unwrap();
+        let decoded = decode_in_place::<ClientMessage, MasterMessage>(buf, |m| match m {
+            ClientMessage::Request {
+                request: Request::Put { items, .. },
+                ..
+            } => items.iter().collect(),
+            other => panic!("decoded as {other:?}"),
+        });
+        assert_eq!(decoded, msg);
+        assert!(!frame_bytes::in_scope());
+    }
+
+    #[test]
+    fn outcomes_and_tasks_decode_as_views_into_the_frame() {
+        let outcomes: Vec<_> = payloads(1000)
+            .into_iter()
+            .zip(1..)
+            .map(|(result, task)| Outcome { task, result })
+            .collect();
+        let tasks: Vec<_> = payloads(1000)
+            .into_iter()
+            .zip(1..)
+            .map(|(payload, id)| Task {
+                id,
+                attempt: 1,
+                payload,
+            })
+            .collect();
+        let requests = [
+            Request::Complete {
+                queue: "tasks".into(),
+                results: "results".into(),
+                outcomes: outcomes.clone(),
+                wait: Wait::Forever,
+            },
+            Request::CompleteAndGet {
+                queue: "tasks".into(),
+                results: "results".into(),
+                outcomes,
+                max: 8,
+                wait: Wait::Forever,
+                lease_ms: None,
+            },
+        ];
+        for request in requests {
+            let msg = ClientMessage::Request { id: 2, request };
+            let mut buf = BytesMut::new();
+            ClientSide::new(DEFAULT_MAX_FRAME)
+                .encode(&msg, &mut buf)
+                .unwrap();
+            let decoded = decode_in_place::<ClientMessage, MasterMessage>(buf, |m| match m {
+                ClientMessage::Request {
+                    request:
+                        Request::Complete { outcomes, .. } | Request::CompleteAndGet { outcomes, .. },
+                    ..
+                } => outcomes.iter().map(|o| &o.result).collect(),
+                other => panic!("decoded as {other:?}"),
+            });
+            assert_eq!(decoded, msg);
+        }
+        let replies = [
+            Reply::Tasks(tasks.clone()),
+            Reply::Worked {
+                done: 1,
+                stale: vec![],
+                pending: 0,
+                tasks,
+            },
+        ];
+        for reply in replies {
+            let msg = MasterMessage::Reply { id: 3, reply };
+            let mut buf = BytesMut::new();
+            MasterSide::new(DEFAULT_MAX_FRAME)
+                .encode(&msg, &mut buf)
+                .unwrap();
+            let decoded = decode_in_place::<MasterMessage, ClientMessage>(buf, |m| match m {
+                MasterMessage::Reply {
+                    reply: Reply::Tasks(tasks) | Reply::Worked { tasks, .. },
+                    ..
+                } => tasks.iter().map(|t| &t.payload).collect(),
+                other => panic!("decoded as {other:?}"),
+            });
+            assert_eq!(decoded, msg);
+        }
+    }
+
+    #[test]
+    fn a_frame_failing_midway_leaves_no_frame_in_scope() {
+        let mut buf = BytesMut::new();
+        ClientSide::new(DEFAULT_MAX_FRAME)
+            .encode(
+                &ClientMessage::Request {
+                    id: 1,
+                    request: Request::Put {
+                        queue: "tasks".into(),
+                        items: payloads(100),
+                        wait: Wait::No,
+                    },
+                },
+                &mut buf,
+            )
+            .unwrap();
+        // The last byte is the `Wait` tag: every item decodes, then the message fails.
+        *buf.last_mut().unwrap() = 200;
+        let err = MasterSide::new(DEFAULT_MAX_FRAME)
+            .decode(&mut buf)
+            .unwrap_err();
+        assert!(matches!(err, CodecError::Decode(_)), "{err}");
+        assert!(!frame_bytes::in_scope());
+
+        // Decoding outside a frame still works, and copies.
+        let letter = DeadLetter {
+            task: 7,
+            queue: "tasks".into(),
+            attempts: 5,
+            reason: "nacked".into(),
+            payload: Bytes::from_static(b"the original payload"),
+        };
+        let encoded = encode_payload(&letter).unwrap();
+        let decoded: DeadLetter = decode_payload(&encoded).unwrap();
+        assert_eq!(decoded, letter);
+        let (within, at) = (encoded.as_ptr_range(), decoded.payload.as_ptr_range());
+        assert!(
+            at.end <= within.start || within.end <= at.start,
+            "not a copy"
         );
     }
 

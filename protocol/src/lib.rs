@@ -7,6 +7,7 @@
 //! - [`message`]: every message, one enum per sender and phase.
 //! - [`codec`]: frames (4-byte big-endian length + bincode), with the frame cap and allocation
 //!   budget. The only file that knows the encoding.
+//! - `frame_bytes`: decoded payloads as views into their frame rather than copies.
 //! - [`auth`]: the authkey and the HMAC-SHA256 proofs.
 //! - [`handshake`]: both sides of the handshake.
 //! - [`connection`]: a framed stream of whole messages.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod error;
+mod frame_bytes;
 pub mod handshake;
 pub mod message;
 pub mod squares;

@@ -7,6 +7,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::frame_bytes;
+
 /// First four bytes of a client's hello: a cheap "is this even taskmill?" check.
 pub const MAGIC: [u8; 4] = *b"TMIL";
 
@@ -141,6 +143,8 @@ pub struct Task {
     pub id: TaskId,
     /// 1 on first delivery, incremented each time the item is handed out again.
     pub attempt: u32,
+    /// Decoded from a frame, a view into it: copy it to keep it long.
+    #[serde(deserialize_with = "frame_bytes::payload")]
     pub payload: Bytes,
 }
 
@@ -148,6 +152,8 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub task: TaskId,
+    /// Decoded from a frame, a view into it: copy it to keep it long.
+    #[serde(deserialize_with = "frame_bytes::payload")]
     pub result: Bytes,
 }
 
@@ -157,6 +163,8 @@ pub enum Request {
     /// Append items, in order, waiting for room per `wait`. Answer: [`Reply::Put`].
     Put {
         queue: String,
+        /// Decoded from a frame, views into it: copy one to keep it long.
+        #[serde(deserialize_with = "frame_bytes::payloads")]
         items: Vec<Bytes>,
         wait: Wait,
     },
@@ -326,6 +334,7 @@ pub struct DeadLetter {
     /// Why its last delivery failed (lease expired, connection closed, or a nack's reason).
     pub reason: String,
     /// The original payload, untouched.
+    #[serde(deserialize_with = "frame_bytes::payload")]
     pub payload: Bytes,
 }
 
