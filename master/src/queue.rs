@@ -249,7 +249,9 @@ enum Payload {
 impl Payload {
     fn new(bytes: Bytes) -> Self {
         if bytes.len() > INLINE {
-            return Payload::Shared(Box::new(bytes));
+            // A decoded payload is a view into its whole frame (up to the frame cap); a queue
+            // that kept views would hold every frame one item of it still sits in.
+            return Payload::Shared(Box::new(Bytes::copy_from_slice(&bytes)));
         }
         let mut data = [0; INLINE];
         data[..bytes.len()].copy_from_slice(&bytes);

@@ -866,3 +866,25 @@ async fn completions_across_queues_in_both_lock_orders_neither_deadlock_nor_lose
         assert_eq!(stats.settled_total, TASKS as u64);
     }
 }
+
+#[test]
+fn a_queued_payload_is_a_copy_not_a_view_into_the_frame_it_came_in() {
+    let br = broker();
+    let s = br.open_session();
+    let frame = Bytes::from(vec![7u8; 1 << 20]);
+    let range = frame.as_ptr_range();
+    let views = vec![frame.slice(100..300), frame.slice(300..305)];
+    ready(br.put(s, "q", views.clone(), false).unwrap());
+    drop(frame);
+    let got = ready(br.get(s, "q", 2, MB, LEASE, false).unwrap());
+    assert_eq!(
+        got.iter().map(|t| t.payload.clone()).collect::<Vec<_>>(),
+        views
+    );
+    for task in &got {
+        assert!(
+            !range.contains(&task.payload.as_ptr()),
+            "the queue keeps its own copy, so the 1 MiB frame can be freed"
+        );
+    }
+}
