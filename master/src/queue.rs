@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rustc_hash::{FxHashMap, FxHashSet};
 use taskmill_protocol::{
     encode_payload, DeadLetter, Delivery, Outcome, QueueStats, Task, TaskId, DEAD_SUFFIX,
@@ -222,64 +222,91 @@ struct Queue {
     dead_total: u64,
 }
 
+/// A queued task: its id, how often it was handed out, and its payload.
 #[derive(Debug)]
 struct Item {
     id: TaskId,
-    /// Times handed out so far.
-    deliveries: u32,
-    payload: Payload,
+    stored: Stored,
 }
 
 // The memory target (64 bytes per queued small task, with a deque's growth slack) needs this.
 const _: () = assert!(std::mem::size_of::<Item>() <= 32);
 
 /// Payloads up to this long are kept inside the [`Item`].
-const INLINE: usize = 14;
+const INLINE: usize = 18;
 
-/// An item's payload as the queue keeps it. Most tasks are a few bytes (an encoded
-/// `SquareTask` is at most 8 for the usual inputs), so they are stored inline: a queued small
-/// task costs a 32-byte slot and no allocation of its own. Larger payloads stay shared, boxed
-/// so the inline case sets the size.
+/// An item's delivery count and payload as the queue keeps them. Most payloads are a few bytes
+/// (an encoded `SquareTask` is at most 8 for the usual inputs, its result about 15), so they
+/// are stored inline: a queued small task costs a 32-byte slot and no allocation of its own.
+/// The count sits inside each variant so that it shares the alignment padding of the boxed
+/// one, which leaves 18 bytes inline. Larger payloads are a copy of their own, boxed so the
+/// inline case sets the size.
 #[derive(Debug)]
-enum Payload {
-    Inline { len: u8, data: [u8; INLINE] },
-    Shared(Box<Bytes>),
+enum Stored {
+    Inline {
+        deliveries: u32,
+        len: u8,
+        data: [u8; INLINE],
+    },
+    Shared {
+        deliveries: u32,
+        bytes: Box<Bytes>,
+    },
 }
 
-impl Payload {
-    fn new(bytes: Bytes) -> Self {
-        if bytes.len() > INLINE {
+impl Item {
+    fn new(id: TaskId, deliveries: u32, payload: &[u8]) -> Self {
+        let stored = if payload.len() > INLINE {
             // A decoded payload is a view into its whole frame (up to the frame cap); a queue
             // that kept views would hold every frame one item of it still sits in.
-            return Payload::Shared(Box::new(Bytes::copy_from_slice(&bytes)));
-        }
-        let mut data = [0; INLINE];
-        data[..bytes.len()].copy_from_slice(&bytes);
-        Payload::Inline {
-            len: bytes.len() as u8,
-            data,
+            Stored::Shared {
+                deliveries,
+                bytes: Box::new(Bytes::copy_from_slice(payload)),
+            }
+        } else {
+            let mut data = [0; INLINE];
+            data[..payload.len()].copy_from_slice(payload);
+            Stored::Inline {
+                deliveries,
+                len: payload.len() as u8,
+                data,
+            }
+        };
+        Self { id, stored }
+    }
+
+    /// Times handed out so far.
+    fn deliveries(&self) -> u32 {
+        match self.stored {
+            Stored::Inline { deliveries, .. } | Stored::Shared { deliveries, .. } => deliveries,
         }
     }
 
-    fn len(&self) -> usize {
-        match self {
-            Payload::Inline { len, .. } => usize::from(*len),
-            Payload::Shared(bytes) => bytes.len(),
+    fn deliveries_mut(&mut self) -> &mut u32 {
+        match &mut self.stored {
+            Stored::Inline { deliveries, .. } | Stored::Shared { deliveries, .. } => deliveries,
         }
     }
 
-    /// A copy to hand out; the queue keeps its own until the lease is settled.
-    fn to_bytes(&self) -> Bytes {
-        match self {
-            Payload::Inline { len, data } => Bytes::copy_from_slice(&data[..usize::from(*len)]),
-            Payload::Shared(bytes) => Bytes::clone(bytes),
+    fn payload_len(&self) -> usize {
+        match &self.stored {
+            Stored::Inline { len, .. } => usize::from(*len),
+            Stored::Shared { bytes, .. } => bytes.len(),
         }
     }
 
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Payload::Shared(bytes) => *bytes,
-            inline => inline.to_bytes(),
+    /// The payload when it is stored inline.
+    fn inline(&self) -> Option<&[u8]> {
+        match &self.stored {
+            Stored::Inline { len, data, .. } => Some(&data[..usize::from(*len)]),
+            Stored::Shared { .. } => None,
+        }
+    }
+
+    fn into_payload(self) -> Bytes {
+        match self.stored {
+            Stored::Inline { len, data, .. } => Bytes::copy_from_slice(&data[..usize::from(len)]),
+            Stored::Shared { bytes, .. } => *bytes,
         }
     }
 }
@@ -509,7 +536,7 @@ impl Queue {
         if matches!(why, GiveBack::Expired(_)) {
             self.expired_total += 1;
         }
-        if !buries || item.deliveries < self.limits.max_attempts {
+        if !buries || item.deliveries() < self.limits.max_attempts {
             self.requeued_total += 1;
             self.items.push_front(item);
             self.pump();
@@ -544,23 +571,34 @@ impl Queue {
             }
             Delivery::Remove => None,
         };
-        let mut tasks = Vec::new();
-        let mut bytes = 0usize;
-        while (tasks.len() as u32) < max {
-            let Some(front) = self.items.front() else {
-                break;
-            };
-            let size = front.payload.len() + TASK_OVERHEAD;
-            if !tasks.is_empty() && bytes + size > max_bytes {
+        // First how many fit, then hand them out: the small payloads among them go out as
+        // slices of one buffer per reply, not an allocation each.
+        let (mut count, mut bytes, mut small) = (0, 0, 0);
+        for item in self.items.iter().take(max as usize) {
+            let size = item.payload_len() + TASK_OVERHEAD;
+            if count > 0 && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
-            let mut item = self.items.pop_front().expect("front exists");
-            item.deliveries += 1;
+            count += 1;
+            small += item.inline().map_or(0, <[u8]>::len);
+        }
+        let mut buffer = BytesMut::with_capacity(small);
+        for item in self.items.iter().take(count) {
+            buffer.extend_from_slice(item.inline().unwrap_or_default());
+        }
+        let mut buffer = buffer.freeze();
+        let mut tasks = Vec::with_capacity(count);
+        for mut item in self.items.drain(..count) {
+            *item.deliveries_mut() += 1;
+            let payload = match &item.stored {
+                Stored::Inline { len, .. } => buffer.split_to(usize::from(*len)),
+                Stored::Shared { bytes, .. } => Bytes::clone(bytes),
+            };
             tasks.push(Task {
                 id: item.id,
-                attempt: item.deliveries,
-                payload: item.payload.to_bytes(),
+                attempt: item.deliveries(),
+                payload,
             });
             if let Some((length, deadline)) = lease {
                 let leased = Leased {
@@ -612,23 +650,17 @@ impl Queue {
     /// Puts handed-out items back at the front, in their original order, as if never taken.
     fn untake(&mut self, tasks: Vec<Task>, delivery: Delivery) {
         for task in tasks.into_iter().rev() {
-            let item = match delivery {
+            let mut item = match delivery {
                 Delivery::Lease { .. } => match self.unlease(task.id, None) {
                     Some(leased) => leased.item,
                     // Already settled or requeued by its session's end: nothing to give back.
                     None => continue,
                 },
-                Delivery::Remove => Item {
-                    id: task.id,
-                    deliveries: task.attempt,
-                    payload: Payload::new(task.payload),
-                },
+                Delivery::Remove => Item::new(task.id, task.attempt, &task.payload),
             };
             self.delivered_total -= 1;
-            self.items.push_front(Item {
-                deliveries: item.deliveries - 1,
-                ..item
-            });
+            *item.deliveries_mut() -= 1;
+            self.items.push_front(item);
         }
     }
 
@@ -669,11 +701,7 @@ impl Queue {
                 break;
             }
             let p = pending.pop_front().expect("front exists");
-            self.items.push_back(Item {
-                id: p.id,
-                deliveries: 0,
-                payload: Payload::new(p.payload),
-            });
+            self.items.push_back(Item::new(p.id, 0, &p.payload));
             self.put_total += 1;
             progress.processed += 1;
         }
@@ -955,16 +983,12 @@ impl Broker {
             let letter = DeadLetter {
                 task: item.id,
                 queue: from.name.clone(),
-                attempts: item.deliveries,
+                attempts: item.deliveries(),
                 reason,
-                payload: item.payload.into_bytes(),
+                payload: item.into_payload(),
             };
             let payload = encode_payload(&letter).expect("a DeadLetter always encodes");
-            queue.items.push_back(Item {
-                id,
-                deliveries: 0,
-                payload: Payload::new(payload),
-            });
+            queue.items.push_back(Item::new(id, 0, &payload));
             queue.put_total += 1;
         }
         queue.pump();
@@ -1104,7 +1128,7 @@ impl Broker {
                 stale.push(task);
                 continue;
             };
-            let last = buries && item.deliveries >= queue.limits.max_attempts;
+            let last = buries && item.deliveries() >= queue.limits.max_attempts;
             if delay.is_zero() || last {
                 now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {
