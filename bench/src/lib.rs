@@ -77,6 +77,8 @@ pub struct Report {
     pub scenario: Scenario,
     pub connections: usize,
     pub batch: u32,
+    /// Requests for tasks each worker kept in flight (`squares` and `latency`; 0 for others).
+    pub prefetch: u32,
     /// Items moved (tasks verified, items put or consumed, connections held).
     pub items: u64,
     pub elapsed_secs: f64,
@@ -153,10 +155,15 @@ pub async fn run(
         Scenario::Latency => (1, 1),
         _ => (plan.connections, plan.batch),
     };
+    let prefetch = match plan.scenario {
+        Scenario::Squares | Scenario::Latency => plan.prefetch,
+        _ => 0,
+    };
     Ok(Report {
         scenario: plan.scenario,
         connections,
         batch,
+        prefetch,
         items,
         elapsed_secs: elapsed,
         items_per_sec: items as f64 / elapsed.max(f64::EPSILON),
@@ -241,9 +248,11 @@ async fn produce(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
     let per_conn = plan
         .rate
         .map(|r| r / f64::from(plan.batch) / plan.connections as f64);
-    let quota = plan.count / plan.connections as u64;
-    let outcome = per_connection(plan, |_, start| {
+    let conns = plan.connections as u64;
+    let outcome = per_connection(plan, |i, start| {
         let (target, plan, progress) = (target.clone(), plan.clone(), progress.clone());
+        // The first `count % connections` connections put one item more, so all add up.
+        let quota = plan.count / conns + u64::from((i as u64) < plan.count % conns);
         async move {
             let mut client =
                 Client::connect_with(&target.addr, &target.key, &target.client).await?;

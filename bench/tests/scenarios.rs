@@ -40,7 +40,7 @@ async fn every_scenario_reports_parseable_sane_figures() {
     open_loop.rate = Some(500.0);
     for plan in [
         plan(Scenario::Squares, 2, 5_000),
-        plan(Scenario::Produce, 2, 20_000), // a multiple of the connections: each puts half
+        plan(Scenario::Produce, 3, 20_000), // not a multiple of the connections
         plan(Scenario::Consume, 2, 20_000),
         plan(Scenario::Connections, 50, 50),
         plan(Scenario::Latency, 1, 200),
@@ -59,7 +59,7 @@ async fn every_scenario_reports_parseable_sane_figures() {
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let name = serde_json::to_value(plan.scenario).unwrap();
         assert_eq!(json["scenario"], name, "{text}");
-        for field in ["connections", "batch", "items", "errors"] {
+        for field in ["connections", "batch", "prefetch", "items", "errors"] {
             assert!(json[field].is_u64(), "{field} is a count: {text}");
         }
         for field in ["items_per_sec", "elapsed_secs"] {
