@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use taskmill_protocol::squares::{SquareResult, SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
 use taskmill_protocol::{
-    decode_payload, encode_payload, AuthKey, Client, ClientError, ClientOptions, Wait,
+    decode_payload, AuthKey, Client, ClientError, ClientOptions, PayloadBatch, Wait,
 };
 use taskmill_worker::WorkerConfig;
 use tokio::net::TcpListener;
@@ -387,15 +387,16 @@ async fn produce(
     let batch = u64::from(job.batch);
     for (index, first) in (0..job.tasks).step_by(batch as usize).enumerate() {
         let last = (first + batch).min(job.tasks);
-        let mut items = (first..last)
-            .map(|seq| {
-                let task = SquareTask {
-                    seq,
-                    input: input_for(job.seed, seq, job.min, job.max),
-                };
-                encode_payload(&task).expect("a SquareTask always encodes")
-            })
-            .collect::<Vec<_>>();
+        // One buffer for the batch, so a retry's clone of the items copies no payload either.
+        let mut tasks = PayloadBatch::with_capacity((last - first) as usize, 10);
+        for seq in first..last {
+            let task = SquareTask {
+                seq,
+                input: input_for(job.seed, seq, job.min, job.max),
+            };
+            tasks.push(&task).expect("a SquareTask always encodes");
+        }
+        let mut items = tasks.finish();
         put_times[index].store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
         while !items.is_empty() {
             let wait = Wait::Millis(POLL.as_millis() as u64);
@@ -590,6 +591,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskmill_protocol::encode_payload;
 
     #[test]
     fn inputs_are_deterministic_and_within_range() {

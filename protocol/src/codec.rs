@@ -206,6 +206,59 @@ pub fn encode_payload<T: Serialize>(value: &T) -> Result<bytes::Bytes, CodecErro
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Encodes many payloads, as [`encode_payload`] does, into one buffer, and hands them out as
+/// slices of it: one allocation per batch instead of one per payload, and clones that share
+/// the buffer. For a batch of tasks to put or results to hand in.
+#[derive(Debug, Default)]
+pub struct PayloadBatch {
+    buf: BytesMut,
+    ends: Vec<usize>,
+}
+
+impl PayloadBatch {
+    /// Room for `items` payloads of about `bytes_each` bytes.
+    pub fn with_capacity(items: usize, bytes_each: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(items.saturating_mul(bytes_each)),
+            ends: Vec::with_capacity(items),
+        }
+    }
+
+    /// Appends one payload; on an error nothing is appended.
+    pub fn push<T: Serialize>(&mut self, value: &T) -> Result<(), CodecError> {
+        let start = self.buf.len();
+        let mut writer = (&mut self.buf).writer();
+        if let Err(e) = bincode::serde::encode_into_std_write(value, &mut writer, encode_config()) {
+            self.buf.truncate(start);
+            return Err(CodecError::Encode(e.to_string()));
+        }
+        self.ends.push(self.buf.len());
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The payloads, in the order they were pushed.
+    pub fn finish(self) -> Vec<bytes::Bytes> {
+        let mut all = self.buf.freeze();
+        let mut start = 0;
+        self.ends
+            .into_iter()
+            .map(|end| {
+                let payload = all.split_to(end - start);
+                start = end;
+                payload
+            })
+            .collect()
+    }
+}
+
 /// Decodes a payload made by [`encode_payload`]; its allocations are bounded by its length.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
     decode_limited(payload, payload.len())
@@ -255,6 +308,51 @@ mod tests {
             expired_total: 2,
             dead_total: 1,
         }
+    }
+
+    #[test]
+    fn a_payload_batch_gives_the_payloads_encode_payload_would_in_one_buffer() {
+        let values: Vec<(u64, String)> = (0..100)
+            .map(|i| (i * 1000, "x".repeat(i as usize % 7)))
+            .collect();
+        let mut batch = PayloadBatch::with_capacity(values.len(), 8);
+        for v in &values {
+            batch.push(v).unwrap();
+        }
+        assert_eq!(batch.len(), values.len());
+        let payloads = batch.finish();
+        let alone: Vec<Bytes> = values.iter().map(|v| encode_payload(v).unwrap()).collect();
+        assert_eq!(payloads, alone);
+        let first = payloads[0].as_ptr() as usize;
+        let last = payloads[99].as_ptr() as usize;
+        assert_eq!(
+            last - first,
+            payloads[..99].iter().map(Bytes::len).sum::<usize>(),
+            "consecutive slices of one buffer"
+        );
+        assert!(PayloadBatch::default().finish().is_empty());
+    }
+
+    #[test]
+    fn a_payload_that_fails_to_encode_leaves_nothing_in_the_batch() {
+        /// Writes a byte, then fails.
+        struct HalfWay;
+        impl Serialize for HalfWay {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::{Error, SerializeTuple};
+                let mut t = s.serialize_tuple(2)?;
+                t.serialize_element(&7u8)?;
+                Err(S::Error::custom("refused"))
+            }
+        }
+        let mut batch = PayloadBatch::default();
+        batch.push(&1u8).unwrap();
+        assert!(batch.push(&HalfWay).is_err());
+        batch.push(&2u8).unwrap();
+        assert_eq!(
+            batch.finish(),
+            [Bytes::from_static(&[1]), Bytes::from_static(&[2])]
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod tls;
 
 pub use auth::{AuthKey, KeyError};
 pub use client::{Client, ClientOptions, PutOutcome, Settled, Worked};
-pub use codec::{decode_payload, encode_payload, MessageCodec, DEFAULT_MAX_FRAME};
+pub use codec::{decode_payload, encode_payload, MessageCodec, PayloadBatch, DEFAULT_MAX_FRAME};
 pub use connection::Connection;
 pub use error::{ClientError, CodecError};
 pub use message::*;

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use taskmill_protocol::squares::{SquareResult, SquareTask};
-use taskmill_protocol::{decode_payload, encode_payload, CodecError};
+use taskmill_protocol::{decode_payload, encode_payload, CodecError, PayloadBatch};
 
 /// `n²`, exact for every `i64`: the largest square, `i64::MIN²` = 2¹²⁶, fits in an `i128`.
 pub fn square(n: i64) -> i128 {
@@ -25,6 +25,18 @@ pub fn answer(task: SquareTask, attempt: u32, worker: u32) -> SquareResult {
 pub fn process(payload: &[u8], attempt: u32, worker: u32) -> Result<Bytes, CodecError> {
     let task: SquareTask = decode_payload(payload)?;
     encode_payload(&answer(task, attempt, worker))
+}
+
+/// [`process`] for a batch: appends the result to `results`, which encodes a whole batch into
+/// one buffer.
+pub fn process_into(
+    payload: &[u8],
+    attempt: u32,
+    worker: u32,
+    results: &mut PayloadBatch,
+) -> Result<(), CodecError> {
+    let task: SquareTask = decode_payload(payload)?;
+    results.push(&answer(task, attempt, worker))
 }
 
 #[cfg(test)]

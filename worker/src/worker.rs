@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use taskmill_protocol::{
-    Client, ClientError, Delivery, ErrorKind, Outcome, Request, Settled, Task, Wait, Worked,
+    Client, ClientError, Delivery, ErrorKind, Outcome, PayloadBatch, Request, Settled, Task, Wait,
+    Worked,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -338,12 +339,12 @@ async fn busy(client: &mut Client, time: Duration) -> Result<(), ClientError> {
 
 /// Computes the answers to a leased batch.
 fn answer(tasks: Vec<Task>, worker: u32, unsent: &mut Unsent) {
+    // An encoded result is about 15 bytes; one buffer holds the batch's.
+    let mut results = PayloadBatch::with_capacity(tasks.len(), 24);
+    let mut answered = Vec::with_capacity(tasks.len());
     for task in tasks {
-        match compute::process(&task.payload, task.attempt, worker) {
-            Ok(result) => unsent.results.push(Outcome {
-                task: task.id,
-                result,
-            }),
+        match compute::process_into(&task.payload, task.attempt, worker, &mut results) {
+            Ok(()) => answered.push(task.id),
             Err(err) => {
                 warn!(task = task.id, cause = %err, "undecodable task; moving it to the rejected queue");
                 unsent.rejected.push(Outcome {
@@ -353,6 +354,10 @@ fn answer(tasks: Vec<Task>, worker: u32, unsent: &mut Unsent) {
             }
         }
     }
+    let outcomes = answered.into_iter().zip(results.finish());
+    unsent
+        .results
+        .extend(outcomes.map(|(task, result)| Outcome { task, result }));
 }
 
 /// Completes every unsent answer, waiting for room in the results queue as needed. After a
