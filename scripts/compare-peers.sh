@@ -169,7 +169,9 @@ done
 for w in 1 4 8; do
     taskmill "taskmill squares c$w b1 p1" squares -c "$w" -b 1 --prefetch 1 -n 200000
 done
-taskmill "taskmill squares c4 b1 p2" squares -c 4 -b 1 --prefetch 2 -n 200000
+for w in 4 8; do
+    taskmill "taskmill squares c$w b1 p2" squares -c "$w" -b 1 --prefetch 2 -n 200000
+done
 taskmill "taskmill latency" latency -n 5000
 # Worker connections from 1 to 64 (the issue: throughput falls by no more than 10%).
 if [ "${SWEEP:-1}" = 1 ]; then
@@ -226,12 +228,15 @@ def best_taskmill(suffix):
 
 tm_batched = best_taskmill(" b256")
 tm_single = best_taskmill(" b1 p1")
+tm_prefetch = best_taskmill(" b1 p2")
 print()
 print("Ratios (higher = taskmill faster):")
 ratio("taskmill batched / Redis batch 64, best", tm_batched, best("redis b64"))
 ratio("taskmill one-at-a-time / Redis batch 1, best", tm_single, best("redis b1 w"))
 ratio("taskmill one-at-a-time / Redis b1 workers, batched feed", tm_single,
       by.get("redis b1 feed1024 w4"))
+ratio("taskmill one-at-a-time, prefetch 2 / Redis batch 1, best", tm_prefetch,
+      best("redis b1 w"))
 ratio("taskmill batched / Python original, best", tm_batched, best("python-manager"))
 ratio("taskmill one-at-a-time / Python original, best", tm_single, best("python-manager"))
 ratio("Redis batch 1 / Python original (4 workers each)", by.get("redis b1 w4"),
