@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Measures the master's memory for issue 4's targets: resident memory per idle authenticated
 # connection (10,000 held) and per queued 8-byte task (10M queued). Each measurement starts a
-# fresh release `taskmill-master serve` on a free loopback port, reads its VmRSS before and its
-# peak (VmHWM) after a `taskmill-bench` run, and prints the difference per item.
+# fresh release `taskmill-master serve` on a free loopback port, reads its VmRSS before a
+# `taskmill-bench` run, and prints per item the growth of VmRSS with everything held (the
+# connections open, the tasks queued) and of its peak (VmHWM), which also counts what was
+# only briefly in use: a growing queue's old and new buffers during the copy, for one.
 #
 #   scripts/measure-memory.sh [connections] [tasks]     # defaults 10000 10000000; 0 skips one
 set -euo pipefail
@@ -21,7 +23,8 @@ ulimit -n "$(( conns + 1024 ))" 2>/dev/null || {
 }
 
 master_pid=""
-trap '[ -n "$master_pid" ] && kill "$master_pid" 2>/dev/null; wait 2>/dev/null || true' EXIT
+work="$(mktemp -d)"
+trap '[ -n "$master_pid" ] && kill "$master_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
@@ -47,29 +50,44 @@ stop_master() {
     master_pid=""
 }
 
-report() { # name items before_kib peak_kib
-    awk -v name="$1" -v n="$2" -v b="$3" -v p="$4" 'BEGIN {
-        printf "%s: %d items, RSS %.1f MiB before, peak %.1f MiB: %.1f bytes per item\n",
-            name, n, b / 1024, p / 1024, (p - b) * 1024 / n }'
+# Runs taskmill-bench with --json and prints the items it achieved: the figure per item is
+# divided by what was really held or queued, not by what was asked for.
+bench() {
+    "$target/taskmill-bench" --json "$@" >"$work/report"
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["items"])' "$work/report"
+}
+
+report() { # name items before_kib held_kib peak_kib
+    awk -v name="$1" -v n="$2" -v b="$3" -v h="$4" -v p="$5" 'BEGIN {
+        printf "%s: %d items, RSS %.1f MiB before, %.1f MiB held, peak %.1f MiB: " \
+            "%.1f bytes per item held, %.1f at the peak\n",
+            name, n, b / 1024, h / 1024, p / 1024, (h - b) * 1024 / n, (p - b) * 1024 / n }'
 }
 
 # Idle connections: the bench opens them, holds them for the run, then pings each one.
 if [ "$conns" -gt 0 ]; then
 start_master --max-connections "$(( conns + 100 ))"
 before="$(kib "$master_pid" VmRSS)"
-"$target/taskmill-bench" connections --master "127.0.0.1:$port" -c "$conns" -n "$conns" -d 20s
+# The connections scenario ends by closing them: the held figure is read while they are open.
+bench connections --master "127.0.0.1:$port" -c "$conns" -n "$conns" -d 20s >"$work/held" &
+bench_pid=$!
+while kill -0 "$bench_pid" 2>/dev/null; do
+    rss="$(kib "$master_pid" VmRSS)"
+    [ "${rss:-0}" -gt "${held_kib:-0}" ] && held_kib=$rss
+    sleep 0.2
+done
+wait "$bench_pid"
 peak="$(kib "$master_pid" VmHWM)"
-report "idle connections" "$conns" "$before" "$peak"
+report "idle connections" "$(cat "$work/held")" "$before" "$held_kib" "$peak"
 stop_master
 fi
 
-# Queued tasks: put 8-byte items into an unbounded queue; the bench empties it afterwards, so
-# the peak is when every item was queued.
+# Queued tasks: put 8-byte items into an unbounded queue and leave them there (--keep).
 if [ "$tasks" -gt 0 ]; then
 start_master --queue-capacity 0
 before="$(kib "$master_pid" VmRSS)"
-"$target/taskmill-bench" produce --master "127.0.0.1:$port" -c 2 -b 4096 -n "$tasks" -d 300s
-peak="$(kib "$master_pid" VmHWM)"
-report "queued 8-byte tasks" "$tasks" "$before" "$peak"
+queued="$(bench produce --keep --master "127.0.0.1:$port" -c 2 -b 4096 -n "$tasks" -d 300s)"
+report "queued 8-byte tasks" "$queued" "$before" "$(kib "$master_pid" VmRSS)" \
+    "$(kib "$master_pid" VmHWM)"
 stop_master
 fi

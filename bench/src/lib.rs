@@ -58,6 +58,8 @@ pub struct Plan {
     pub count: u64,
     /// Open loop: this many items per second in all, spread over the connections.
     pub rate: Option<f64>,
+    /// `produce` leaves its items queued instead of draining them at the end.
+    pub keep: bool,
 }
 
 /// Latency percentiles in microseconds.
@@ -282,7 +284,9 @@ async fn produce(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
         }
     })
     .await;
-    drain(&mut setup, queue).await?;
+    if !plan.keep {
+        drain(&mut setup, queue).await?;
+    }
     outcome
 }
 

@@ -49,6 +49,10 @@ struct Cli {
     /// Open loop: items per second in all (produce, latency). Default: as fast as possible.
     #[arg(long)]
     rate: Option<f64>,
+    /// produce: leave the items queued when the run ends instead of taking them back out, to
+    /// measure the master's memory with them queued.
+    #[arg(long)]
+    keep: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -79,6 +83,7 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         duration: cli.duration,
         count: cli.count,
         rate: cli.rate,
+        keep: cli.keep,
     };
     let progress = Arc::new(Counter::default());
     let bar = ProgressBar::new_spinner();

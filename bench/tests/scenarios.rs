@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use taskmill_bench::{Counter, Plan, Scenario, Target};
 use taskmill_master::ServerConfig;
-use taskmill_protocol::{AuthKey, ClientOptions};
+use taskmill_protocol::{AuthKey, Client, ClientOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +18,7 @@ fn plan(scenario: Scenario, connections: usize, count: u64) -> Plan {
         duration: Duration::from_secs(2),
         count,
         rate: None,
+        keep: false,
     }
 }
 
@@ -85,6 +86,17 @@ async fn every_scenario_reports_parseable_sane_figures() {
             assert_eq!(progress.get(), report.items, "progress counts every item");
         }
     }
+    // Every produce run above drained what it put; with `keep` the items stay queued.
+    let mut kept = plan(Scenario::Produce, 2, 1_000);
+    kept.keep = true;
+    let report = taskmill_bench::run(&target, &kept, Arc::new(Counter::default()));
+    let report = tokio::time::timeout(Duration::from_secs(30), report)
+        .await
+        .expect("a bench run is bounded")
+        .unwrap();
+    assert_eq!(report.items, 1_000);
+    let mut client = Client::connect(&target.addr, &target.key).await.unwrap();
+    assert_eq!(client.inspect("bench.produce").await.unwrap().len, 1_000);
     stop.cancel();
     master.await.unwrap().unwrap();
 }
