@@ -27,7 +27,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -241,8 +241,8 @@ const INLINE: usize = 18;
 /// (an encoded `SquareTask` is at most 8 for the usual inputs, its result about 15), so they
 /// are stored inline: a queued small task costs a 32-byte slot and no allocation of its own.
 /// The count sits inside each variant so that it shares the alignment padding of the boxed
-/// one, which leaves 18 bytes inline. Larger payloads are a copy of their own, boxed so the
-/// inline case sets the size.
+/// one, which leaves 18 bytes inline. Larger payloads are a copy of their own (never a view
+/// into a frame), boxed so the inline case sets the size.
 #[derive(Debug)]
 enum Stored {
     Inline {
@@ -250,7 +250,7 @@ enum Stored {
         len: u8,
         data: [u8; INLINE],
     },
-    Shared {
+    Boxed {
         deliveries: u32,
         bytes: Box<Bytes>,
     },
@@ -261,7 +261,7 @@ impl Item {
         let stored = if payload.len() > INLINE {
             // A decoded payload is a view into its whole frame (up to the frame cap); a queue
             // that kept views would hold every frame one item of it still sits in.
-            Stored::Shared {
+            Stored::Boxed {
                 deliveries,
                 bytes: Box::new(Bytes::copy_from_slice(payload)),
             }
@@ -280,20 +280,20 @@ impl Item {
     /// Times handed out so far.
     fn deliveries(&self) -> u32 {
         match self.stored {
-            Stored::Inline { deliveries, .. } | Stored::Shared { deliveries, .. } => deliveries,
+            Stored::Inline { deliveries, .. } | Stored::Boxed { deliveries, .. } => deliveries,
         }
     }
 
     fn deliveries_mut(&mut self) -> &mut u32 {
         match &mut self.stored {
-            Stored::Inline { deliveries, .. } | Stored::Shared { deliveries, .. } => deliveries,
+            Stored::Inline { deliveries, .. } | Stored::Boxed { deliveries, .. } => deliveries,
         }
     }
 
     fn payload_len(&self) -> usize {
         match &self.stored {
             Stored::Inline { len, .. } => usize::from(*len),
-            Stored::Shared { bytes, .. } => bytes.len(),
+            Stored::Boxed { bytes, .. } => bytes.len(),
         }
     }
 
@@ -301,14 +301,14 @@ impl Item {
     fn inline(&self) -> Option<&[u8]> {
         match &self.stored {
             Stored::Inline { len, data, .. } => Some(&data[..usize::from(*len)]),
-            Stored::Shared { .. } => None,
+            Stored::Boxed { .. } => None,
         }
     }
 
     fn into_payload(self) -> Bytes {
         match self.stored {
             Stored::Inline { len, data, .. } => Bytes::copy_from_slice(&data[..usize::from(len)]),
-            Stored::Shared { bytes, .. } => *bytes,
+            Stored::Boxed { bytes, .. } => *bytes,
         }
     }
 }
@@ -350,17 +350,18 @@ struct PutWaiter {
     session: SessionId,
     pending: VecDeque<Pending>,
     progress: PutProgress,
-    done: Done,
+    /// Whoever fills the waiter's last item sends its final progress here.
+    tx: oneshot::Sender<PutProgress>,
+    across: Option<Across>,
 }
 
-/// How a waiting put or complete learns it may go on.
+/// A completion waiting for room in another queue than the one holding its leases. Whoever
+/// frees room may not wait for that queue's lock (it holds this one's, and the two are taken
+/// in rank order), so it tries the lock, and if it is taken, wakes the waiter to fill itself.
 #[derive(Debug)]
-enum Done {
-    /// Whoever frees room fills the waiter and sends its final progress.
-    Filled(oneshot::Sender<PutProgress>),
-    /// A completion settling leases in another queue: whoever frees room wakes it, and it
-    /// fills itself under both locks (see the module docs).
-    Woken(Arc<Notify>),
+struct Across {
+    source: Arc<Cell>,
+    turn: Arc<Notify>,
 }
 
 /// One item on its way into a queue; `settles` is the lease a completion settles with it, in
@@ -614,7 +615,7 @@ impl Queue {
             *item.deliveries_mut() += 1;
             let payload = match &item.stored {
                 Stored::Inline { len, .. } => buffer.split_to(usize::from(*len)),
-                Stored::Shared { bytes, .. } => Bytes::clone(bytes),
+                Stored::Boxed { bytes, .. } => Bytes::clone(bytes),
             };
             tasks.push(Task {
                 id: item.id,
@@ -668,13 +669,15 @@ impl Queue {
             .collect();
     }
 
-    /// Puts handed-out items back at the front, in their original order, as if never taken.
-    fn untake(&mut self, tasks: Vec<Task>, delivery: Delivery) {
+    /// Puts items handed out to `session` back at the front, in their original order, as if
+    /// never taken.
+    fn untake(&mut self, tasks: Vec<Task>, delivery: Delivery, session: SessionId) {
         for task in tasks.into_iter().rev() {
             let mut item = match delivery {
-                Delivery::Lease { .. } => match self.unlease(task.id, None) {
+                Delivery::Lease { .. } => match self.unlease(task.id, Some(session)) {
                     Some(leased) => leased.item,
-                    // Already settled or requeued by its session's end: nothing to give back.
+                    // Already settled or requeued (its lease expired, its session ended, and
+                    // perhaps it went to someone else since): nothing to give back.
                     None => continue,
                 },
                 Delivery::Remove => Item::new(task.id, task.attempt, &task.payload),
@@ -743,7 +746,7 @@ impl Queue {
                 let tasks = self.take(w.session, w.max, w.max_bytes, w.delivery);
                 if let Err(tasks) = w.tx.send(tasks) {
                     // The waiter was dropped between giving up and unregistering.
-                    self.untake(tasks, w.delivery);
+                    self.untake(tasks, w.delivery, w.session);
                 } else {
                     progressed = true;
                 }
@@ -752,24 +755,40 @@ impl Queue {
                 let Some(front) = self.putters.front() else {
                     break;
                 };
-                if let Done::Woken(turn) = &front.done {
-                    // It settles leases in another queue, whose lock we may not take here.
-                    turn.notify_one();
-                    break;
-                }
+                let across = front
+                    .across
+                    .as_ref()
+                    .map(|a| (Arc::clone(&a.source), Arc::clone(&a.turn)));
+                // Never waiting for the lock cannot deadlock, whatever the ranks. (What the
+                // fill reports about the other queue is published when it is next unlocked.)
+                let mut leases = match &across {
+                    None => None,
+                    Some((source, turn)) => match source.queue.try_lock() {
+                        Ok(guard) => Some(guard),
+                        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                        Err(TryLockError::WouldBlock) => {
+                            turn.notify_one();
+                            break;
+                        }
+                    },
+                };
                 let mut w = self.putters.pop_front().expect("front exists");
                 let before = w.progress.processed;
-                self.fill(None, w.session, &mut w.pending, &mut w.progress);
+                self.fill(
+                    leases.as_deref_mut(),
+                    w.session,
+                    &mut w.pending,
+                    &mut w.progress,
+                );
+                drop(leases);
                 progressed |= w.progress.processed != before;
                 if !w.pending.is_empty() {
                     self.putters.push_front(w);
                     break;
                 }
-                if let Done::Filled(tx) = w.done {
-                    // A dropped receiver means the putter is gone; its items stay queued, as
-                    // they were accepted while it still waited.
-                    let _ = tx.send(w.progress);
-                }
+                // A dropped receiver means the putter is gone; its items stay queued, as they
+                // were accepted while it still waited.
+                let _ = w.tx.send(w.progress);
             }
             if !progressed {
                 break;
@@ -1043,23 +1062,28 @@ impl Broker {
         requeued
     }
 
-    /// True while `session` holds at least one lease.
+    /// True while `session` holds at least one lease. Sessions ask this of themselves (a silent
+    /// one is dropped only if it holds leases), so it skips, without locking them, the queues
+    /// that have no lease at all: a lease always has an expiry entry, so such a queue is never
+    /// due.
     pub fn holds_leases(&self, session: SessionId) -> bool {
         self.cells().iter().any(|cell| {
-            self.lock(cell)
-                .sessions
-                .get(&session)
-                .is_some_and(|s| s.live > 0)
+            cell.due.load(Relaxed) != NEVER
+                && self
+                    .lock(cell)
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.live > 0)
         })
     }
 
-    /// Leases outstanding across all queues (what a draining master waits for).
+    /// Leases outstanding across all queues (what a draining master waits for). Every queue
+    /// is locked at once, in rank order, so a completion moving a result into a queue where it
+    /// is leased at once cannot be missed between two queues' counts.
     pub fn leased_total(&self) -> u64 {
         let cells = self.cells();
-        cells
-            .iter()
-            .map(|cell| self.lock(cell).leased.len() as u64)
-            .sum()
+        let queues: Vec<_> = cells.iter().map(|cell| self.lock(cell)).collect();
+        queues.iter().map(|q| q.leased.len() as u64).sum()
     }
 
     /// Requeues (or dead-letters) tasks whose lease has run out by `now` and returns nacked
@@ -1244,38 +1268,56 @@ impl Broker {
         };
         // Earlier waiting putters go first: a new put may not overtake them.
         if queue.putters.is_empty() {
-            queue.fill(leases.as_deref_mut(), session, &mut pending, &mut progress);
-            queue.pump();
-            // Room freed by getters served just now goes to what is left of this batch.
-            queue.fill(leases.as_deref_mut(), session, &mut pending, &mut progress);
-            queue.pump();
+            // Items handed to waiting getters free room, which goes to what is left of the
+            // batch: until the batch is in or there is no room.
+            loop {
+                let before = progress.processed;
+                queue.fill(leases.as_deref_mut(), session, &mut pending, &mut progress);
+                if progress.processed == before {
+                    break;
+                }
+                queue.pump();
+                if pending.is_empty() {
+                    break;
+                }
+            }
         }
-        if pending.is_empty() || !wait {
-            return Step::Ready(progress);
-        }
-        let id = queue.next_waiter();
-        let (done, wake) = if source.is_some() {
-            let turn = Arc::new(Notify::new());
-            (Done::Woken(Arc::clone(&turn)), Wake::Woken(turn))
+        let step = if pending.is_empty() || !wait {
+            Step::Ready(progress)
         } else {
+            let id = queue.next_waiter();
             let (tx, rx) = oneshot::channel();
-            (Done::Filled(tx), Wake::Filled(rx))
+            let across = source.as_ref().map(|source| Across {
+                source: Arc::clone(source),
+                turn: Arc::new(Notify::new()),
+            });
+            let turn = across.as_ref().map(|a| Arc::clone(&a.turn));
+            queue.putters.push_back(PutWaiter {
+                id,
+                session,
+                pending,
+                progress,
+                tx,
+                across,
+            });
+            Step::Wait((id, rx, turn))
         };
-        queue.putters.push_back(PutWaiter {
-            id,
-            session,
-            pending,
-            progress,
-            done,
-        });
-        drop((queue, leases));
-        Step::Wait(PutWaiting {
-            broker: self.clone(),
-            target,
-            source,
-            id,
-            wake: Some(wake),
-        })
+        // With the other queue's lock free again, waiters that settle leases there and find
+        // room here are served now rather than woken.
+        drop(leases);
+        queue.pump();
+        drop(queue);
+        match step {
+            Step::Ready(progress) => Step::Ready(progress),
+            Step::Wait((id, rx, turn)) => Step::Wait(PutWaiting {
+                broker: self.clone(),
+                target,
+                source,
+                id,
+                rx: Some(rx),
+                turn,
+            }),
+        }
     }
 
     /// Takes up to `max` items (their reply within `max_bytes`). If there are none and `wait`
@@ -1314,6 +1356,7 @@ impl Broker {
             broker: self.clone(),
             cell,
             id,
+            session,
             delivery,
             rx: Some(rx),
         }))
@@ -1352,6 +1395,7 @@ pub struct GetWaiting {
     broker: Broker,
     cell: Arc<Cell>,
     id: WaiterId,
+    session: SessionId,
     delivery: Delivery,
     rx: Option<oneshot::Receiver<Vec<Task>>>,
 }
@@ -1390,7 +1434,7 @@ impl Drop for GetWaiting {
     fn drop(&mut self) {
         if let Some(tasks) = self.give_up() {
             let mut queue = self.broker.lock(&self.cell);
-            queue.untake(tasks, self.delivery);
+            queue.untake(tasks, self.delivery, self.session);
             queue.pump();
         }
     }
@@ -1405,14 +1449,17 @@ pub struct PutWaiting {
     /// The queue holding the leases a completion settles, when it is not `target`.
     source: Option<Arc<Cell>>,
     id: WaiterId,
-    wake: Option<Wake>,
+    rx: Option<oneshot::Receiver<PutProgress>>,
+    /// With a `source`: rung when room appeared but the source's lock was taken.
+    turn: Option<Arc<Notify>>,
 }
 
-/// The waiting side of [`Done`].
-#[derive(Debug)]
-enum Wake {
-    Filled(oneshot::Receiver<PutProgress>),
-    Woken(Arc<Notify>),
+/// Resolves when `turn` is rung, or never without one.
+async fn rung(turn: Option<&Notify>) {
+    match turn {
+        Some(turn) => turn.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl PutWaiting {
@@ -1423,31 +1470,25 @@ impl PutWaiting {
         deadline: Option<Deadline>,
         stop: CancellationToken,
     ) -> PutProgress {
+        let turn = self.turn.clone();
         loop {
-            match self.wake.as_mut().expect("waited once") {
-                Wake::Filled(rx) => {
-                    tokio::select! {
-                        res = rx => if let Ok(progress) = res {
-                            self.wake = None;
-                            return progress;
-                        },
-                        () = until(deadline) => {}
-                        () = stop.cancelled() => {}
+            let rx = self.rx.as_mut().expect("waited once");
+            tokio::select! {
+                res = rx => {
+                    if let Ok(progress) = res {
+                        self.rx = None;
+                        return progress;
                     }
                     break;
                 }
-                Wake::Woken(turn) => {
-                    let turn = Arc::clone(turn);
-                    tokio::select! {
-                        () = turn.notified() => {}
-                        () = until(deadline) => break,
-                        () = stop.cancelled() => break,
-                    }
+                () = rung(turn.as_deref()) => {
                     if let Some(progress) = self.fill_self() {
-                        self.wake = None;
+                        self.rx = None;
                         return progress;
                     }
                 }
+                () = until(deadline) => break,
+                () = stop.cancelled() => break,
             }
         }
         // Registered, or its progress was sent; only a bug leaves neither.
@@ -1459,7 +1500,9 @@ impl PutWaiting {
     fn fill_self(&self) -> Option<PutProgress> {
         let (mut queue, mut leases) = self.broker.lock_pair(&self.target, self.source.as_deref());
         if queue.putters.front().is_none_or(|w| w.id != self.id) {
-            return None; // not its turn yet: whoever is first will wake it in time
+            // Not its turn yet (whoever is first will wake it in time), or already filled by
+            // whoever freed the room, its progress sent.
+            return None;
         }
         let mut w = queue.putters.pop_front().expect("front exists");
         queue.fill(
@@ -1468,6 +1511,7 @@ impl PutWaiting {
             &mut w.pending,
             &mut w.progress,
         );
+        drop(leases);
         let finished = w.pending.is_empty();
         let progress = if finished {
             Some(w.progress)
@@ -1476,13 +1520,13 @@ impl PutWaiting {
             None
         };
         // Getters may be waiting for what was just queued, and if they make room, whoever is
-        // first in line (possibly this completion again) is woken.
+        // first in line (possibly this completion again) is served.
         queue.pump();
         progress
     }
 
     fn give_up(&mut self) -> Option<PutProgress> {
-        let wake = self.wake.take()?;
+        let mut rx = self.rx.take()?;
         let mut queue = self.broker.lock(&self.target);
         if let Some(pos) = queue.putters.iter().position(|w| w.id == self.id) {
             let w = queue.putters.remove(pos).expect("position is in range");
@@ -1490,11 +1534,8 @@ impl PutWaiting {
             queue.pump();
             return Some(w.progress);
         }
-        match wake {
-            Wake::Filled(mut rx) => rx.try_recv().ok(),
-            // Only `fill_self` unregisters a woken completion, and it returns its progress.
-            Wake::Woken(_) => None,
-        }
+        // Not registered any more: whoever filled it sent its progress, under the same lock.
+        rx.try_recv().ok()
     }
 }
 

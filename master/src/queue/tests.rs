@@ -888,3 +888,60 @@ fn a_queued_payload_is_a_copy_not_a_view_into_the_frame_it_came_in() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_put_into_a_small_queue_feeds_every_waiting_getter_before_it_waits() {
+    let br = broker();
+    let s = br.open_session();
+    br.declare("q", Some(1)).unwrap();
+    let getters: Vec<_> = (0..3)
+        .map(|_| {
+            let w = waiting(br.get(s, "q", 1, MB, Delivery::Remove, true).unwrap());
+            tokio::spawn(w.wait(None, CancellationToken::new()))
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let items = vec![b("1"), b("2"), b("3"), b("4")];
+    // Each item handed to a getter frees the one slot again, so all four go in at once: three
+    // to the getters, the last one queued.
+    let put = ready(br.put(s, "q", items, true).unwrap());
+    assert_eq!(put.done(), 4);
+    let mut got = Vec::new();
+    for g in getters {
+        got.extend(g.await.unwrap().into_iter().map(|t| t.payload));
+    }
+    assert_eq!(got, [b("1"), b("2"), b("3")]);
+    let q = br.inspect("q").unwrap();
+    assert_eq!((q.len, q.waiting_putters), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn room_goes_to_a_waiting_completion_even_while_its_own_task_is_busy() {
+    let br = broker();
+    let (worker, other) = (br.open_session(), br.open_session());
+    br.declare("tasks", None).unwrap();
+    br.declare("results", Some(1)).unwrap();
+    ready(br.put(other, "results", vec![b("full")], false).unwrap());
+    ready(br.put(other, "tasks", vec![b("3")], false).unwrap());
+    let task = ready(br.get(worker, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
+    let outcome = vec![Outcome {
+        task: task.id,
+        result: b("9"),
+    }];
+    // The completion waits, but its future is not polled: its session could be busy writing.
+    let w = waiting(
+        br.complete(worker, "tasks", "results", outcome, true)
+            .unwrap(),
+    );
+    ready(
+        br.get(other, "results", 1, MB, Delivery::Remove, false)
+            .unwrap(),
+    );
+    let (tasks, results) = (br.inspect("tasks").unwrap(), br.inspect("results").unwrap());
+    assert_eq!(
+        (tasks.leased, tasks.settled_total, results.len),
+        (0, 1, 1),
+        "settled and queued by whoever made the room"
+    );
+    assert_eq!(w.wait(in_ms(0), CancellationToken::new()).await.done(), 1);
+}
