@@ -68,12 +68,14 @@ report() { # name items before_kib held_kib peak_kib
 if [ "$conns" -gt 0 ]; then
 start_master --max-connections "$(( conns + 100 ))"
 before="$(kib "$master_pid" VmRSS)"
-# The connections scenario ends by closing them: the held figure is read while they are open.
+# The connections scenario ends by closing them, so the held figure is the highest VmRSS
+# sampled while the bench runs.
+held_kib=0
 bench connections --master "127.0.0.1:$port" -c "$conns" -n "$conns" -d 20s >"$work/held" &
 bench_pid=$!
 while kill -0 "$bench_pid" 2>/dev/null; do
     rss="$(kib "$master_pid" VmRSS)"
-    [ "${rss:-0}" -gt "${held_kib:-0}" ] && held_kib=$rss
+    [ "${rss:-0}" -gt "$held_kib" ] && held_kib=$rss
     sleep 0.2
 done
 wait "$bench_pid"

@@ -32,8 +32,8 @@ const COLLECT_BATCH: u32 = 4096;
 /// When results trickle in (workers handing in one task at a time), every get would bring
 /// back one or two of them: a round trip and a wake-up on both sides per result. So after a
 /// get that brought back fewer than `LINGER_BELOW`, the collector waits `LINGER` for more to
-/// gather. A result is recorded at most that much later; the job's CPU per task falls by
-/// about a tenth (BENCHMARKS.md).
+/// gather (tokio's millisecond timer makes that 0.5-1.5 ms). A result is recorded at most that
+/// much later; the job's CPU per task falls by about a tenth (BENCHMARKS.md).
 const LINGER_BELOW: usize = 64;
 const LINGER: Duration = Duration::from_micros(500);
 
