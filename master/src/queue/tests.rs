@@ -298,18 +298,33 @@ fn complete_settles_and_queues_the_result_atomically_and_rejects_stale_leases() 
     assert_eq!(br.snapshot().1, 1, "one session has completed work");
 }
 
+/// Fills a 1-slot "results" queue with "full" and leases `worker` one task of "tasks" (that
+/// queue created first if `tasks_first`, so that it ranks below "results"); returns the
+/// worker's answer to it, "9", whose completion must wait for room.
+fn answer_for_a_full_results_queue(
+    br: &Broker,
+    worker: SessionId,
+    other: SessionId,
+    tasks_first: bool,
+) -> Vec<Outcome> {
+    if tasks_first {
+        br.declare("tasks", None).unwrap();
+    }
+    br.declare("results", Some(1)).unwrap();
+    ready(br.put(other, "results", vec![b("full")], false).unwrap());
+    ready(br.put(other, "tasks", vec![b("3")], false).unwrap());
+    let task = ready(br.get(worker, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
+    vec![Outcome {
+        task: task.id,
+        result: b("9"),
+    }]
+}
+
 #[tokio::test(start_paused = true)]
 async fn complete_into_a_full_queue_waits_and_keeps_the_lease_until_then() {
     let br = broker();
     let (worker, other) = (br.open_session(), br.open_session());
-    br.declare("results", Some(1)).unwrap();
-    ready(br.put(other, "results", vec![b("old")], false).unwrap());
-    ready(br.put(other, "tasks", vec![b("3")], false).unwrap());
-    let task = ready(br.get(worker, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
-    let outcome = vec![Outcome {
-        task: task.id,
-        result: b("9"),
-    }];
+    let outcome = answer_for_a_full_results_queue(&br, worker, other, false);
     let w = waiting(
         br.complete(worker, "tasks", "results", outcome, true)
             .unwrap(),
@@ -757,20 +772,10 @@ async fn a_waiting_completion_keeps_its_place_among_plain_puts_whichever_queue_c
     for tasks_first in [true, false] {
         let br = broker();
         let (worker, other) = (br.open_session(), br.open_session());
-        if tasks_first {
-            br.declare("tasks", None).unwrap();
-        }
-        br.declare("results", Some(1)).unwrap();
-        ready(br.put(other, "results", vec![b("full")], false).unwrap());
-        ready(br.put(other, "tasks", vec![b("3")], false).unwrap());
-        let task = ready(br.get(worker, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
+        let outcome = answer_for_a_full_results_queue(&br, worker, other, tasks_first);
         let stop = CancellationToken::new;
         let first = waiting(br.put(other, "results", vec![b("a")], true).unwrap());
         let first = tokio::spawn(first.wait(None, stop()));
-        let outcome = vec![Outcome {
-            task: task.id,
-            result: b("9"),
-        }];
         let completion = waiting(
             br.complete(worker, "tasks", "results", outcome, true)
                 .unwrap(),
@@ -919,15 +924,7 @@ async fn a_put_into_a_small_queue_feeds_every_waiting_getter_before_it_waits() {
 async fn room_goes_to_a_waiting_completion_even_while_its_own_task_is_busy() {
     let br = broker();
     let (worker, other) = (br.open_session(), br.open_session());
-    br.declare("tasks", None).unwrap();
-    br.declare("results", Some(1)).unwrap();
-    ready(br.put(other, "results", vec![b("full")], false).unwrap());
-    ready(br.put(other, "tasks", vec![b("3")], false).unwrap());
-    let task = ready(br.get(worker, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
-    let outcome = vec![Outcome {
-        task: task.id,
-        result: b("9"),
-    }];
+    let outcome = answer_for_a_full_results_queue(&br, worker, other, true);
     // The completion waits, but its future is not polled: its session could be busy writing.
     let w = waiting(
         br.complete(worker, "tasks", "results", outcome, true)
