@@ -142,7 +142,7 @@ struct Cell {
 /// A nacked item and when it may return to its queue.
 #[derive(Debug)]
 struct Delayed {
-    at: Deadline,
+    at: Stamp,
     item: Item,
 }
 
@@ -483,7 +483,7 @@ impl Queue {
     /// When the timer next has work here.
     fn next_due(&self) -> Option<Stamp> {
         let lease = self.expiries.peek().map(|e| e.0 .0);
-        let delayed = self.delayed.peek().map(|d| self.stamp(d.0.at));
+        let delayed = self.delayed.peek().map(|d| d.0.at);
         lease.into_iter().chain(delayed).min()
     }
 
@@ -537,6 +537,13 @@ impl Queue {
         }
     }
 
+    /// True when `item`, given back now, has had all its deliveries and goes to the
+    /// dead-letter queue, if this queue `buries` (dead-letter queues don't, so no chain of
+    /// queues can grow).
+    fn exhausted(&self, item: &Item, buries: bool) -> bool {
+        buries && item.deliveries() >= self.limits.max_attempts
+    }
+
     /// Gives back several items so that they keep their put order at the front. Returns those
     /// that must go to the dead-letter queue instead (see [`Queue::give_back`]).
     fn give_back_all(&mut self, mut items: Vec<(Item, GiveBack)>, buries: bool) -> Vec<Buried> {
@@ -548,14 +555,14 @@ impl Queue {
             .collect()
     }
 
-    /// Puts an item whose lease ended unsettled back at the front, or, once it has had all its
-    /// deliveries and this queue `buries` (dead-letter queues don't, so no chain of queues can
-    /// grow), returns it for the dead-letter queue, which the caller fills after unlocking.
+    /// Puts an item whose lease ended unsettled back at the front or, once it is
+    /// [`exhausted`](Queue::exhausted), returns it for the dead-letter queue, which the caller
+    /// fills after unlocking.
     fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
         if matches!(why, GiveBack::Expired(_)) {
             self.expired_total += 1;
         }
-        if !buries || item.deliveries() < self.limits.max_attempts {
+        if !self.exhausted(&item, buries) {
             self.requeued_total += 1;
             self.items.push_front(item);
             self.pump();
@@ -755,19 +762,18 @@ impl Queue {
                 let Some(front) = self.putters.front() else {
                     break;
                 };
-                let across = front
-                    .across
-                    .as_ref()
-                    .map(|a| (Arc::clone(&a.source), Arc::clone(&a.turn)));
+                let source = front.across.as_ref().map(|a| Arc::clone(&a.source));
                 // Never waiting for the lock cannot deadlock, whatever the ranks. (What the
                 // fill reports about the other queue is published when it is next unlocked.)
-                let mut leases = match &across {
+                let mut leases = match &source {
                     None => None,
-                    Some((source, turn)) => match source.queue.try_lock() {
+                    Some(source) => match source.queue.try_lock() {
                         Ok(guard) => Some(guard),
                         Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
                         Err(TryLockError::WouldBlock) => {
-                            turn.notify_one();
+                            if let Some(across) = &front.across {
+                                across.turn.notify_one();
+                            }
                             break;
                         }
                     },
@@ -815,7 +821,7 @@ impl Queue {
         }
         let buried = self.give_back_all(expired, buries);
         let mut due = Vec::new();
-        while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
+        while self.delayed.peek().is_some_and(|d| d.0.at <= now_stamp) {
             due.push(self.delayed.pop().expect("just peeked").0.item);
         }
         if !due.is_empty() {
@@ -864,7 +870,7 @@ impl Drop for Locked<'_> {
         self.cell.due.store(due, Relaxed);
         if !self.queue.new_completers.is_empty() {
             // A leaf lock: nothing else is ever taken while holding it.
-            let mut completers = lock(&self.shared.completers);
+            let mut completers = lock_unpoisoned(&self.shared.completers);
             for session in self.queue.new_completers.drain(..) {
                 if completers.open.insert(session) {
                     completers.total += 1;
@@ -876,7 +882,7 @@ impl Drop for Locked<'_> {
 
 /// A poisoned lock means a panic while holding it, which would already be a bug report; keep
 /// serving with the state as it is rather than failing every connection after it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock_unpoisoned<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -921,7 +927,7 @@ impl Broker {
         Locked {
             shared: &self.shared,
             cell,
-            queue: lock(&cell.queue),
+            queue: lock_unpoisoned(&cell.queue),
         }
     }
 
@@ -1058,7 +1064,9 @@ impl Broker {
             drop(queue);
             self.bury(&cell, buried);
         }
-        lock(&self.shared.completers).open.remove(&session);
+        lock_unpoisoned(&self.shared.completers)
+            .open
+            .remove(&session);
         requeued
     }
 
@@ -1166,15 +1174,12 @@ impl Broker {
                 stale.push(task);
                 continue;
             };
-            let last = buries && item.deliveries() >= queue.limits.max_attempts;
-            if delay.is_zero() || last {
+            if delay.is_zero() || queue.exhausted(&item, buries) {
                 now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {
                 queue.requeued_total += 1;
-                queue.delayed.push(Reverse(Delayed {
-                    at: Deadline::now() + delay.min(MAX_LEASE),
-                    item,
-                }));
+                let at = queue.stamp(Deadline::now() + delay.min(MAX_LEASE));
+                queue.delayed.push(Reverse(Delayed { at, item }));
             }
         }
         let buried = queue.give_back_all(now_back, buries);
@@ -1207,7 +1212,7 @@ impl Broker {
             .iter()
             .map(|cell| self.lock(cell).stats(&cell.name))
             .collect();
-        (queues, lock(&self.shared.completers).total)
+        (queues, lock_unpoisoned(&self.shared.completers).total)
     }
 
     /// Appends `items` as far as there is room. If some are left and `wait` is true, returns a
