@@ -1,8 +1,7 @@
 //! The work itself: squaring, as pure functions over typed and encoded tasks.
 
-use bytes::Bytes;
 use taskmill_protocol::squares::{SquareResult, SquareTask};
-use taskmill_protocol::{decode_payload, encode_payload, CodecError, PayloadBatch};
+use taskmill_protocol::{decode_payload, CodecError, PayloadBatch};
 
 /// `n²`, exact for every `i64`: the largest square, `i64::MIN²` = 2¹²⁶, fits in an `i128`.
 pub fn square(n: i64) -> i128 {
@@ -21,15 +20,9 @@ pub fn answer(task: SquareTask, attempt: u32, worker: u32) -> SquareResult {
     }
 }
 
-/// Decodes a task payload and encodes its result; an undecodable payload is an error.
-pub fn process(payload: &[u8], attempt: u32, worker: u32) -> Result<Bytes, CodecError> {
-    let task: SquareTask = decode_payload(payload)?;
-    encode_payload(&answer(task, attempt, worker))
-}
-
-/// [`process`] for a batch: appends the result to `results`, which encodes a whole batch into
-/// one buffer.
-pub fn process_into(
+/// Decodes a task payload and appends its encoded result to `results` (one buffer for a
+/// batch's results); an undecodable payload is an error and appends nothing.
+pub fn process(
     payload: &[u8],
     attempt: u32,
     worker: u32,
@@ -42,6 +35,7 @@ pub fn process_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskmill_protocol::encode_payload;
 
     #[test]
     fn squares_are_exact_across_the_whole_i64_range() {
@@ -61,8 +55,11 @@ mod tests {
             seq: 41,
             input: -12,
         };
-        let out = process(&encode_payload(&task).unwrap(), 2, 9).unwrap();
-        let result: SquareResult = decode_payload(&out).unwrap();
+        let mut results = PayloadBatch::default();
+        process(&encode_payload(&task).unwrap(), 2, 9, &mut results).unwrap();
+        let out = results.finish();
+        assert_eq!(out.len(), 1);
+        let result: SquareResult = decode_payload(&out[0]).unwrap();
         assert_eq!(
             result,
             SquareResult {
@@ -77,7 +74,9 @@ mod tests {
 
     #[test]
     fn garbage_payloads_are_errors_not_panics() {
-        assert!(process(b"", 1, 1).is_err());
-        assert!(process(&[0xff; 40], 1, 1).is_err());
+        let mut results = PayloadBatch::default();
+        assert!(process(b"", 1, 1, &mut results).is_err());
+        assert!(process(&[0xff; 40], 1, 1, &mut results).is_err());
+        assert!(results.is_empty(), "an error appends nothing");
     }
 }

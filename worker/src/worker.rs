@@ -343,7 +343,7 @@ fn answer(tasks: Vec<Task>, worker: u32, unsent: &mut Unsent) {
     let mut results = PayloadBatch::with_capacity(tasks.len(), 24);
     let mut answered = Vec::with_capacity(tasks.len());
     for task in tasks {
-        match compute::process_into(&task.payload, task.attempt, worker, &mut results) {
+        match compute::process(&task.payload, task.attempt, worker, &mut results) {
             Ok(()) => answered.push(task.id),
             Err(err) => {
                 warn!(task = task.id, cause = %err, "undecodable task; moving it to the rejected queue");
