@@ -263,22 +263,25 @@ async fn pipeline(
             continue;
         }
         let outcomes = std::mem::take(&mut state.unsent.results);
-        let request = if stop.is_none() {
-            Request::CompleteAndGet {
-                queue: config.tasks_queue.clone(),
-                results: config.results_queue.clone(),
-                outcomes: outcomes.clone(),
+        let (queue, results) = (config.tasks_queue.clone(), config.results_queue.clone());
+        let wait = Wait::Millis(config.poll.as_millis() as u64);
+        // Kept in `sent` until answered: the results share one buffer, so the copy is cheap.
+        let sending = outcomes.clone();
+        let request = match stop {
+            None => Request::CompleteAndGet {
+                queue,
+                results,
+                outcomes: sending,
                 max: config.concurrency,
-                wait: Wait::Millis(config.poll.as_millis() as u64),
+                wait,
                 lease_ms: None,
-            }
-        } else {
-            Request::Complete {
-                queue: config.tasks_queue.clone(),
-                results: config.results_queue.clone(),
-                outcomes: outcomes.clone(),
-                wait: Wait::Millis(config.poll.as_millis() as u64),
-            }
+            },
+            Some(_) => Request::Complete {
+                queue,
+                results,
+                outcomes: sending,
+                wait,
+            },
         };
         let id = client.submit(request).await?;
         sent.insert(id, outcomes);
