@@ -97,34 +97,31 @@ fn frame<T: Serialize>(msg: &T) -> BytesMut {
     buf
 }
 
-/// Allocations made by decoding the one frame in `buf`, and the message.
-fn allocations_to_decode<T: DeserializeOwned>(mut buf: BytesMut) -> (usize, T) {
+/// Checks that decoding `msg`'s frame gives it back in fewer than [`FEW`] allocations.
+fn decodes_in_a_few_allocations<T>(msg: T, what: &str)
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let mut buf = frame(&msg);
     let mut codec = MessageCodec::<T, ()>::new(DEFAULT_MAX_FRAME);
     let before = ALLOCATIONS.with(Cell::get);
-    let msg = codec.decode(&mut buf).unwrap().unwrap();
-    (ALLOCATIONS.with(Cell::get) - before, msg)
+    let decoded = codec.decode(&mut buf).unwrap().unwrap();
+    let allocations = ALLOCATIONS.with(Cell::get) - before;
+    assert_eq!(decoded, msg);
+    assert!(
+        allocations < FEW,
+        "{allocations} allocations to decode a {ITEMS}-item {what}"
+    );
 }
 
 #[test]
 fn a_put_of_thousands_of_items_decodes_in_a_few_allocations() {
-    let msg = put();
-    let (allocations, decoded) = allocations_to_decode::<ClientMessage>(frame(&msg));
-    assert_eq!(decoded, msg);
-    assert!(
-        allocations < FEW,
-        "{allocations} allocations to decode a {ITEMS}-item Put"
-    );
+    decodes_in_a_few_allocations(put(), "Put");
 }
 
 #[test]
 fn a_reply_of_thousands_of_tasks_decodes_in_a_few_allocations() {
-    let msg = tasks();
-    let (allocations, decoded) = allocations_to_decode::<MasterMessage>(frame(&msg));
-    assert_eq!(decoded, msg);
-    assert!(
-        allocations < FEW,
-        "{allocations} allocations to decode a {ITEMS}-item Tasks reply"
-    );
+    decodes_in_a_few_allocations(tasks(), "Tasks reply");
 }
 
 /// The time per frame, for comparisons by hand (`cargo test --release -- --ignored`).
