@@ -348,7 +348,7 @@ struct GetWaiter {
 struct PutWaiter {
     id: WaiterId,
     session: SessionId,
-    pending: VecDeque<Pending>,
+    pending: Batch,
     progress: PutProgress,
     /// Whoever fills the waiter's last item sends its final progress here.
     tx: oneshot::Sender<PutProgress>,
@@ -364,13 +364,42 @@ struct Across {
     turn: Arc<Notify>,
 }
 
-/// One item on its way into a queue; `settles` is the lease a completion settles with it, in
-/// the queue that `fill` is given as the source (or this queue, without one).
+/// What a put or complete has still to queue, as the request brought it: its items, or its
+/// outcomes, each of which also settles the lease on its task in the queue that `fill` is
+/// given as the source (or this queue, without one). The item `processed` from the start of
+/// the batch gets the id `first_id + processed` (see [`PutProgress`]).
 #[derive(Debug)]
-struct Pending {
-    id: TaskId,
-    payload: Bytes,
-    settles: Option<TaskId>,
+enum Batch {
+    Items(VecDeque<Bytes>),
+    Outcomes(VecDeque<Outcome>),
+}
+
+impl Batch {
+    /// The next payload, and the lease it settles.
+    fn front(&self) -> Option<(&Bytes, Option<TaskId>)> {
+        match self {
+            Batch::Items(items) => items.front().map(|item| (item, None)),
+            Batch::Outcomes(outcomes) => outcomes.front().map(|o| (&o.result, Some(o.task))),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Batch::Items(items) => drop(items.pop_front()),
+            Batch::Outcomes(outcomes) => drop(outcomes.pop_front()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Batch::Items(items) => items.len(),
+            Batch::Outcomes(outcomes) => outcomes.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How far a put or complete got.
@@ -702,13 +731,13 @@ impl Queue {
         &mut self,
         mut source: Option<&mut Queue>,
         session: SessionId,
-        pending: &mut VecDeque<Pending>,
+        pending: &mut Batch,
         progress: &mut PutProgress,
     ) {
         let mut settled_any = false;
-        while let Some(front) = pending.front() {
+        while let Some((payload, settles)) = pending.front() {
             let room = self.has_room();
-            if let Some(task) = front.settles {
+            if let Some(task) = settles {
                 let leases = match source.as_deref_mut() {
                     Some(other) => other,
                     None => &mut *self,
@@ -731,8 +760,9 @@ impl Queue {
             if !room {
                 break;
             }
-            let p = pending.pop_front().expect("front exists");
-            self.items.push_back(Item::new(p.id, 0, &p.payload));
+            let id = progress.first_id + u64::from(progress.processed);
+            self.items.push_back(Item::new(id, 0, payload));
+            pending.pop_front();
             self.put_total += 1;
             progress.processed += 1;
         }
@@ -1225,8 +1255,8 @@ impl Broker {
         wait: bool,
     ) -> Result<Step<PutProgress, PutWaiting>, QueueError> {
         let cell = self.queue(queue)?;
-        let items = items.into_iter().map(|payload| (payload, None));
-        Ok(self.insert(cell, None, session, items, wait))
+        let batch = Batch::Items(items.into());
+        Ok(self.insert(cell, None, session, batch, wait))
     }
 
     /// Settles each outcome's lease on `queue` and appends its result to `results`, atomically
@@ -1243,8 +1273,8 @@ impl Broker {
         let target = self.queue(results)?;
         // Settling in the results queue itself needs no second lock.
         let source = (tasks.rank != target.rank).then_some(tasks);
-        let items = outcomes.into_iter().map(|o| (o.result, Some(o.task)));
-        Ok(self.insert(target, source, session, items, wait))
+        let batch = Batch::Outcomes(outcomes.into());
+        Ok(self.insert(target, source, session, batch, wait))
     }
 
     fn insert(
@@ -1252,19 +1282,11 @@ impl Broker {
         target: Arc<Cell>,
         source: Option<Arc<Cell>>,
         session: SessionId,
-        items: impl ExactSizeIterator<Item = (Bytes, Option<TaskId>)>,
+        mut pending: Batch,
         wait: bool,
     ) -> Step<PutProgress, PutWaiting> {
         let (mut queue, mut leases) = self.lock_pair(&target, source.as_deref());
-        let first_id = self.reserve(items.len());
-        let mut pending: VecDeque<Pending> = items
-            .zip(first_id..)
-            .map(|((payload, settles), id)| Pending {
-                id,
-                payload,
-                settles,
-            })
-            .collect();
+        let first_id = self.reserve(pending.len());
         let mut progress = PutProgress {
             first_id,
             total: pending.len() as u32,
