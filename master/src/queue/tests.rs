@@ -684,7 +684,7 @@ fn a_sessions_settled_leases_are_pruned_and_its_live_ones_still_requeued_on_clos
 }
 
 #[test]
-fn payloads_inline_or_shared_come_back_byte_for_byte() {
+fn payloads_inline_or_boxed_come_back_byte_for_byte() {
     let br = broker();
     let s = br.open_session();
     let sizes = [0, 1, INLINE, INLINE + 1, 4096];
