@@ -630,16 +630,21 @@ fn client_made_dead_names_count_against_the_limit_and_long_dead_names_are_valid(
     assert!(!valid_name(&format!("{long}x")));
 }
 
-#[test]
-fn settled_leases_do_not_pile_up_in_the_expiry_heap() {
-    let br = broker();
-    let s = br.open_session();
+/// Puts, leases and acks 50,000 tasks on "q", a thousand at a time.
+fn lease_and_settle_50_000(br: &Broker, s: SessionId) {
     for _ in 0..50 {
         ready(br.put(s, "q", vec![Bytes::new(); 1000], false).unwrap());
         let got = ready(br.get(s, "q", 1000, MB, LEASE, false).unwrap());
         let ids: Vec<_> = got.iter().map(|t| t.id).collect();
         br.ack(s, "q", &ids).unwrap();
     }
+}
+
+#[test]
+fn settled_leases_do_not_pile_up_in_the_expiry_heap() {
+    let br = broker();
+    let s = br.open_session();
+    lease_and_settle_50_000(&br, s);
     let heap = br.with_queue("q", |q| q.expiries.len());
     assert!(
         heap <= DEAD_SLACK + 1000,
@@ -659,12 +664,7 @@ fn settled_leases_do_not_pile_up_in_the_expiry_heap() {
 fn a_sessions_settled_leases_are_pruned_and_its_live_ones_still_requeued_on_close() {
     let br = broker();
     let s = br.open_session();
-    for _ in 0..50 {
-        ready(br.put(s, "q", vec![Bytes::new(); 1000], false).unwrap());
-        let got = ready(br.get(s, "q", 1000, MB, LEASE, false).unwrap());
-        let ids: Vec<_> = got.iter().map(|t| t.id).collect();
-        br.ack(s, "q", &ids).unwrap();
-    }
+    lease_and_settle_50_000(&br, s);
     let held = br.with_queue("q", |q| q.sessions[&s].held.len());
     assert!(
         held <= DEAD_SLACK + 1000,
