@@ -1,18 +1,16 @@
 //! The handshake against a real master: keys, impostors, replays, reflections, deadlines, and
 //! that none of it disturbs honest work.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{config, key, within, wrong_key, Master};
-use taskmill_master::job::{self, JobConfig};
+use taskmill::{Client, ClientError};
 use taskmill_protocol::auth::{nonce, Role};
 use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
 use taskmill_protocol::{
-    Client, ClientError, ClientHandshake, Connection, MasterHandshake, Rejection, MAGIC,
-    PROTOCOL_VERSION,
+    ClientHandshake, Connection, MasterHandshake, Rejection, MAGIC, PROTOCOL_VERSION,
 };
+use taskmill_squares::job::{self, JobConfig};
+use taskmill_testkit::{config, fake_master, key, within, wrong_key, TestMaster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -39,7 +37,7 @@ async fn hello(conn: &mut RawClient, client_nonce: [u8; 32]) -> [u8; 32] {
 
 /// Waits until the master has counted `n` failed handshakes. It counts just after closing the
 /// connection, so the count can trail what the peer saw by a moment.
-async fn expect_failures(master: &Master, n: u64) {
+async fn expect_failures(master: &TestMaster, n: u64) {
     let mut client = master.client().await;
     within("handshake failure count", async {
         loop {
@@ -67,7 +65,7 @@ async fn assert_closed_by_master(stream: &mut TcpStream) {
 
 #[tokio::test]
 async fn the_right_key_authenticates_and_can_use_the_queues() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut client = master.client().await;
     client.ping().await.unwrap();
     expect_failures(&master, 0).await;
@@ -75,7 +73,7 @@ async fn the_right_key_authenticates_and_can_use_the_queues() {
 
 #[tokio::test]
 async fn a_wrong_key_fails_on_both_sides_with_a_clear_error() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let err = within("connect", Client::connect(&master.addr, &wrong_key()))
         .await
         .unwrap_err();
@@ -95,32 +93,7 @@ async fn a_wrong_key_fails_on_both_sides_with_a_clear_error() {
 #[tokio::test]
 async fn an_impostor_master_without_the_key_is_detected_by_the_client() {
     // A fake master that plays along but cannot prove it holds the key.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let impostor = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut conn =
-            Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
-        let Some(ClientHandshake::Hello { nonce: c, .. }) = conn.recv().await.unwrap() else {
-            panic!("no hello");
-        };
-        let m = nonce();
-        conn.send(&MasterHandshake::Challenge {
-            version: PROTOCOL_VERSION,
-            nonce: m,
-        })
-        .await
-        .unwrap();
-        let _proof = conn.recv().await.unwrap();
-        let mac = wrong_key().proof(Role::Master, PROTOCOL_VERSION, &c, &m);
-        conn.send(&MasterHandshake::Welcome {
-            mac,
-            max_frame: 1 << 20,
-            heartbeat_ms: 5000,
-        })
-        .await
-        .unwrap();
-    });
+    let (addr, impostor) = fake_master(wrong_key(), 5000).await;
     let err = within("connect", Client::connect(&addr, &key()))
         .await
         .unwrap_err();
@@ -133,7 +106,7 @@ async fn an_impostor_master_without_the_key_is_detected_by_the_client() {
 
 #[tokio::test]
 async fn a_replayed_proof_is_rejected() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     // An eavesdropper records a genuine client's hello and proof...
     let client_nonce = nonce();
     let mut first = raw(&master.addr).await;
@@ -162,7 +135,7 @@ async fn a_replayed_proof_is_rejected() {
 
 #[tokio::test]
 async fn a_reflected_master_proof_is_rejected() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut conn = raw(&master.addr).await;
     let client_nonce = nonce();
     let master_nonce = hello(&mut conn, client_nonce).await;
@@ -179,7 +152,7 @@ async fn a_reflected_master_proof_is_rejected() {
 
 #[tokio::test]
 async fn a_silent_peer_is_dropped_at_the_handshake_deadline() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let started = std::time::Instant::now();
     let mut stream = TcpStream::connect(&master.addr).await.unwrap();
     assert_closed_by_master(&mut stream).await;
@@ -193,7 +166,7 @@ async fn a_silent_peer_is_dropped_at_the_handshake_deadline() {
 
 #[tokio::test]
 async fn garbage_oversize_and_foreign_protocols_are_refused_and_closed() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     for bytes in [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         [0xFF, 0xFF, 0xFF, 0xFF].to_vec(),
@@ -252,17 +225,15 @@ async fn a_client_reports_a_peer_that_is_not_a_taskmill_master() {
 
 #[tokio::test]
 async fn hostile_handshakes_do_not_disturb_a_running_job() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let master = TestMaster::start(config()).await;
+    let addr = master.addr.clone();
     let mut job_config = JobConfig::new(20_000);
     job_config.local_workers = 2;
     job_config.stall_timeout = Duration::from_secs(15);
-    let job = tokio::spawn(job::run(
-        listener,
-        config(),
-        job_config,
-        tokio_util::sync::CancellationToken::new(),
-    ));
+    let job = tokio::spawn(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        job::run(&master.addr, &key(), &job_config, &shutdown).await
+    });
     let hostile = async {
         for round in 0..10 {
             let _ = Client::connect(&addr, &wrong_key()).await.unwrap_err();
@@ -278,7 +249,8 @@ async fn hostile_handshakes_do_not_disturb_a_running_job() {
                 tokio::spawn(async move {
                     if let Ok(mut s) = stream {
                         let mut buf = [0u8; 16];
-                        let _ = tokio::time::timeout(support::LIMIT, s.read(&mut buf)).await;
+                        let _ =
+                            tokio::time::timeout(taskmill_testkit::LIMIT, s.read(&mut buf)).await;
                     }
                 });
             }

@@ -1,12 +1,11 @@
 //! The squares job end to end in one process: real sockets, the real worker loop.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{config, key, within};
-use taskmill_master::job::{self, Ending, JobConfig, JobReport};
-use taskmill_worker::{WorkerConfig, WorkerReport};
+use taskmill::{Worker, WorkerConfig, WorkerReport};
+use taskmill_squares::job::{self, JobConfig};
+use taskmill_squares::{Ending, JobReport, Squares};
+use taskmill_testkit::{config, key, within, TestMaster};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +16,24 @@ fn worker(addr: &str) -> WorkerConfig {
     config
 }
 
+/// A squares worker with `config`, stopped by `stop`.
+fn spawn_worker(
+    config: WorkerConfig,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<WorkerReport, taskmill::WorkerError>> {
+    tokio::spawn(Worker::new(config, Squares::new()).run(stop.clone()))
+}
+
+/// Runs `job` against the master at `addr`.
+async fn run_job(addr: &str, job: JobConfig) -> JobReport {
+    within(
+        "squares job",
+        job::run(addr, &key(), &job, &CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+}
+
 /// Runs `job` on a fresh master with `n` in-process workers made by `worker` for its address,
 /// then stops the workers; returns the job's report and theirs.
 async fn job_with_workers(
@@ -24,18 +41,12 @@ async fn job_with_workers(
     worker: impl Fn(&str) -> WorkerConfig,
     job: JobConfig,
 ) -> (JobReport, Vec<WorkerReport>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let master = TestMaster::start(config()).await;
     let stop_workers = CancellationToken::new();
     let workers: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(taskmill_worker::run(worker(&addr), stop_workers.clone())))
+        .map(|_| spawn_worker(worker(&master.addr), &stop_workers))
         .collect();
-    let report = within(
-        "squares job",
-        job::run(listener, config(), job, CancellationToken::new()),
-    )
-    .await
-    .unwrap();
+    let report = run_job(&master.addr, job).await;
     stop_workers.cancel();
     let mut reports = Vec::new();
     for w in workers {
@@ -95,7 +106,7 @@ async fn a_worker_started_before_the_master_joins_once_it_is_up() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let stop_worker = CancellationToken::new();
-    let early = tokio::spawn(taskmill_worker::run(worker(&addr), stop_worker.clone()));
+    let early = spawn_worker(worker(&addr), &stop_worker);
     // Keep the master down long enough for several refused connection attempts.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -103,17 +114,8 @@ async fn a_worker_started_before_the_master_joins_once_it_is_up() {
         "the worker gave up instead of retrying"
     );
     let listener = TcpListener::bind(&addr).await.unwrap();
-    let report = within(
-        "job served by the early worker",
-        job::run(
-            listener,
-            config(),
-            JobConfig::new(2_000),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .unwrap();
+    let _master = TestMaster::serve(listener, config());
+    let report = run_job(&addr, JobConfig::new(2_000)).await;
     assert!(report.success(), "{report:?}");
     assert_eq!(report.workers_seen, 1);
     stop_worker.cancel();
@@ -124,15 +126,10 @@ async fn a_worker_started_before_the_master_joins_once_it_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_without_workers_reports_what_is_missing_when_it_stalls() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let master = TestMaster::start(config()).await;
     let mut job_config = JobConfig::new(100);
     job_config.stall_timeout = Duration::from_millis(300);
-    let report = within(
-        "stalled job",
-        job::run(listener, config(), job_config, CancellationToken::new()),
-    )
-    .await
-    .unwrap();
+    let report = run_job(&master.addr, job_config).await;
     assert_eq!(report.ending, Ending::Stalled);
     assert_eq!((report.missing, report.verified), (100, 0));
     assert!(!report.success());
@@ -140,15 +137,13 @@ async fn a_job_without_workers_reports_what_is_missing_when_it_stalls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_with_idle_exit_stops_once_the_queue_stays_empty() {
-    let master = support::Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut config = worker(&master.addr);
     config.idle_exit = Some(Duration::from_millis(300));
     config.poll = Duration::from_millis(100);
-    let report = within(
-        "idle exit",
-        taskmill_worker::run(config, CancellationToken::new()),
-    )
-    .await
-    .unwrap();
+    let report = within("idle exit", spawn_worker(config, &CancellationToken::new()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((report.completed, report.connections), (0, 1));
 }

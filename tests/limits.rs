@@ -1,23 +1,19 @@
 //! Every limit in front of and inside a session: the right refusal, the connection closed,
 //! nothing else affected, nothing lost.
 
-mod support;
-
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{config, key, within, wrong_key, Master};
+use taskmill::{Client, ClientError};
 use taskmill_protocol::handshake;
-use taskmill_protocol::{Client, ClientError, ClientMessage, Rejection, Request, Wait};
+use taskmill_protocol::{ClientMessage, Rejection, Request, Wait};
+use taskmill_testkit::{config, connect_from, key, within, wrong_key, TestMaster};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-/// A TCP connection to `addr` from the loopback address `source` (any 127/8 address works).
-async fn connect_from(source: [u8; 4], addr: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((source, 0))).unwrap();
-    socket.connect(addr.parse().unwrap()).await.unwrap()
+/// A TCP connection to `addr` from the loopback address `source`.
+async fn connect(source: [u8; 4], addr: &str) -> TcpStream {
+    connect_from(source, addr.parse().unwrap()).await.unwrap()
 }
 
 async fn handshake_from(
@@ -25,17 +21,18 @@ async fn handshake_from(
     addr: &str,
     key: &taskmill_protocol::AuthKey,
 ) -> Result<(), ClientError> {
-    let stream = connect_from(source, addr).await;
+    let stream = connect(source, addr).await;
     within("handshake", handshake::connect(stream, key, addr))
         .await
         .map(|_| ())
+        .map_err(ClientError::from)
 }
 
 #[tokio::test]
 async fn connections_past_the_limit_are_told_the_master_is_overloaded() {
     let mut cfg = config();
     cfg.max_connections = 2;
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let _a = master.client().await;
     let _b = master.client().await;
     let err = within("refused", Client::connect(&master.addr, &key()))
@@ -65,10 +62,10 @@ async fn unauthenticated_connections_are_capped_per_address_not_globally() {
     let mut cfg = config();
     cfg.guard.max_handshakes_per_ip = 2;
     cfg.handshake_timeout = Duration::from_secs(5);
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     // Two silent connections from one address use up its handshake slots...
-    let _s1 = connect_from([127, 0, 0, 1], &master.addr).await;
-    let _s2 = connect_from([127, 0, 0, 1], &master.addr).await;
+    let _s1 = connect([127, 0, 0, 1], &master.addr).await;
+    let _s2 = connect([127, 0, 0, 1], &master.addr).await;
     let err = within("refused", async {
         loop {
             match handshake_from([127, 0, 0, 1], &master.addr, &key()).await {
@@ -92,7 +89,7 @@ async fn unauthenticated_connections_are_capped_per_address_not_globally() {
 async fn an_address_that_keeps_failing_is_throttled_and_others_are_not() {
     let mut cfg = config();
     cfg.guard.auth_failures_per_minute = 3;
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     for _ in 0..3 {
         let err = handshake_from([127, 0, 0, 3], &master.addr, &wrong_key())
             .await
@@ -126,12 +123,12 @@ async fn an_address_that_keeps_failing_is_throttled_and_others_are_not() {
 async fn a_client_that_never_reads_is_disconnected_and_its_leases_requeued() {
     let mut cfg = config();
     cfg.write_timeout = Duration::from_millis(300);
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut probe = master.client().await;
     let big = Bytes::from(vec![7u8; 200_000]);
     probe.put("tasks", vec![big; 4], Wait::No).await.unwrap();
-    let mut conn = support::raw_session(&master.addr).await;
-    conn.send(&support::lease(1, "tasks", 4, Wait::No))
+    let mut conn = taskmill_testkit::raw_session(&master.addr).await;
+    conn.send(&taskmill_testkit::lease(1, "tasks", 4, Wait::No))
         .await
         .unwrap();
     // Then a flood of requests whose replies are never read: the master's writes back up.
@@ -163,7 +160,7 @@ async fn a_client_that_never_reads_is_disconnected_and_its_leases_requeued() {
 
 #[tokio::test]
 async fn a_trickling_peer_is_dropped_at_the_handshake_deadline() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut stream = TcpStream::connect(&master.addr).await.unwrap();
     let started = Instant::now();
     // A header announcing 100 bytes, then one byte at a time, slower than the deadline allows.

@@ -2,11 +2,10 @@
 //! next get) and pipelined requests with out-of-order replies. The squares job with large
 //! batches and a deep prefetch window is in end_to_end.rs.
 
-mod support;
-
 use bytes::Bytes;
-use support::{config, within, Master};
-use taskmill_protocol::{Client, Delivery, Outcome, Reply, Request, Wait, Worked};
+use taskmill::{Client, Worked};
+use taskmill_protocol::{Delivery, Outcome, Reply, Request, Wait};
+use taskmill_testkit::{config, within, TestMaster};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -28,7 +27,7 @@ async fn step(c: &mut Client, done: Option<u64>, max: u32, wait: Wait) -> Worked
 
 #[tokio::test]
 async fn complete_and_get_settles_then_leases_the_next_tasks_in_one_round_trip() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     c.put("tasks", vec![b("1"), b("2"), b("3")], Wait::No)
         .await
@@ -57,7 +56,7 @@ async fn complete_and_get_settles_then_leases_the_next_tasks_in_one_round_trip()
 
 #[tokio::test]
 async fn complete_and_get_makes_no_get_while_results_are_left_pending() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     c.declare("results", Some(1)).await.unwrap();
     c.put("results", vec![b("full")], Wait::No).await.unwrap();
@@ -78,7 +77,7 @@ async fn complete_and_get_makes_no_get_while_results_are_left_pending() {
 
 #[tokio::test]
 async fn complete_and_get_waits_for_the_next_task_within_its_deadline() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut worker = master.client().await;
     let mut producer = master.client().await;
     producer.put("tasks", vec![b("1")], Wait::No).await.unwrap();
@@ -113,7 +112,7 @@ async fn complete_and_get_waits_for_the_next_task_within_its_deadline() {
 async fn a_draining_master_takes_the_completion_but_leases_nothing_more() {
     let mut cfg = config();
     cfg.shutdown_grace = std::time::Duration::from_secs(10);
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut c = master.client().await;
     c.put("tasks", vec![b("1"), b("2")], Wait::No)
         .await
@@ -139,7 +138,7 @@ async fn a_draining_master_takes_the_completion_but_leases_nothing_more() {
 
 #[tokio::test]
 async fn pipelined_requests_get_every_reply_and_waiting_ones_can_be_overtaken() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     let get = |wait| Request::Get {
         queue: "pipe".into(),

@@ -1,16 +1,13 @@
 //! Python `Queue` semantics, remotely: blocking and non-blocking put/get, capacity, waiter
 //! order, disconnects while waiting, leases and errors, all through real sockets.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{config, within, Master};
+use taskmill::ClientError;
 use taskmill_protocol::handshake;
-use taskmill_protocol::{
-    ClientError, ClientMessage, ErrorKind, MasterMessage, Outcome, Reply, Request, Wait,
-};
+use taskmill_protocol::{ClientMessage, ErrorKind, MasterMessage, Outcome, Reply, Request, Wait};
+use taskmill_testkit::{config, within, TestMaster};
 use tokio::net::TcpStream;
 
 fn b(s: &str) -> Bytes {
@@ -18,7 +15,7 @@ fn b(s: &str) -> Bytes {
 }
 
 /// Polls `inspect` until the queue shows `getters` waiting getters.
-async fn until_getters(master: &Master, queue: &str, getters: u64) {
+async fn until_getters(master: &TestMaster, queue: &str, getters: u64) {
     let mut probe = master.client().await;
     within("waiting getters", async {
         while probe.inspect(queue).await.map_or(0, |s| s.waiting_getters) != getters {
@@ -30,7 +27,7 @@ async fn until_getters(master: &Master, queue: &str, getters: u64) {
 
 #[tokio::test]
 async fn put_then_get_returns_items_in_order_and_qsize_tracks_them() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     let put = c
         .put("q", vec![b("a"), b("b"), b("c")], Wait::No)
@@ -55,7 +52,7 @@ async fn put_then_get_returns_items_in_order_and_qsize_tracks_them() {
 
 #[tokio::test]
 async fn get_nowait_on_empty_and_put_nowait_on_full_answer_at_once() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     assert!(c.take("q", 1, Wait::No).await.unwrap().is_empty(), "Empty");
     let declared = c.declare("q", Some(2)).await.unwrap();
@@ -72,7 +69,7 @@ async fn get_nowait_on_empty_and_put_nowait_on_full_answer_at_once() {
 
 #[tokio::test]
 async fn a_blocking_get_times_out_empty_after_its_timeout() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     let started = Instant::now();
     let got = c.get("q", 1, Wait::Millis(300)).await.unwrap();
@@ -83,7 +80,7 @@ async fn a_blocking_get_times_out_empty_after_its_timeout() {
 
 #[tokio::test]
 async fn a_blocking_get_is_woken_by_another_clients_put_without_blocking_others() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut getter = master.client().await;
     let waiting = tokio::spawn(async move { getter.take("q", 10, Wait::Forever).await });
     until_getters(&master, "q", 1).await;
@@ -97,7 +94,7 @@ async fn a_blocking_get_is_woken_by_another_clients_put_without_blocking_others(
 
 #[tokio::test]
 async fn a_blocking_put_waits_for_room_and_times_out_full() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     c.declare("q", Some(1)).await.unwrap();
     c.put("q", vec![b("first")], Wait::No).await.unwrap();
@@ -130,7 +127,7 @@ async fn a_blocking_put_waits_for_room_and_times_out_full() {
 
 #[tokio::test]
 async fn waiting_getters_are_served_in_the_order_they_arrived() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut waiters = Vec::new();
     for i in 0..3u64 {
         let mut c = master.client().await;
@@ -152,7 +149,7 @@ async fn waiting_getters_are_served_in_the_order_they_arrived() {
 
 #[tokio::test]
 async fn a_waiter_that_disconnects_leaves_nothing_behind() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut doomed = master.client().await;
     let waiting = tokio::spawn(async move { doomed.take("q", 1, Wait::Forever).await });
     until_getters(&master, "q", 1).await;
@@ -171,7 +168,7 @@ async fn a_waiter_that_disconnects_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn worker_disconnect_requeues_its_leased_tasks() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut producer = master.client().await;
     producer
         .put("tasks", vec![b("1"), b("2"), b("3")], Wait::No)
@@ -199,7 +196,7 @@ async fn worker_disconnect_requeues_its_leased_tasks() {
 
 #[tokio::test]
 async fn complete_moves_a_result_and_settles_its_lease_once() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     c.put("tasks", vec![b("7")], Wait::No).await.unwrap();
     let task = c.get("tasks", 1, Wait::No).await.unwrap().remove(0);
@@ -232,7 +229,7 @@ async fn complete_moves_a_result_and_settles_its_lease_once() {
 async fn bad_requests_get_typed_errors_and_the_connection_stays_usable() {
     let mut cfg = config();
     cfg.limits.max_queues = 2;
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut c = master.client().await;
     let kind = |r: Result<_, ClientError>| match r {
         Err(ClientError::Server { kind, .. }) => kind,
@@ -266,11 +263,11 @@ async fn bad_requests_get_typed_errors_and_the_connection_stays_usable() {
 async fn pipelined_requests_are_answered_and_waiting_ones_are_bounded() {
     let mut cfg = config();
     cfg.max_waiting = 2;
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let stream = TcpStream::connect(&master.addr).await.unwrap();
     let (mut conn, _) = within(
         "handshake",
-        handshake::connect(stream, &support::key(), "test"),
+        handshake::connect(stream, &taskmill_testkit::key(), "test"),
     )
     .await
     .unwrap();
@@ -317,7 +314,7 @@ async fn pipelined_requests_are_answered_and_waiting_ones_are_bounded() {
 
 #[tokio::test]
 async fn shutdown_answers_waiting_requests_and_tells_clients() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut waiting_client = master.client().await;
     let waiting = tokio::spawn(async move {
         let first = waiting_client.take("q", 1, Wait::Forever).await;
@@ -334,7 +331,7 @@ async fn shutdown_answers_waiting_requests_and_tells_clients() {
         "{second:?}"
     );
     assert!(told);
-    let refused = taskmill_protocol::Client::connect(&addr, &support::key()).await;
+    let refused = taskmill::Client::connect(&addr, &taskmill_testkit::key()).await;
     assert!(
         matches!(refused, Err(ClientError::Connect { .. })),
         "{refused:?}"

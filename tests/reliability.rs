@@ -1,19 +1,17 @@
 //! At-least-once delivery over real sockets: leases that expire, tasks that die, peers that go
 //! silent without closing, and a master that drains before it stops.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use support::{config, key, within, Master};
-use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
+use taskmill::{Client, ClientError};
 use taskmill_protocol::handshake;
 use taskmill_protocol::{
-    decode_payload, Client, ClientError, ClientHandshake, ClientMessage, Connection, DeadLetter,
-    Delivery, ErrorKind, MasterHandshake, MasterMessage, Outcome, Request, Wait,
+    decode_payload, ClientMessage, DeadLetter, Delivery, ErrorKind, MasterMessage, Outcome,
+    Request, Wait,
 };
-use tokio::net::{TcpListener, TcpStream};
+use taskmill_testkit::{config, fake_master, key, within, TestMaster};
+use tokio::net::TcpStream;
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -33,7 +31,7 @@ async fn until_unleased(probe: &mut Client, queue: &str) -> Duration {
 
 #[tokio::test]
 async fn an_expired_lease_is_redelivered_and_the_late_completion_is_not_counted() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut producer = master.client().await;
     producer.put("tasks", vec![b("7")], Wait::No).await.unwrap();
     let mut slow = master.client().await;
@@ -91,7 +89,7 @@ async fn an_expired_lease_is_redelivered_and_the_late_completion_is_not_counted(
 
 #[tokio::test]
 async fn touch_keeps_a_long_task_leased() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     c.put("tasks", vec![b("x")], Wait::No).await.unwrap();
     let short = Delivery::Lease { millis: Some(300) };
@@ -115,7 +113,7 @@ async fn touch_keeps_a_long_task_leased() {
 async fn a_task_past_max_attempts_is_dead_lettered_and_retrievable() {
     let mut cfg = config();
     cfg.limits.max_attempts = 2;
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut c = master.client().await;
     c.put("tasks", vec![b("poison")], Wait::No).await.unwrap();
     for attempt in 1..=2 {
@@ -149,7 +147,7 @@ async fn a_task_past_max_attempts_is_dead_lettered_and_retrievable() {
 
 #[tokio::test]
 async fn a_nacked_task_comes_back_after_its_delay() {
-    let master = Master::start(config()).await;
+    let master = TestMaster::start(config()).await;
     let mut c = master.client().await;
     c.put("tasks", vec![b("later")], Wait::No).await.unwrap();
     let task = c.get("tasks", 1, Wait::No).await.unwrap().remove(0);
@@ -174,15 +172,15 @@ async fn a_nacked_task_comes_back_after_its_delay() {
 async fn a_half_open_worker_is_detected_within_two_heartbeats_and_its_tasks_requeued() {
     let mut cfg = config();
     cfg.heartbeat_interval = Duration::from_millis(200);
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut probe = master.client().await;
     probe
         .put("tasks", vec![b("1"), b("2")], Wait::No)
         .await
         .unwrap();
     // A worker that takes tasks and then neither reads nor writes, but keeps its socket open.
-    let mut conn = support::raw_session(&master.addr).await;
-    conn.send(&support::lease(1, "tasks", 2, Wait::No))
+    let mut conn = taskmill_testkit::raw_session(&master.addr).await;
+    conn.send(&taskmill_testkit::lease(1, "tasks", 2, Wait::No))
         .await
         .unwrap();
     assert!(matches!(
@@ -205,7 +203,7 @@ async fn a_half_open_worker_is_detected_within_two_heartbeats_and_its_tasks_requ
 async fn a_waiting_client_heartbeats_and_is_not_mistaken_for_dead() {
     let mut cfg = config();
     cfg.heartbeat_interval = Duration::from_millis(100);
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut c = master.client().await;
     c.put("tasks", vec![b("x")], Wait::No).await.unwrap();
     c.get("tasks", 1, Wait::No).await.unwrap();
@@ -218,35 +216,7 @@ async fn a_waiting_client_heartbeats_and_is_not_mistaken_for_dead() {
 #[tokio::test]
 async fn a_client_gives_up_on_a_master_that_goes_silent() {
     // A master that completes the handshake, then never says another word.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let silent = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut conn =
-            Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
-        let Some(ClientHandshake::Hello { nonce: c, .. }) = conn.recv().await.unwrap() else {
-            panic!("no hello");
-        };
-        let m = taskmill_protocol::auth::nonce();
-        conn.send(&MasterHandshake::Challenge {
-            version: 1,
-            nonce: m,
-        })
-        .await
-        .unwrap();
-        let _ = conn.recv().await.unwrap();
-        let mac = key().proof(taskmill_protocol::auth::Role::Master, 1, &c, &m);
-        conn.send(&MasterHandshake::Welcome {
-            mac,
-            max_frame: 1 << 20,
-            heartbeat_ms: 100,
-        })
-        .await
-        .unwrap();
-        // Hold the socket open, read nothing.
-        tokio::time::sleep(support::LIMIT).await;
-        drop(conn);
-    });
+    let (addr, silent) = fake_master(key(), 100).await;
     let mut client = within("connect", Client::connect(&addr, &key()))
         .await
         .unwrap();
@@ -268,7 +238,7 @@ async fn a_client_gives_up_on_a_master_that_goes_silent() {
 async fn a_draining_master_refuses_new_work_but_accepts_completions_then_stops() {
     let mut cfg = config();
     cfg.shutdown_grace = Duration::from_secs(10);
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut worker = master.client().await;
     worker
         .put("tasks", vec![b("3"), b("4")], Wait::No)
@@ -353,7 +323,7 @@ async fn the_master_heartbeats_a_waiting_client_within_each_interval_and_an_idle
     let mut cfg = config();
     let beat = Duration::from_millis(200);
     cfg.heartbeat_interval = beat;
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let stream = TcpStream::connect(&master.addr).await.unwrap();
     let (mut conn, _) = within("handshake", handshake::connect(stream, &key(), "test"))
         .await

@@ -1,15 +1,13 @@
 //! TLS end to end, with certificates made by the test: the job over TLS, and clear errors when
 //! one side speaks TLS and the other does not, or the CA is wrong.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use support::{config, key, within, Master};
-use taskmill_master::job::{self, JobConfig};
-use taskmill_protocol::{Client, ClientError, ClientOptions, TlsClient, TlsServer};
-use tokio::net::TcpListener;
+use taskmill::{Client, ClientError, ClientOptions};
+use taskmill_protocol::{TlsClient, TlsServer};
+use taskmill_squares::job::{self, JobConfig};
+use taskmill_testkit::{config, key, within, TestMaster};
 use tokio_util::sync::CancellationToken;
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files in a fresh folder.
@@ -63,13 +61,13 @@ async fn the_squares_job_runs_over_tls() {
     let pki = Pki::new("job");
     let mut cfg = config();
     cfg.tls = Some(pki.server());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let master = TestMaster::start(cfg).await;
     let mut job_config = JobConfig::new(5_000);
     job_config.local_workers = 2;
     job_config.client = pki.client("localhost");
     let report = within(
         "job over TLS",
-        job::run(listener, cfg, job_config, CancellationToken::new()),
+        job::run(&master.addr, &key(), &job_config, &CancellationToken::new()),
     )
     .await
     .unwrap();
@@ -82,7 +80,7 @@ async fn tls_and_the_authkey_are_both_required() {
     let pki = Pki::new("both");
     let mut cfg = config();
     cfg.tls = Some(pki.server());
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let mut client = within(
         "tls connect",
         Client::connect_with(&master.addr, &key(), &pki.client("127.0.0.1")),
@@ -94,7 +92,7 @@ async fn tls_and_the_authkey_are_both_required() {
         "tls with a wrong key",
         Client::connect_with(
             &master.addr,
-            &support::wrong_key(),
+            &taskmill_testkit::wrong_key(),
             &pki.client("localhost"),
         ),
     )
@@ -111,7 +109,7 @@ async fn a_plain_client_at_a_tls_master_gets_a_clear_error_quickly() {
     let pki = Pki::new("plain");
     let mut cfg = config();
     cfg.tls = Some(pki.server());
-    let master = Master::start(cfg).await;
+    let master = TestMaster::start(cfg).await;
     let err = within("plain at tls", Client::connect(&master.addr, &key()))
         .await
         .unwrap_err();
@@ -122,7 +120,7 @@ async fn a_plain_client_at_a_tls_master_gets_a_clear_error_quickly() {
 #[tokio::test]
 async fn a_tls_client_rejects_a_plain_master_and_a_certificate_from_another_ca() {
     let pki = Pki::new("client");
-    let plain = Master::start(config()).await;
+    let plain = TestMaster::start(config()).await;
     let err = within(
         "tls at plain",
         Client::connect_with(&plain.addr, &key(), &pki.client("localhost")),
@@ -135,7 +133,7 @@ async fn a_tls_client_rejects_a_plain_master_and_a_certificate_from_another_ca()
     let other = Pki::new("other");
     let mut cfg = config();
     cfg.tls = Some(other.server());
-    let impostor = Master::start(cfg).await;
+    let impostor = TestMaster::start(cfg).await;
     let err = within(
         "wrong ca",
         Client::connect_with(&impostor.addr, &key(), &pki.client("localhost")),

@@ -15,10 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use taskmill_master::job::{self, JobConfig};
-use taskmill_protocol::squares::SquareTask;
-use taskmill_protocol::{encode_payload, AuthKey, Client, ClientError, ClientOptions, Wait};
-use taskmill_worker::WorkerConfig;
+use taskmill::{AuthKey, Client, ClientError, ClientOptions, Wait, Worker, WorkerConfig};
+use taskmill_protocol::encode_payload;
+use taskmill_squares::job::{self, JobConfig};
+use taskmill_squares::{SquareTask, Squares};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -225,7 +225,7 @@ async fn squares(target: &Target, plan: &Plan) -> Result<(u64, Percentiles, u64)
     config.worker_prefetch = plan.prefetch;
     config.timeout = Some(plan.duration);
     config.client = target.client.clone();
-    let report = job::run_against(
+    let report = job::run(
         &target.addr,
         &target.key,
         &config,
@@ -406,7 +406,7 @@ async fn latency(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
     worker_config.prefetch = plan.prefetch;
     worker_config.tasks_queue = tasks_queue.into();
     worker_config.results_queue = results_queue.into();
-    let worker = tokio::spawn(taskmill_worker::run(worker_config, stop.clone()));
+    let worker = tokio::spawn(Worker::new(worker_config, Squares::new()).run(stop.clone()));
     let mut client = Client::connect_with(&target.addr, &target.key, &target.client).await?;
     let per_sec = plan.rate;
     let (mut items, mut latency, mut errors) = (0u64, histogram(), 0u64);

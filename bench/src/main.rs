@@ -1,15 +1,14 @@
 //! `taskmill-bench`: parse flags, connect, run one scenario, print figures.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use taskmill::ClientOptions;
 use taskmill_bench::{Counter, Plan, Scenario, Target};
-use taskmill_protocol::ClientOptions;
-use taskmill_worker::support::{init_tracing, load_key, parse_duration, run_main, TlsClientArgs};
+use taskmill_cli::{init_tracing, parse_duration, run_main, ConnectArgs};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,11 +24,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "taskmill-bench", version)]
 struct Cli {
     scenario: Scenario,
-    /// Master address (host:port).
-    #[arg(long, env = "TASKMILL_MASTER", default_value = "127.0.0.1:5000")]
-    master: String,
-    #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
-    authkey_file: Option<PathBuf>,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Connections (workers for squares).
     #[arg(long, short = 'c', default_value_t = 4)]
     connections: usize,
@@ -56,8 +52,6 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    tls: TlsClientArgs,
 }
 
 fn main() -> ExitCode {
@@ -68,12 +62,12 @@ fn main() -> ExitCode {
 
 async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
     let target = Target {
-        key: load_key(cli.authkey_file.as_deref())?,
+        key: cli.connect.key.load()?,
         client: ClientOptions {
-            tls: cli.tls.client(&cli.master)?,
+            tls: cli.connect.tls_client()?,
             ..ClientOptions::default()
         },
-        addr: cli.master,
+        addr: cli.connect.master,
     };
     let plan = Plan {
         scenario: cli.scenario,

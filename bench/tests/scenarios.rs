@@ -3,11 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use taskmill::{Client, ClientOptions};
 use taskmill_bench::{Counter, Plan, Scenario, Target};
-use taskmill_master::ServerConfig;
-use taskmill_protocol::{AuthKey, Client, ClientOptions};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use taskmill_broker::ServerConfig;
+use taskmill_testkit::{key, within, TestMaster};
 
 fn plan(scenario: Scenario, connections: usize, count: u64) -> Plan {
     Plan {
@@ -24,19 +23,12 @@ fn plan(scenario: Scenario, connections: usize, count: u64) -> Plan {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_reports_parseable_sane_figures() {
-    let key = AuthKey::new("bench-test-key-0123").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let master = TestMaster::start(ServerConfig::new(key())).await;
     let target = Target {
-        addr: listener.local_addr().unwrap().to_string(),
-        key: key.clone(),
+        addr: master.addr.clone(),
+        key: key(),
         client: ClientOptions::default(),
     };
-    let stop = CancellationToken::new();
-    let master = tokio::spawn(taskmill_master::run(
-        listener,
-        ServerConfig::new(key),
-        stop.clone(),
-    ));
     let mut open_loop = plan(Scenario::Latency, 1, 200);
     open_loop.rate = Some(500.0);
     for plan in [
@@ -48,12 +40,11 @@ async fn every_scenario_reports_parseable_sane_figures() {
         open_loop,
     ] {
         let progress = Arc::new(Counter::default());
-        let report = tokio::time::timeout(
-            Duration::from_secs(30),
+        let report = within(
+            "a bench run",
             taskmill_bench::run(&target, &plan, progress.clone()),
         )
         .await
-        .expect("a bench run is bounded")
         .unwrap();
         // What `--json` prints, parsed back as the comparison scripts read it.
         let text = serde_json::to_string_pretty(&report).unwrap();
@@ -90,13 +81,9 @@ async fn every_scenario_reports_parseable_sane_figures() {
     let mut kept = plan(Scenario::Produce, 2, 1_000);
     kept.keep = true;
     let report = taskmill_bench::run(&target, &kept, Arc::new(Counter::default()));
-    let report = tokio::time::timeout(Duration::from_secs(30), report)
-        .await
-        .expect("a bench run is bounded")
-        .unwrap();
+    let report = within("a bench run", report).await.unwrap();
     assert_eq!(report.items, 1_000);
     let mut client = Client::connect(&target.addr, &target.key).await.unwrap();
     assert_eq!(client.inspect("bench.produce").await.unwrap().len, 1_000);
-    stop.cancel();
-    master.await.unwrap().unwrap();
+    master.stop().await;
 }

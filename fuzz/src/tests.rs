@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use taskmill_protocol::squares::{SquareResult, SquareTask};
+use taskmill_squares::{SquareResult, SquareTask};
 use taskmill_protocol::{
     encode_payload, ClientHandshake, ClientMessage, DeadLetter, Delivery, ErrorKind,
     MasterHandshake, MasterMessage, MessageCodec, Outcome, QueueStats, Rejection, Reply, Request,

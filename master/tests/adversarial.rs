@@ -6,16 +6,15 @@
 //! Workers simulate work (TASKMILL_ADVERSARIAL_WORK, default 10ms per batch of 64) so the job
 //! outlasts the attack in debug builds; set it to 0s with `--release` for raw throughput.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{master_bin, worker_bin, Proc, KEY};
 use taskmill_protocol::{handshake, AuthKey, ClientMessage, Delivery, Request, Wait};
+use taskmill_testkit::process::{binary, Proc};
+use taskmill_testkit::{connect_from, KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const TASKS: u64 = 100_000;
 const HOSTILE: usize = 350;
@@ -45,12 +44,6 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-async fn connect_from(source: u8, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from(([127, 0, 0, source], 0)))?;
-    socket.connect(addr).await
-}
-
 /// Waits for the master to close the connection, reading and discarding whatever it sends.
 async fn until_closed(stream: &mut TcpStream) {
     let mut buf = [0u8; 4096];
@@ -63,7 +56,7 @@ async fn until_closed(stream: &mut TcpStream) {
 
 /// One hostile connection; `kind` picks the misbehaviour.
 async fn hostile(kind: usize, source: u8, addr: SocketAddr) {
-    let Ok(mut stream) = connect_from(source, addr).await else {
+    let Ok(mut stream) = connect_from([127, 0, 0, source], addr).await else {
         return;
     };
     let key = AuthKey::new(KEY).unwrap();
@@ -98,7 +91,7 @@ async fn hostile(kind: usize, source: u8, addr: SocketAddr) {
                 drop(conn);
             }
             // A fresh authenticated connection that then sends an undecodable frame.
-            let Ok(stream) = connect_from(source, addr).await else {
+            let Ok(stream) = connect_from([127, 0, 0, source], addr).await else {
                 return;
             };
             if let Ok((conn, _)) = handshake::connect(stream, &key, "hostile").await {
@@ -137,9 +130,9 @@ async fn hostile(kind: usize, source: u8, addr: SocketAddr) {
 }
 
 fn run(attack: bool) -> Run {
-    let worker = worker_bin(); // before the job's stall clock starts
+    let worker = binary("taskmill-worker"); // before the job's stall clock starts
     let tasks = TASKS.to_string();
-    let mut master = Proc::spawn(Command::new(master_bin()).args([
+    let mut master = Proc::spawn(Command::new(binary("taskmill-master")).args([
         "run",
         "--tasks",
         &tasks,

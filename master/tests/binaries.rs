@@ -4,14 +4,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{master_bin, worker_bin, Proc, KEY, LIMIT};
+use taskmill_testkit::process::{binary, Proc};
+use taskmill_testkit::{KEY, LIMIT};
 
 #[test]
 fn run_job_with_two_worker_processes_completes_and_sigterm_stops_the_workers() {
-    let worker = worker_bin(); // before the job's stall clock starts
-    let mut master = Proc::spawn(Command::new(master_bin()).args([
+    let worker = binary("taskmill-worker"); // before the job's stall clock starts
+    let mut master = Proc::spawn(Command::new(binary("taskmill-master")).args([
         "run",
         "--tasks",
         "20000",
@@ -43,10 +42,13 @@ fn run_job_with_two_worker_processes_completes_and_sigterm_stops_the_workers() {
 
 #[test]
 fn serve_answers_stats_and_stops_cleanly_on_sigterm() {
-    let mut master =
-        Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let mut master = Proc::spawn(Command::new(binary("taskmill-master")).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
     let addr = master.listening_addr();
-    let out = Command::new(master_bin())
+    let out = Command::new(binary("taskmill-master"))
         .args(["stats", "--master", &addr, "--json"])
         .env("TASKMILL_AUTHKEY", KEY)
         .output()
@@ -60,7 +62,7 @@ fn serve_answers_stats_and_stops_cleanly_on_sigterm() {
     assert_eq!(stats["master"], addr.as_str());
     assert_eq!(stats["clients"], 1, "the stats connection itself");
 
-    let wrong = Command::new(master_bin())
+    let wrong = Command::new(binary("taskmill-master"))
         .args(["stats", "--master", &addr])
         .env("TASKMILL_AUTHKEY", "some-other-key-entirely")
         .output()
@@ -75,14 +77,17 @@ fn serve_answers_stats_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn a_worker_process_drains_on_sigterm_while_connected_to_a_serving_master() {
-    let mut master =
-        Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let mut master = Proc::spawn(Command::new(binary("taskmill-master")).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
     let addr = master.listening_addr();
-    let mut worker = Proc::spawn(Command::new(worker_bin()).args(["--master", &addr]));
+    let mut worker = Proc::spawn(Command::new(binary("taskmill-worker")).args(["--master", &addr]));
     // Wait until the worker is connected, so SIGTERM interrupts a live session.
     let deadline = Instant::now() + LIMIT;
     loop {
-        let out = Command::new(master_bin())
+        let out = Command::new(binary("taskmill-master"))
             .args(["stats", "--master", &addr, "--json"])
             .env("TASKMILL_AUTHKEY", KEY)
             .output()
@@ -102,10 +107,13 @@ fn a_worker_process_drains_on_sigterm_while_connected_to_a_serving_master() {
 
 #[test]
 fn a_worker_with_the_wrong_key_exits_with_a_clear_error_instead_of_retrying() {
-    let _master =
-        Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let _master = Proc::spawn(Command::new(binary("taskmill-master")).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
     let addr = _master.listening_addr();
-    let mut worker = Command::new(worker_bin())
+    let mut worker = Command::new(binary("taskmill-worker"))
         .args(["--master", &addr])
         .env("TASKMILL_AUTHKEY", "a-different-key-here")
         .stderr(Stdio::piped())
@@ -126,7 +134,7 @@ fn a_worker_with_the_wrong_key_exits_with_a_clear_error_instead_of_retrying() {
 
 #[test]
 fn the_master_refuses_to_start_without_a_usable_key_and_says_how_to_set_one() {
-    let out = Command::new(master_bin())
+    let out = Command::new(binary("taskmill-master"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_remove("TASKMILL_AUTHKEY")
         .env_remove("TASKMILL_AUTHKEY_FILE")
@@ -139,7 +147,7 @@ fn the_master_refuses_to_start_without_a_usable_key_and_says_how_to_set_one() {
         "{err}"
     );
 
-    let out = Command::new(master_bin())
+    let out = Command::new(binary("taskmill-master"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("TASKMILL_AUTHKEY", "short")
         .output()
@@ -147,7 +155,7 @@ fn the_master_refuses_to_start_without_a_usable_key_and_says_how_to_set_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
 
-    let help = Command::new(master_bin())
+    let help = Command::new(binary("taskmill-master"))
         .args(["run", "--help"])
         .output()
         .unwrap();
@@ -165,7 +173,7 @@ fn the_master_refuses_to_start_without_a_usable_key_and_says_how_to_set_one() {
 
 #[test]
 fn run_with_local_workers_needs_no_key_and_prints_a_summary() {
-    let out = Command::new(master_bin())
+    let out = Command::new(binary("taskmill-master"))
         .args([
             "run",
             "--tasks",
@@ -194,10 +202,15 @@ fn run_with_local_workers_needs_no_key_and_prints_a_summary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_makes_a_worker_finish_and_hand_in_the_batch_it_holds() {
-    use taskmill_protocol::squares::{SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
-    use taskmill_protocol::{encode_payload, AuthKey, Client, Wait};
+    use taskmill::{AuthKey, Client, Wait};
+    use taskmill_protocol::encode_payload;
+    use taskmill_squares::{SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
 
-    let master = Proc::spawn(Command::new(master_bin()).args(["serve", "--listen", "127.0.0.1:0"]));
+    let master = Proc::spawn(Command::new(binary("taskmill-master")).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
     let addr = master.listening_addr();
     let key = AuthKey::new(KEY).unwrap();
     let mut client = Client::connect(&addr, &key).await.unwrap();
@@ -205,7 +218,7 @@ async fn sigterm_makes_a_worker_finish_and_hand_in_the_batch_it_holds() {
         .map(|seq| encode_payload(&SquareTask { seq, input: 3 }).unwrap())
         .collect();
     client.put(TASKS_QUEUE, tasks, Wait::No).await.unwrap();
-    let mut worker = Proc::spawn(Command::new(worker_bin()).args([
+    let mut worker = Proc::spawn(Command::new(binary("taskmill-worker")).args([
         "--master",
         &addr,
         "--concurrency",

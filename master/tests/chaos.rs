@@ -8,12 +8,11 @@
 //! `long_chaos_run` (ignored) is the long version; size it with TASKMILL_CHAOS_TASKS:
 //! `cargo test --release -p taskmill-master --test chaos -- --ignored --nocapture`.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{master_bin, worker_bin, Proc, KEY};
+use taskmill_testkit::process::{binary, Proc};
+use taskmill_testkit::KEY;
 
 const WORKERS: usize = 4;
 const LEASE: &str = "1s";
@@ -53,7 +52,7 @@ fn spawn_worker(addr: &str, i: usize) -> Proc {
     } else {
         ("512", "2", "160ms")
     };
-    Proc::spawn(Command::new(worker_bin()).args([
+    Proc::spawn(Command::new(binary("taskmill-worker")).args([
         "--master",
         addr,
         "--concurrency",
@@ -68,7 +67,7 @@ fn spawn_worker(addr: &str, i: usize) -> Proc {
 }
 
 fn delivered(addr: &str) -> Option<u64> {
-    let out = Command::new(master_bin())
+    let out = Command::new(binary("taskmill-master"))
         .args(["stats", "--master", addr, "--json", "--timeout", "2s"])
         .env("TASKMILL_AUTHKEY", KEY)
         .output()
@@ -84,10 +83,10 @@ fn delivered(addr: &str) -> Option<u64> {
 fn chaos(tasks: u64, limit: Duration) -> Figures {
     // Built (or found current) before the job's stall clock starts: a first release build of
     // the worker takes longer than the stall timeout.
-    worker_bin();
+    binary("taskmill-worker");
     let started = Instant::now();
     let tasks_arg = tasks.to_string();
-    let mut master = Proc::spawn(Command::new(master_bin()).args([
+    let mut master = Proc::spawn(Command::new(binary("taskmill-master")).args([
         "run",
         "--tasks",
         &tasks_arg,

@@ -1,8 +1,8 @@
-//! The protocol crate's errors: what went wrong on the wire, and what a client call can fail with.
+//! The protocol crate's errors: what went wrong on the wire, and why a client's handshake failed.
 
 use std::io;
 
-use crate::message::{ErrorKind, Rejection};
+use crate::message::Rejection;
 
 /// A frame could not be read or written. The connection must be closed after any of these.
 #[derive(Debug, thiserror::Error)]
@@ -32,18 +32,12 @@ impl CodecError {
     }
 }
 
-/// Why a [`crate::Client`] call failed.
+/// Why the client's side of the handshake failed. Clients fold these into their own error
+/// type; the master's side has [`crate::handshake::HandshakeError`].
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot connect to the master at {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
+pub enum ConnectError {
     #[error("authentication failed: wrong authkey? (the master rejected our proof)")]
     AuthenticationFailed,
-    #[error(
-        "TLS handshake with {addr} failed: {source} (does the master use TLS, and does the CA \
-         file hold the CA that signed its certificate, for this server name?)"
-    )]
-    Tls { addr: String, source: io::Error },
     #[error(
         "the peer at {0} did not prove it holds the authkey: wrong authkey on the master, or not our master"
     )]
@@ -54,43 +48,10 @@ pub enum ClientError {
     Rejected(Rejection),
     #[error("the master is shutting down")]
     ShuttingDown,
-    #[error("timed out after {0:?} {1}")]
-    Timeout(std::time::Duration, &'static str),
     #[error("the master closed the connection{0}")]
     Closed(&'static str),
     #[error("protocol violation: {0}")]
     Protocol(String),
-    #[error("the master refused the request ({kind:?}): {message}")]
-    Server { kind: ErrorKind, message: String },
     #[error(transparent)]
     Codec(#[from] CodecError),
-}
-
-impl ClientError {
-    /// True when retrying on a new connection may succeed (master restarting, network trouble);
-    /// false for errors that will repeat (wrong key, wrong version, bad requests).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Connect { .. }
-            | ClientError::ShuttingDown
-            | ClientError::Timeout(..)
-            | ClientError::Closed(_)
-            | ClientError::Rejected(
-                Rejection::ShuttingDown | Rejection::Overloaded | Rejection::Throttled,
-            )
-            | ClientError::Server {
-                kind: ErrorKind::ShuttingDown,
-                ..
-            } => true,
-            ClientError::Codec(CodecError::Io(_)) => true,
-            ClientError::AuthenticationFailed
-            | ClientError::Tls { .. }
-            | ClientError::MasterNotAuthenticated(_)
-            | ClientError::VersionMismatch { .. }
-            | ClientError::Rejected(_)
-            | ClientError::Protocol(_)
-            | ClientError::Server { .. }
-            | ClientError::Codec(_) => false,
-        }
-    }
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::{nonce, AuthKey, Role};
 use crate::codec::{clamp_max_frame, HANDSHAKE_MAX_FRAME};
-use crate::error::{ClientError, CodecError};
+use crate::error::{CodecError, ConnectError};
 use crate::message::{
     ClientHandshake, ClientMessage, MasterHandshake, MasterMessage, Rejection, MAGIC,
     PROTOCOL_VERSION,
@@ -124,7 +124,7 @@ pub async fn connect<S>(
     stream: S,
     key: &AuthKey,
     peer: &str,
-) -> Result<(ClientConnection<S>, Duration), ClientError>
+) -> Result<(ClientConnection<S>, Duration), ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -140,13 +140,13 @@ where
     let master_nonce = match recv_handshake(&mut conn, false).await? {
         MasterHandshake::Challenge { version, nonce } if version == PROTOCOL_VERSION => nonce,
         MasterHandshake::Challenge { version, .. } => {
-            return Err(ClientError::VersionMismatch {
+            return Err(ConnectError::VersionMismatch {
                 master: version,
                 client: PROTOCOL_VERSION,
             })
         }
         MasterHandshake::Welcome { .. } => {
-            return Err(ClientError::Protocol("welcome before our proof".into()))
+            return Err(ConnectError::Protocol("welcome before our proof".into()))
         }
         MasterHandshake::Rejected(why) => return Err(rejection_error(why)),
     };
@@ -166,21 +166,21 @@ where
                 &mac,
             );
             if !genuine {
-                return Err(ClientError::MasterNotAuthenticated(peer.to_owned()));
+                return Err(ConnectError::MasterNotAuthenticated(peer.to_owned()));
             }
             let mut conn = conn.retype();
             conn.set_max_frame(max_frame as usize);
             Ok((conn, Duration::from_millis(heartbeat_ms.max(1).into())))
         }
         MasterHandshake::Rejected(why) => Err(rejection_error(why)),
-        MasterHandshake::Challenge { .. } => Err(ClientError::Protocol("second challenge".into())),
+        MasterHandshake::Challenge { .. } => Err(ConnectError::Protocol("second challenge".into())),
     }
 }
 
 async fn recv_handshake<S>(
     conn: &mut Connection<S, MasterHandshake, ClientHandshake>,
     proof_sent: bool,
-) -> Result<MasterHandshake, ClientError>
+) -> Result<MasterHandshake, ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -188,14 +188,14 @@ where
         Ok(Some(msg)) => Ok(msg),
         // A master that drops us right after our proof is most likely refusing the key, but an
         // old master or a different service does the same: say both.
-        Ok(None) | Err(CodecError::Io(_)) if proof_sent => Err(ClientError::Closed(
+        Ok(None) | Err(CodecError::Io(_)) if proof_sent => Err(ConnectError::Closed(
             " after our proof (wrong authkey, or not a taskmill master?)",
         )),
-        Ok(None) => Err(ClientError::Closed(
+        Ok(None) => Err(ConnectError::Closed(
             " during the handshake (not a taskmill master, one that requires TLS, or overloaded?)",
         )),
         Err(CodecError::FrameTooLarge { .. } | CodecError::Decode(_)) => {
-            Err(ClientError::Protocol(
+            Err(ConnectError::Protocol(
                 "the peer does not speak the taskmill protocol (or it requires TLS: --tls-ca)"
                     .into(),
             ))
@@ -204,16 +204,16 @@ where
     }
 }
 
-fn rejection_error(why: Rejection) -> ClientError {
+fn rejection_error(why: Rejection) -> ConnectError {
     match why {
-        Rejection::AuthenticationFailed => ClientError::AuthenticationFailed,
-        Rejection::UnsupportedVersion { supported } => ClientError::VersionMismatch {
+        Rejection::AuthenticationFailed => ConnectError::AuthenticationFailed,
+        Rejection::UnsupportedVersion { supported } => ConnectError::VersionMismatch {
             master: supported,
             client: PROTOCOL_VERSION,
         },
-        Rejection::ShuttingDown => ClientError::ShuttingDown,
+        Rejection::ShuttingDown => ConnectError::ShuttingDown,
         Rejection::NotTaskmill | Rejection::Overloaded | Rejection::Throttled => {
-            ClientError::Rejected(why)
+            ConnectError::Rejected(why)
         }
     }
 }

@@ -1,7 +1,7 @@
-//! taskmill's wire protocol: message types, framing, the authenticated handshake and a client.
+//! taskmill's wire protocol: message types, framing and the authenticated handshake.
 //!
-//! Pure: no queue logic and no background tasks. Its only I/O is [`Connection`] and the
-//! [`Client`] built on it.
+//! Pure: no queue logic, no job and no background tasks. Its only I/O is [`Connection`]; the
+//! client built on it is the `taskmill` crate, the broker the `taskmill-broker` crate.
 //!
 //! # Layout
 //! - [`message`]: every message, one enum per sender and phase.
@@ -11,28 +11,24 @@
 //! - [`auth`]: the authkey and the HMAC-SHA256 proofs.
 //! - [`handshake`]: both sides of the handshake.
 //! - [`connection`]: a framed stream of whole messages.
-//! - [`client`]: connect + handshake + typed calls.
-//! - [`squares`]: the squares job's payloads.
+//! - [`error`]: codec errors and the client side's handshake errors.
 //! - [`tls`]: optional TLS, and the stream type connections run on.
 //!
 //! `docs/protocol.md` in the repository is the wire specification.
 
 pub mod auth;
-pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod error;
 mod frame_bytes;
 pub mod handshake;
 pub mod message;
-pub mod squares;
 pub mod tls;
 
 pub use auth::{AuthKey, KeyError};
-pub use client::{Client, ClientOptions, PutOutcome, Settled, Worked};
 pub use codec::{decode_payload, encode_payload, MessageCodec, PayloadBatch, DEFAULT_MAX_FRAME};
 pub use connection::Connection;
-pub use error::{ClientError, CodecError};
+pub use error::{CodecError, ConnectError};
 pub use message::*;
 pub use tls::{Stream, TlsClient, TlsError, TlsServer};
 

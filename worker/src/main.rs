@@ -1,14 +1,13 @@
-//! `taskmill-worker`: parse flags, set up logging and signals, run the worker loop.
+//! `taskmill-worker`: parse flags, set up logging and signals, run the worker runtime with the
+//! squares handler.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use taskmill_worker::support::{
-    cancel_on_signal, init_tracing, load_key, parse_duration, TlsClientArgs,
-};
-use taskmill_worker::WorkerConfig;
+use taskmill::{Sleep, Worker, WorkerConfig};
+use taskmill_cli::{cancel_on_signal, init_tracing, parse_duration, ConnectArgs};
+use taskmill_squares::Squares;
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -24,13 +23,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "taskmill-worker", version)]
 struct Cli {
-    /// Master address (host:port).
-    #[arg(long, env = "TASKMILL_MASTER", default_value = "127.0.0.1:5000")]
-    master: String,
-    /// File holding the shared authkey (at least 16 bytes; one trailing newline is ignored).
-    /// Without it the key is read from TASKMILL_AUTHKEY.
-    #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
-    authkey_file: Option<PathBuf>,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Tasks leased and worked on at once (like Python's Pool(K)).
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     concurrency: u32,
@@ -53,8 +47,6 @@ struct Cli {
     /// Pretend each batch of tasks takes this long (e.g. 20ms), for load tests and demos.
     #[arg(long, env = "TASKMILL_SIMULATED_WORK", default_value = "0s", value_parser = parse_duration)]
     simulated_work: Duration,
-    #[command(flatten)]
-    tls: TlsClientArgs,
     /// Bound on connecting plus authenticating.
     #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
@@ -63,28 +55,27 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let key = match load_key(cli.authkey_file.as_deref()) {
+    let key = match cli.connect.key.load() {
         Ok(key) => key,
         Err(err) => {
             eprintln!("taskmill-worker: {err}");
             return ExitCode::from(2);
         }
     };
-    let tls = match cli.tls.client(&cli.master) {
+    let tls = match cli.connect.tls_client() {
         Ok(tls) => tls,
         Err(err) => {
             eprintln!("taskmill-worker: {err}");
             return ExitCode::from(2);
         }
     };
-    let mut config = WorkerConfig::new(cli.master, key);
+    let mut config = WorkerConfig::new(cli.connect.master, key);
     config.client.tls = tls;
     config.concurrency = cli.concurrency;
     config.prefetch = cli.prefetch;
     config.idle_exit = cli.idle_exit;
     config.max_backoff = cli.max_backoff;
     config.drain_timeout = cli.drain_timeout;
-    config.simulated_work = cli.simulated_work;
     config.client.connect_timeout = cli.connect_timeout;
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -97,7 +88,8 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        match taskmill_worker::run(config, shutdown).await {
+        let handler = Sleep::new(Squares::new(), cli.simulated_work);
+        match Worker::new(config, handler).run(shutdown).await {
             Ok(report) => {
                 tracing::info!(
                     completed = report.completed,

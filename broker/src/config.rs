@@ -1,0 +1,67 @@
+//! The configuration a master runs on. Binaries build it from flags and check their ranges;
+//! embedders and tests build it in code.
+
+use std::time::Duration;
+
+use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
+
+use crate::broker::QueueLimits;
+use crate::net::guard::GuardLimits;
+
+/// Smallest frame cap worth running with: every reply but a huge `Stats` fits.
+pub const MIN_MAX_FRAME: usize = 4096;
+
+/// What a running master enforces.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub key: AuthKey,
+    /// Bound on the whole handshake; a silent or slow peer is dropped when it passes.
+    pub handshake_timeout: Duration,
+    /// Frame cap after authentication, both directions.
+    pub max_frame: usize,
+    /// Connections served at once; more get `Rejected(Overloaded)`.
+    pub max_connections: usize,
+    /// Waiting requests one connection may have.
+    pub max_waiting: usize,
+    /// A client that does not take its replies for this long is disconnected.
+    pub write_timeout: Duration,
+    /// Time given to in-flight work after a shutdown signal: the master drains (no new tasks
+    /// taken or leased) until every lease is settled or this passes, then stops.
+    pub shutdown_grace: Duration,
+    /// A side that has sent nothing for this long sends a heartbeat; a client silent for two
+    /// intervals while it holds leases or waits is presumed dead and disconnected.
+    pub heartbeat_interval: Duration,
+    pub limits: QueueLimits,
+    /// Admission control before authentication.
+    pub guard: GuardLimits,
+    /// Serve TLS (the HMAC handshake then runs inside it).
+    pub tls: Option<TlsServer>,
+}
+
+impl ServerConfig {
+    /// Production defaults around `key`.
+    pub fn new(key: AuthKey) -> Self {
+        Self {
+            key,
+            handshake_timeout: Duration::from_secs(5),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+            max_waiting: 64,
+            write_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(5),
+            limits: QueueLimits {
+                default_capacity: Some(1_000_000),
+                max_queues: 1024,
+                lease_timeout: Duration::from_secs(30),
+                max_attempts: 5,
+            },
+            guard: GuardLimits {
+                max_handshakes: 256,
+                max_handshakes_per_ip: 32,
+                auth_failures_per_minute: 60,
+            },
+            tls: None,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! [`Master`]: the one handle on a running master that every listener shares: its queues, its
+//! counters, its admission guard, its lifecycle (serve, drain, stop) and its stats snapshot.
+//!
+//! Listeners (the taskmill port today; an HTTP port or a second protocol later) get a clone of
+//! the shared [`Context`] and run their sessions under its [`TaskTracker`] and [`Phases`], so
+//! one shutdown drains and stops them all.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use taskmill_protocol::Stats;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::ServerConfig;
+use crate::net::guard::Guard;
+use crate::net::listener;
+use crate::net::session::Taskmill;
+use crate::store::{Store, StoreError};
+
+/// Process-wide connection counters, reported by `stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub clients: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub handshake_failures: AtomicU64,
+}
+
+/// The two shutdown phases every session watches.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Phases {
+    /// Stop taking new work; keep settling what was handed out.
+    pub drain: CancellationToken,
+    /// Answer what is waiting and close.
+    pub stop: CancellationToken,
+}
+
+/// What every listener and session shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub config: ServerConfig,
+    pub broker: Broker,
+    pub counters: Counters,
+    pub guard: Guard,
+    /// Rate limit for warnings that an attacker could trigger at will.
+    pub log_limit: LogLimit,
+    pub phases: Phases,
+    /// Every session and refusal task, so the stop can wait for them.
+    pub tracker: TaskTracker,
+    pub started: Instant,
+}
+
+/// A master: its queues and everything its listeners share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Master {
+    ctx: Arc<Context>,
+}
+
+impl Master {
+    /// A master with `config`, its queues restored from `store` (empty for
+    /// [`crate::store::Memory`]), every change to them recorded there from now on.
+    pub fn open(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let broker = Broker::open(config.limits, store)?;
+        Ok(Self {
+            ctx: Arc::new(Context {
+                guard: Guard::new(config.guard),
+                config,
+                broker,
+                counters: Counters::default(),
+                log_limit: LogLimit::default(),
+                phases: Phases::default(),
+                tracker: TaskTracker::new(),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// The queues, for embedding the master in a program of one's own.
+    pub fn broker(&self) -> &Broker {
+        &self.ctx.broker
+    }
+
+    /// Serves `listener` until `shutdown` fires; then drains for up to the grace period (no new
+    /// connections, no new tasks accepted or leased, completions still welcome) until every
+    /// lease is settled, stops every session, and returns.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
+        let ctx = &self.ctx;
+        let timers = tokio::spawn(ctx.broker.clone().run_timers(ctx.phases.stop.clone()));
+        info!(addr = %listener.local_addr()?, "master listening");
+        listener::run::<Taskmill>(ctx, listener, &shutdown).await;
+        self.drain().await;
+        ctx.phases.stop.cancel();
+        ctx.tracker.close();
+        let grace = ctx.config.shutdown_grace;
+        // Sessions bound their own finish by the grace period; the extra second covers the close.
+        if tokio::time::timeout(grace + Duration::from_secs(1), ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not finish within the grace period; dropping them");
+        }
+        let _ = timers.await;
+        info!("master stopped");
+        Ok(())
+    }
+
+    /// Tells every session to take no new work and waits, up to the grace period, for the
+    /// leased tasks to be settled.
+    async fn drain(&self) {
+        let ctx = &self.ctx;
+        let grace = ctx.config.shutdown_grace;
+        ctx.phases.drain.cancel();
+        info!(
+            clients = ctx.counters.clients.load(Ordering::Relaxed),
+            leased = ctx.broker.leased_total(),
+            ?grace,
+            "draining: no new connections or tasks; waiting for leased tasks to be completed"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            while ctx.broker.leased_total() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                leased = ctx.broker.leased_total(),
+                "grace period over with tasks still leased; they are lost with the master"
+            );
+        }
+    }
+
+    /// The master's state: every queue and the connection counters.
+    pub fn stats(&self) -> Stats {
+        self.ctx.stats()
+    }
+}
+
+impl Context {
+    pub fn stats(&self) -> Stats {
+        let counters = &self.counters;
+        let (queues, completing) = self.broker.snapshot();
+        Stats {
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            clients: counters.clients.load(Ordering::Relaxed),
+            connections_total: counters.connections_total.load(Ordering::Relaxed),
+            handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
+            completing_clients_total: completing,
+            queues,
+        }
+    }
+}
+
+/// Allows a log line at most once per second, so a flood of refusals cannot flood the log.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    last_ms: AtomicU64,
+}
+
+impl LogLimit {
+    pub fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now >= last + 1000
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}

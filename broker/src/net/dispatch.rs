@@ -1,0 +1,346 @@
+//! Requests to replies: one function per request; [`handle`] only routes.
+//!
+//! A request is answered now, or becomes a future that yields its reply once its wait ends
+//! (see [`Step`]); the session polls those beside its socket. New work (puts, leasing gets)
+//! ends at the drain; what settles work already handed out runs until the stop.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use taskmill_protocol::{max_payload, Delivery, ErrorKind, Outcome, Reply, Request, TaskId, Wait};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, PutProgress, PutWaiting, QueueError, SessionId, Step};
+use crate::master::Context;
+
+/// A reply still to come, with its request's id.
+pub(crate) type Waiting = Pin<Box<dyn Future<Output = (u64, Reply)> + Send>>;
+
+/// What a request may be answered with: now, or later.
+type Answer = Result<Step<Reply, Waiting>, Reply>;
+
+/// The session a request arrived on.
+pub(crate) struct Caller<'a> {
+    pub ctx: &'a Context,
+    pub session: SessionId,
+    /// This session's frame cap, which bounds items and replies.
+    pub max_frame: usize,
+}
+
+/// Carries out one request: the reply now, or a future that yields it once its wait ends.
+pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Reply, Waiting> {
+    let draining = caller.ctx.phases.drain.is_cancelled();
+    let answer = match request {
+        Request::Put { .. }
+        | Request::Get {
+            delivery: Delivery::Lease { .. },
+            ..
+        } if draining => Err(shutting_down()),
+        Request::Put { queue, items, wait } => put(caller, id, &queue, items, wait),
+        Request::Get {
+            queue,
+            max,
+            wait,
+            delivery,
+        } => get(caller, id, &queue, max, wait, delivery),
+        Request::Complete {
+            queue,
+            results,
+            outcomes,
+            wait,
+        } => complete(caller, id, &queue, &results, outcomes, wait),
+        Request::CompleteAndGet {
+            queue,
+            results,
+            outcomes,
+            max,
+            wait,
+            lease_ms,
+        } => complete_and_get(caller, id, queue, &results, outcomes, max, wait, lease_ms),
+        Request::Ack { queue, tasks } => ack(caller, &queue, &tasks),
+        Request::Touch {
+            queue,
+            tasks,
+            millis,
+        } => touch(caller, &queue, &tasks, millis),
+        Request::Nack {
+            queue,
+            tasks,
+            delay_ms,
+            reason,
+        } => nack(caller, &queue, &tasks, delay_ms, &reason),
+        Request::Declare { queue, capacity } => declare(caller, &queue, capacity),
+        Request::Inspect { queue } => inspect(caller, &queue),
+        Request::Stats => Ok(Step::Ready(Reply::Stats(Box::new(caller.ctx.stats())))),
+        Request::Ping => Ok(Step::Ready(Reply::Pong)),
+    };
+    answer.unwrap_or_else(Step::Ready)
+}
+
+fn broker<'a>(caller: &Caller<'a>) -> &'a Broker {
+    &caller.ctx.broker
+}
+
+fn put(caller: &Caller<'_>, id: u64, queue: &str, items: Vec<Bytes>, wait: Wait) -> Answer {
+    check_payloads(caller, items.iter())?;
+    let step = broker(caller).put(caller.session, queue, items, wait != Wait::No)?;
+    let drain = caller.ctx.phases.drain.clone();
+    Ok(later(id, step, wait, drain, put_reply))
+}
+
+fn get(
+    caller: &Caller<'_>,
+    id: u64,
+    queue: &str,
+    max: u32,
+    wait: Wait,
+    delivery: Delivery,
+) -> Answer {
+    check_max(max)?;
+    let phases = &caller.ctx.phases;
+    let ends = match delivery {
+        Delivery::Lease { .. } => phases.drain.clone(),
+        Delivery::Remove => phases.stop.clone(),
+    };
+    let budget = max_payload(caller.max_frame);
+    let step = broker(caller).get(
+        caller.session,
+        queue,
+        max,
+        budget,
+        delivery,
+        wait != Wait::No,
+    )?;
+    Ok(match step {
+        Step::Ready(tasks) => Step::Ready(Reply::Tasks(tasks)),
+        Step::Wait(w) => Step::Wait(Box::pin(
+            w.wait(deadline(wait), ends)
+                .map(move |t| (id, Reply::Tasks(t))),
+        )),
+    })
+}
+
+fn complete(
+    caller: &Caller<'_>,
+    id: u64,
+    queue: &str,
+    results: &str,
+    outcomes: Vec<Outcome>,
+    wait: Wait,
+) -> Answer {
+    check_payloads(caller, outcomes.iter().map(|o| &o.result))?;
+    let step =
+        broker(caller).complete(caller.session, queue, results, outcomes, wait != Wait::No)?;
+    let stop = caller.ctx.phases.stop.clone();
+    Ok(later(id, step, wait, stop, settled_reply))
+}
+
+#[allow(clippy::too_many_arguments)] // the request's own fields
+fn complete_and_get(
+    caller: &Caller<'_>,
+    id: u64,
+    queue: String,
+    results: &str,
+    outcomes: Vec<Outcome>,
+    max: u32,
+    wait: Wait,
+    lease_ms: Option<u64>,
+) -> Answer {
+    check_max(max)?;
+    check_payloads(caller, outcomes.iter().map(|o| &o.result))?;
+    let phases = &caller.ctx.phases;
+    let next = NextGet {
+        broker: broker(caller).clone(),
+        session: caller.session,
+        queue,
+        max,
+        lease_ms,
+        wait,
+        deadline: deadline(wait),
+        max_frame: caller.max_frame,
+        drain: phases.drain.clone(),
+    };
+    let step = broker(caller).complete(
+        caller.session,
+        &next.queue,
+        results,
+        outcomes,
+        wait != Wait::No,
+    )?;
+    let stop = phases.stop.clone();
+    Ok(match step {
+        Step::Ready(p) => next.after(id, p),
+        Step::Wait(w) => Step::Wait(Box::pin(async move {
+            let p = w.wait(next.deadline, stop).await;
+            match next.after(id, p) {
+                Step::Ready(reply) => (id, reply),
+                Step::Wait(get) => get.await,
+            }
+        })),
+    })
+}
+
+fn ack(caller: &Caller<'_>, queue: &str, tasks: &[TaskId]) -> Answer {
+    let p = broker(caller).ack(caller.session, queue, tasks)?;
+    Ok(Step::Ready(settled_reply(p)))
+}
+
+fn touch(caller: &Caller<'_>, queue: &str, tasks: &[TaskId], millis: Option<u64>) -> Answer {
+    let p = broker(caller).touch(caller.session, queue, tasks, millis)?;
+    Ok(Step::Ready(settled_reply(p)))
+}
+
+fn nack(caller: &Caller<'_>, queue: &str, tasks: &[TaskId], delay_ms: u64, reason: &str) -> Answer {
+    let delay = Duration::from_millis(delay_ms);
+    let p = broker(caller).nack(caller.session, queue, tasks, delay, reason)?;
+    Ok(Step::Ready(settled_reply(p)))
+}
+
+fn declare(caller: &Caller<'_>, queue: &str, capacity: Option<u64>) -> Answer {
+    let stats = broker(caller).declare(queue, capacity)?;
+    Ok(Step::Ready(Reply::Queue(Box::new(stats))))
+}
+
+fn inspect(caller: &Caller<'_>, queue: &str) -> Answer {
+    let stats = broker(caller).inspect(queue)?;
+    Ok(Step::Ready(Reply::Queue(Box::new(stats))))
+}
+
+fn check_max(max: u32) -> Result<(), Reply> {
+    if max == 0 {
+        return Err(error_reply(
+            ErrorKind::BadRequest,
+            "max must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses items too large to ever be handed out again in a `Tasks` reply.
+fn check_payloads<'b>(
+    caller: &Caller<'_>,
+    mut payloads: impl Iterator<Item = &'b Bytes>,
+) -> Result<(), Reply> {
+    let limit = max_payload(caller.max_frame);
+    match payloads.find(|p| p.len() > limit) {
+        Some(p) => Err(error_reply(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "an item of {} bytes exceeds this session's limit of {limit} bytes",
+                p.len()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The get half of a `CompleteAndGet`, made once its completion has been processed.
+struct NextGet {
+    broker: Broker,
+    session: SessionId,
+    queue: String,
+    max: u32,
+    lease_ms: Option<u64>,
+    wait: Wait,
+    /// The request's one deadline, shared by both halves.
+    deadline: Option<Instant>,
+    max_frame: usize,
+    drain: CancellationToken,
+}
+
+impl NextGet {
+    /// Leases the next tasks unless outcomes are still pending or the master is draining.
+    fn after(self, id: u64, p: PutProgress) -> Step<Reply, Waiting> {
+        let worked = move |p: PutProgress, tasks| Reply::Worked {
+            done: p.done(),
+            pending: p.pending(),
+            stale: p.stale,
+            tasks,
+        };
+        if p.pending() > 0 || self.drain.is_cancelled() {
+            return Step::Ready(worked(p, Vec::new()));
+        }
+        // The stale ids share the reply's frame with the tasks.
+        let budget = max_payload(self.max_frame).saturating_sub(p.stale.len() * 10);
+        let delivery = Delivery::Lease {
+            millis: self.lease_ms,
+        };
+        let wait = self.wait != Wait::No && self.deadline.is_none_or(|d| d > Instant::now());
+        let step = self
+            .broker
+            .get(self.session, &self.queue, self.max, budget, delivery, wait);
+        match step {
+            Ok(Step::Ready(tasks)) => Step::Ready(worked(p, tasks)),
+            Ok(Step::Wait(w)) => Step::Wait(Box::pin(
+                w.wait(self.deadline, self.drain)
+                    .map(move |tasks| (id, worked(p, tasks))),
+            )),
+            // The queue was found for the completion just now, so this cannot happen.
+            Err(err) => Step::Ready(err.into()),
+        }
+    }
+}
+
+/// The reply now, or a future for it once the put or complete has finished waiting.
+fn later(
+    id: u64,
+    step: Step<PutProgress, PutWaiting>,
+    wait: Wait,
+    stop: CancellationToken,
+    reply: fn(PutProgress) -> Reply,
+) -> Step<Reply, Waiting> {
+    match step {
+        Step::Ready(p) => Step::Ready(reply(p)),
+        Step::Wait(w) => Step::Wait(Box::pin(
+            w.wait(deadline(wait), stop).map(move |p| (id, reply(p))),
+        )),
+    }
+}
+
+fn put_reply(p: PutProgress) -> Reply {
+    Reply::Put {
+        first_id: p.first_id,
+        accepted: p.done(),
+    }
+}
+
+fn settled_reply(p: PutProgress) -> Reply {
+    Reply::Settled {
+        done: p.done(),
+        pending: p.pending(),
+        stale: p.stale,
+    }
+}
+
+fn deadline(wait: Wait) -> Option<Instant> {
+    match wait {
+        Wait::Millis(ms) => Instant::now().checked_add(Duration::from_millis(ms)),
+        Wait::No | Wait::Forever => None,
+    }
+}
+
+fn shutting_down() -> Reply {
+    error_reply(
+        ErrorKind::ShuttingDown,
+        "the master is draining before it stops: no new tasks are taken or handed out".into(),
+    )
+}
+
+pub(crate) fn error_reply(kind: ErrorKind, message: String) -> Reply {
+    Reply::Error { kind, message }
+}
+
+impl From<QueueError> for Reply {
+    fn from(err: QueueError) -> Self {
+        let kind = match err {
+            QueueError::BadName(_) => ErrorKind::BadQueueName,
+            QueueError::TooManyQueues { .. } => ErrorKind::TooManyQueues,
+            QueueError::NoSuchQueue(_) => ErrorKind::NoSuchQueue,
+        };
+        error_reply(kind, err.to_string())
+    }
+}

@@ -1,0 +1,127 @@
+//! The accept loop every listener runs: the connection limit (a permit taken before anything
+//! else), admission by the [`Guard`](super::guard::Guard), one task per connection under the
+//! master's tracker, and brief refusals for connections that are not served. What a connection
+//! is served, and how it is told no, is the [`Protocol`]'s.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskmill_protocol::Rejection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::guard::{Refusal, Ticket};
+use crate::master::Context;
+
+/// What admits a connection: its place under the connection limit, held while it is served,
+/// and its handshake slot, to be dropped once it has authenticated.
+pub(crate) struct Admitted {
+    pub permit: OwnedSemaphorePermit,
+    pub ticket: Ticket,
+}
+
+/// A protocol served on a listener.
+pub(crate) trait Protocol: Send + Sync + 'static {
+    /// Serves one admitted connection to its end.
+    fn serve(
+        ctx: Arc<Context>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Tells a connection that will not be served why, if the protocol can say so before a
+    /// handshake. Bounded by the caller.
+    fn refuse(stream: TcpStream, why: Rejection) -> impl Future<Output = ()> + Send;
+}
+
+/// Refusals being written at once; past this a refused connection is just closed, so a flood
+/// of connections cannot pile up refusal tasks.
+const MAX_REFUSALS: usize = 64;
+
+/// How long a refusal may take: write the reason, then drain what the peer sent, so that
+/// closing does not reset the connection before the peer has read why.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Accepts connections on `listener` for `P` until `shutdown` fires.
+pub(crate) async fn run<P: Protocol>(
+    ctx: &Arc<Context>,
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff = Duration::from_millis(10);
+                conn
+            }
+            Err(err) => {
+                // Usually out of file descriptors: wait for sessions to end instead of
+                // spinning. Not a reconnect, so not the clients' backoff policy.
+                warn!(cause = %err, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        ctx.counters
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if ctx.log_limit.allow() {
+                warn!(%peer, limit = ctx.config.max_connections, "connection limit reached; refusing");
+            }
+            refuse::<P>(ctx, &refusals, stream, Rejection::Overloaded);
+            continue;
+        };
+        match ctx.guard.admit(peer.ip()) {
+            Ok(ticket) => {
+                let admitted = Admitted { permit, ticket };
+                ctx.tracker
+                    .spawn(P::serve(ctx.clone(), stream, peer, admitted));
+            }
+            Err(Refusal::Busy) => {
+                if ctx.log_limit.allow() {
+                    warn!(%peer, "handshake limit reached; refusing");
+                }
+                refuse::<P>(ctx, &refusals, stream, Rejection::Overloaded);
+            }
+            Err(Refusal::Throttled) => {
+                debug!(%peer, "refusing an address with too many failed handshakes");
+                refuse::<P>(ctx, &refusals, stream, Rejection::Throttled);
+            }
+        }
+    }
+}
+
+/// Tells a connection why it is not served, within [`REFUSAL_TIME`], if a refusal slot is free.
+fn refuse<P: Protocol>(
+    ctx: &Context,
+    refusals: &Arc<Semaphore>,
+    stream: TcpStream,
+    why: Rejection,
+) {
+    let Ok(slot) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    ctx.tracker.spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_TIME, P::refuse(stream, why)).await;
+        drop(slot);
+    });
+}

@@ -1,0 +1,6 @@
+//! The master's network side: listeners, admission, and the taskmill protocol's sessions.
+
+pub(crate) mod dispatch;
+pub mod guard;
+pub(crate) mod listener;
+pub(crate) mod session;

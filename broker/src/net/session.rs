@@ -1,0 +1,313 @@
+//! One client connection: the handshake under its deadline, then requests to replies.
+//!
+//! Requests that can be answered at once are answered in arrival order. Requests that must wait
+//! become futures polled beside the socket, so a waiting `get` neither blocks this connection's
+//! other requests nor hides a disconnect. A client silent for two heartbeat intervals while it
+//! holds leases or waits is presumed dead. When the session ends, for any reason, its waiting
+//! futures are dropped (unregistering them) and then its leases are requeued.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
+use taskmill_protocol::handshake::{self, reject, HandshakeError, MasterConnection};
+use taskmill_protocol::{
+    ClientHandshake, ClientMessage, CodecError, Connection, ErrorKind, MasterHandshake,
+    MasterMessage, Rejection, Reply, Stream, Wait,
+};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::dispatch::{self, error_reply, Caller, Waiting};
+use super::listener::{Admitted, Protocol};
+use crate::broker::{SessionId, Step};
+use crate::master::{Context, Phases};
+
+/// The taskmill protocol, as served on the master's main port.
+pub(crate) struct Taskmill;
+
+impl Protocol for Taskmill {
+    async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
+        run(stream, peer, ctx, admitted).await;
+    }
+
+    async fn refuse(stream: TcpStream, why: Rejection) {
+        let mut conn =
+            Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
+        reject(&mut conn, why).await;
+        let _ = conn.shutdown().await;
+        while let Ok(Some(_)) = conn.recv().await {}
+    }
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("client did not read its replies for {0:?}")]
+    WriteTimeout(Duration),
+    #[error("client silent for {0:?} while holding tasks; presumed dead")]
+    Silent(Duration),
+}
+
+async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: Admitted) {
+    let Admitted {
+        permit: _permit,
+        ticket,
+    } = admitted;
+    let phases = ctx.phases.clone();
+    taskmill_protocol::tune_socket(&stream);
+    let config = &ctx.config;
+    // One deadline covers the TLS handshake and ours.
+    let handshake = tokio::time::timeout(config.handshake_timeout, async {
+        let stream = match &config.tls {
+            Some(tls) => tls
+                .accept(stream)
+                .await
+                .map_err(|e| HandshakeError::Codec(CodecError::Io(e)))?,
+            None => Stream::Plain(stream),
+        };
+        handshake::accept(
+            stream,
+            &config.key,
+            config.max_frame,
+            config.heartbeat_interval,
+        )
+        .await
+    });
+    let outcome = tokio::select! {
+        outcome = handshake => outcome,
+        () = phases.drain.cancelled() => return,
+    };
+    // The handshake slot is for unauthenticated connections only: free it either way.
+    drop(ticket);
+    let cause = match outcome {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(HandshakeError::Closed)) => {
+            // Port probes and TCP health checks connect and leave; not worth a warning.
+            ctx.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "connection closed before authenticating");
+            return;
+        }
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "handshake timed out after {:?}",
+            config.handshake_timeout
+        )),
+    };
+    let conn = match cause {
+        Ok(conn) => conn,
+        Err(cause) => {
+            ctx.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if ctx.guard.failed(peer.ip()) {
+                warn!(
+                    ip = %peer.ip(),
+                    retry_after = ?ctx.guard.cooldown(),
+                    "too many failed handshakes from this address; refusing it for a while"
+                );
+            }
+            if ctx.log_limit.allow() {
+                warn!(%peer, %cause, "handshake failed");
+            } else {
+                debug!(%peer, %cause, "handshake failed");
+            }
+            return;
+        }
+    };
+    ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
+    let id = ctx.broker.open_session();
+    debug!(%peer, session = id, "client authenticated");
+    let now = Instant::now();
+    let mut session = Session {
+        conn,
+        ctx: &ctx,
+        id,
+        phases,
+        last_heard: now,
+        last_written: now,
+    };
+    let result = session.serve().await;
+    let requeued = ctx.broker.close_session(id);
+    ctx.counters.clients.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => debug!(%peer, session = id, requeued, "client disconnected"),
+        Err(err) => warn!(%peer, session = id, requeued, cause = %err, "connection closed"),
+    }
+    if requeued > 0 {
+        info!(%peer, requeued, "gave back the tasks the closed connection held");
+    }
+}
+
+struct Session<'a> {
+    conn: MasterConnection<Stream>,
+    ctx: &'a Context,
+    id: SessionId,
+    phases: Phases,
+    last_heard: Instant,
+    last_written: Instant,
+}
+
+enum Event {
+    Message(Result<Option<ClientMessage>, CodecError>),
+    Done((u64, Reply)),
+    Idle,
+    Tick,
+    Drain,
+    Stop,
+}
+
+impl Session<'_> {
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        let mut waiting: FuturesUnordered<Waiting> = FuturesUnordered::new();
+        // Replies are fed without flushing while more input is ready, then flushed in one write.
+        let mut unflushed = false;
+        let mut told_drain = false;
+        let beat = self.ctx.config.heartbeat_interval;
+        // Checking twice per interval keeps every gap between our frames within one interval.
+        let mut ticks = tokio::time::interval_at(Instant::now() + beat / 2, beat / 2);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                biased;
+                () = self.phases.stop.cancelled() => Event::Stop,
+                () = self.phases.drain.cancelled(), if !told_drain => Event::Drain,
+                Some(done) = waiting.next(), if !waiting.is_empty() => Event::Done(done),
+                msg = self.conn.recv() => Event::Message(msg),
+                _ = ticks.tick() => Event::Tick,
+                () = std::future::ready(()), if unflushed => Event::Idle,
+            };
+            match event {
+                Event::Idle => {
+                    self.flush().await?;
+                    unflushed = false;
+                }
+                Event::Done((id, reply)) => {
+                    self.feed(&MasterMessage::Reply { id, reply }).await?;
+                    unflushed = true;
+                }
+                Event::Message(Ok(Some(msg))) => {
+                    // Requests already buffered are decoded without touching the socket, which
+                    // spends no scheduling budget: charge one per request so a flooding client
+                    // yields its thread to the others.
+                    tokio::task::consume_budget().await;
+                    self.last_heard = Instant::now();
+                    let (id, request) = match msg {
+                        ClientMessage::Request { id, request } => (id, request),
+                        ClientMessage::Heartbeat => continue,
+                    };
+                    let reply = if request.wait() != Wait::No
+                        && waiting.len() >= self.ctx.config.max_waiting
+                    {
+                        Some(error_reply(
+                            ErrorKind::TooManyWaiting,
+                            format!(
+                                "this connection already has {} waiting requests",
+                                waiting.len()
+                            ),
+                        ))
+                    } else {
+                        let caller = Caller {
+                            ctx: self.ctx,
+                            session: self.id,
+                            max_frame: self.conn.max_frame(),
+                        };
+                        match dispatch::handle(&caller, id, request) {
+                            Step::Ready(reply) => Some(reply),
+                            Step::Wait(fut) => {
+                                waiting.push(fut);
+                                None
+                            }
+                        }
+                    };
+                    if let Some(reply) = reply {
+                        self.feed(&MasterMessage::Reply { id, reply }).await?;
+                        unflushed = true;
+                    }
+                }
+                Event::Message(Ok(None)) => return Ok(()),
+                Event::Message(Err(err)) => return Err(err.into()),
+                Event::Tick => {
+                    let silent = self.last_heard.elapsed();
+                    if silent >= beat * 2
+                        && (!waiting.is_empty() || self.ctx.broker.holds_leases(self.id))
+                    {
+                        return Err(SessionError::Silent(silent));
+                    }
+                    // Only a client waiting for a reply is listening; heartbeats to an idle one
+                    // would pile up unread in its socket buffer.
+                    if !waiting.is_empty() && self.last_written.elapsed() >= beat / 2 {
+                        self.feed(&MasterMessage::Heartbeat).await?;
+                        unflushed = true;
+                    }
+                }
+                Event::Drain => {
+                    told_drain = true;
+                    self.feed(&MasterMessage::ShuttingDown).await?;
+                    unflushed = true;
+                }
+                Event::Stop => return self.finish(waiting, told_drain).await,
+            }
+        }
+    }
+
+    /// Answers the requests still waiting (they end at once, watching the same token, with
+    /// whatever they achieved) and flushes, within the grace period.
+    async fn finish(
+        &mut self,
+        mut waiting: FuturesUnordered<Waiting>,
+        told_drain: bool,
+    ) -> Result<(), SessionError> {
+        let grace = self.ctx.config.shutdown_grace;
+        let finish = async {
+            if !told_drain {
+                self.conn.feed(&MasterMessage::ShuttingDown).await?;
+            }
+            while let Some((id, reply)) = waiting.next().await {
+                self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
+            }
+            self.conn.flush().await
+        };
+        match tokio::time::timeout(grace, finish).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(SessionError::WriteTimeout(grace)),
+        }
+    }
+
+    async fn feed(&mut self, msg: &MasterMessage) -> Result<(), SessionError> {
+        let limit = self.ctx.config.write_timeout;
+        let fed = match tokio::time::timeout(limit, self.conn.feed(msg)).await {
+            Ok(result) => result,
+            Err(_) => return Err(SessionError::WriteTimeout(limit)),
+        };
+        self.last_written = Instant::now();
+        match (fed, msg) {
+            // The encoder refused the frame before writing anything: answer with an error instead.
+            (Err(CodecError::FrameTooLarge { len, max }), &MasterMessage::Reply { id, .. }) => {
+                let reply = error_reply(
+                    ErrorKind::ReplyTooLarge,
+                    format!("the reply is {len} bytes, over the frame cap of {max}"),
+                );
+                Box::pin(self.feed(&MasterMessage::Reply { id, reply })).await
+            }
+            (result, _) => result.map_err(Into::into),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        let limit = self.ctx.config.write_timeout;
+        match tokio::time::timeout(limit, self.conn.flush()).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(SessionError::WriteTimeout(limit)),
+        }
+    }
+}

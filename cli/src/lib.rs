@@ -1,0 +1,177 @@
+//! Process plumbing every taskmill binary shares: the flag groups they all take (the key, the
+//! master to reach, TLS), duration flags, logging, the runtime, signals.
+//!
+//! Binaries only: the libraries take typed configuration, never flags.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use taskmill_protocol::{AuthKey, KeyError, TlsClient, TlsError};
+use tokio_util::sync::CancellationToken;
+
+/// Where the shared authkey comes from, for every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeyArgs {
+    /// File holding the shared authkey (at least 16 bytes; one trailing newline is ignored).
+    /// Without it the key is read from TASKMILL_AUTHKEY.
+    #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
+    pub authkey_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The key, logging a warning about loose file permissions.
+    pub fn load(&self) -> Result<AuthKey, KeyError> {
+        load_key(self.authkey_file.as_deref())
+    }
+}
+
+/// How a client binary reaches a master: its address, the key, and TLS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// Master address (host:port).
+    #[arg(long, env = "TASKMILL_MASTER", default_value = "127.0.0.1:5000")]
+    pub master: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub tls: TlsClientArgs,
+}
+
+impl ConnectArgs {
+    /// The TLS settings for [`ConnectArgs::master`], if TLS was asked for.
+    pub fn tls_client(&self) -> Result<Option<TlsClient>, TlsError> {
+        self.tls.client(&self.master)
+    }
+}
+
+/// Parses `5`, `2.5` (seconds) or a unit suffix like `500ms`, `10s`, `2m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 5, 2.5, 500ms, 10s, 2m)"))
+}
+
+/// Client-side TLS flags, shared by every command that connects to a master.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsClientArgs {
+    /// Speak TLS to the master, trusting the CA certificates (PEM) in this file.
+    #[arg(long, env = "TASKMILL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the master's certificate must carry. Default: the host part of the master
+    /// address.
+    #[arg(long, env = "TASKMILL_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsClientArgs {
+    /// The TLS settings for connecting to `master` (`host:port`), if TLS was asked for.
+    pub fn client(&self, master: &str) -> Result<Option<TlsClient>, TlsError> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let name = match &self.tls_server_name {
+            Some(name) => name.clone(),
+            None => host_of(master).to_owned(),
+        };
+        TlsClient::from_ca_file(ca, &name).map(Some)
+    }
+}
+
+/// `host` of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Logs to stderr at the level `RUST_LOG` sets (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// The authkey from `file` or `TASKMILL_AUTHKEY`, logging a warning about loose permissions.
+fn load_key(file: Option<&Path>) -> Result<AuthKey, KeyError> {
+    let (key, warning) = AuthKey::load(file)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    Ok(key)
+}
+
+/// Runs a binary's async body on a fresh runtime; an error is printed as `name: error` (with
+/// its causes) and exits 1.
+pub fn run_main<F>(name: &str, body: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{name}: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("{name}: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM (the stop signal of container runtimes, where the
+/// process is PID 1 and gets no default handling).
+pub async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_server_name_defaults_to_the_master_host() {
+        assert_eq!(host_of("master:5000"), "master");
+        assert_eq!(host_of("10.0.0.1:5000"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:5000"), "::1");
+    }
+
+    #[test]
+    fn durations_accept_plain_seconds_and_units() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("0.25").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! What a [`crate::Client`] call can fail with, and which failures a retry may cure.
+
+use std::io;
+
+use taskmill_protocol::{CodecError, ConnectError, ErrorKind, Rejection};
+
+/// Why a [`crate::Client`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the master at {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("authentication failed: wrong authkey? (the master rejected our proof)")]
+    AuthenticationFailed,
+    #[error(
+        "TLS handshake with {addr} failed: {source} (does the master use TLS, and does the CA \
+         file hold the CA that signed its certificate, for this server name?)"
+    )]
+    Tls { addr: String, source: io::Error },
+    #[error(
+        "the peer at {0} did not prove it holds the authkey: wrong authkey on the master, or not our master"
+    )]
+    MasterNotAuthenticated(String),
+    #[error("the master speaks protocol version {master}, this client speaks {client}")]
+    VersionMismatch { master: u16, client: u16 },
+    #[error("the master refused the connection: {}", .0.describe())]
+    Rejected(Rejection),
+    #[error("the master is shutting down")]
+    ShuttingDown,
+    #[error("timed out after {0:?} {1}")]
+    Timeout(std::time::Duration, &'static str),
+    #[error("the master closed the connection{0}")]
+    Closed(&'static str),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("the master refused the request ({kind:?}): {message}")]
+    Server { kind: ErrorKind, message: String },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+impl From<ConnectError> for ClientError {
+    fn from(err: ConnectError) -> Self {
+        match err {
+            ConnectError::AuthenticationFailed => ClientError::AuthenticationFailed,
+            ConnectError::MasterNotAuthenticated(peer) => ClientError::MasterNotAuthenticated(peer),
+            ConnectError::VersionMismatch { master, client } => {
+                ClientError::VersionMismatch { master, client }
+            }
+            ConnectError::Rejected(why) => ClientError::Rejected(why),
+            ConnectError::ShuttingDown => ClientError::ShuttingDown,
+            ConnectError::Closed(why) => ClientError::Closed(why),
+            ConnectError::Protocol(what) => ClientError::Protocol(what),
+            ConnectError::Codec(err) => ClientError::Codec(err),
+        }
+    }
+}
+
+impl ClientError {
+    /// True when retrying on a new connection may succeed (master restarting, network trouble);
+    /// false for errors that will repeat (wrong key, wrong version, bad requests).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ShuttingDown
+            | ClientError::Timeout(..)
+            | ClientError::Closed(_)
+            | ClientError::Rejected(
+                Rejection::ShuttingDown | Rejection::Overloaded | Rejection::Throttled,
+            )
+            | ClientError::Server {
+                kind: ErrorKind::ShuttingDown,
+                ..
+            } => true,
+            ClientError::Codec(CodecError::Io(_)) => true,
+            ClientError::AuthenticationFailed
+            | ClientError::Tls { .. }
+            | ClientError::MasterNotAuthenticated(_)
+            | ClientError::VersionMismatch { .. }
+            | ClientError::Rejected(_)
+            | ClientError::Protocol(_)
+            | ClientError::Server { .. }
+            | ClientError::Codec(_) => false,
+        }
+    }
+}

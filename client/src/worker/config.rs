@@ -1,0 +1,52 @@
+//! The worker's configuration.
+
+use std::time::Duration;
+
+use taskmill_protocol::AuthKey;
+
+use crate::client::ClientOptions;
+use crate::{RESULTS_QUEUE, TASKS_QUEUE};
+
+/// Everything one worker needs but its handler.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `host:port` of the master.
+    pub master: String,
+    pub key: AuthKey,
+    /// Tasks leased and worked on at once (the original's `Pool(K)`).
+    pub concurrency: u32,
+    /// Requests for tasks kept in flight: with 2 or more, the next batch is already on its way
+    /// while one is computed. Each may lease `concurrency` tasks.
+    pub prefetch: u32,
+    /// Exit once no task has arrived for this long (the original stops on its first `Empty`).
+    pub idle_exit: Option<Duration>,
+    /// Longest single wait for tasks, so idleness and shutdown are noticed promptly.
+    pub poll: Duration,
+    /// Cap on the delay between reconnect attempts.
+    pub max_backoff: Duration,
+    /// After a shutdown signal, how long the worker may still spend handing in the results
+    /// it holds; what is left then is redone by other workers.
+    pub drain_timeout: Duration,
+    pub client: ClientOptions,
+    pub tasks_queue: String,
+    pub results_queue: String,
+}
+
+impl WorkerConfig {
+    /// Defaults for everything but the address and key: the `tasks` and `results` queues.
+    pub fn new(master: impl Into<String>, key: AuthKey) -> Self {
+        Self {
+            master: master.into(),
+            key,
+            concurrency: 64,
+            prefetch: 2,
+            idle_exit: None,
+            poll: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            client: ClientOptions::default(),
+            tasks_queue: TASKS_QUEUE.to_owned(),
+            results_queue: RESULTS_QUEUE.to_owned(),
+        }
+    }
+}

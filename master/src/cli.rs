@@ -1,0 +1,253 @@
+//! The master's command line (every flag also read from a `TASKMILL_*` variable), checked and
+//! turned into the broker's [`ServerConfig`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use taskmill_broker::{GuardLimits, QueueLimits, ServerConfig, MIN_MAX_FRAME};
+use taskmill_cli::{parse_duration, ConnectArgs, KeyArgs, TlsClientArgs};
+use taskmill_protocol::codec::MAX_FRAME_CEILING;
+use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
+
+/// taskmill master: serves authenticated task and result queues over TCP.
+///
+/// Workers (taskmill-worker) connect with the shared authkey, lease integer tasks, square them
+/// and push results back. The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never
+/// from the command line. Logging level: RUST_LOG (default info).
+#[derive(Debug, Parser)]
+#[command(name = "taskmill-master", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the queues until SIGINT/SIGTERM (the long-running broker).
+    Serve(ServeArgs),
+    /// The squares job: serve the queues, put N random integers on `tasks`, collect and verify
+    /// every square from `results`, print a summary. Exits 0 only if all N came back correct.
+    Run(RunArgs),
+    /// Print a running master's queues and connection counters.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TASKMILL_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How many integers to square.
+    #[arg(long, env = "TASKMILL_TASKS")]
+    pub tasks: u64,
+    /// Also run K workers inside this process, against this master's own port.
+    #[arg(long, env = "TASKMILL_LOCAL_WORKERS", default_value_t = 0)]
+    pub local_workers: usize,
+    /// Tasks each local worker leases at once.
+    #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub concurrency: u32,
+    /// Requests for tasks each local worker keeps in flight (1: wait for each batch).
+    #[arg(long, env = "TASKMILL_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub prefetch: u32,
+    /// Address to listen on. Default: 0.0.0.0:5000, or a free loopback port when the job
+    /// uses only --local-workers.
+    #[arg(long, env = "TASKMILL_LISTEN", conflicts_with = "master")]
+    pub listen: Option<String>,
+    /// Run the job against an already running master (host:port) instead of serving the
+    /// queues in this process (e.g. a `serve` master in docker compose).
+    #[arg(long, env = "TASKMILL_MASTER")]
+    pub master: Option<String>,
+    /// Smallest random input.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub min: i64,
+    /// Largest random input.
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
+    pub max: i64,
+    /// Seed for the inputs, to repeat a run exactly. Default: random.
+    #[arg(long, env = "TASKMILL_SEED")]
+    pub seed: Option<u64>,
+    /// Tasks per put request.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch: u32,
+    /// Give up when the whole job takes longer than this (e.g. 90s, 10m). Default: no limit.
+    #[arg(long, env = "TASKMILL_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Give up when no new result has arrived for this long.
+    #[arg(long, env = "TASKMILL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// TLS for the job's own clients (producer, collector, local workers): needed when this
+    /// master serves TLS or --master names one that does.
+    #[command(flatten)]
+    pub tls_client: TlsClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Bound on connecting, authenticating and the request.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Flags shared by `serve` and `run`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Bound on a connection's whole handshake.
+    #[arg(long, env = "TASKMILL_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Largest frame in bytes after authentication (4096 to 67108864).
+    #[arg(long, env = "TASKMILL_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+    /// Connections served at once; further ones are refused as overloaded.
+    #[arg(long, env = "TASKMILL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Handshakes in progress at once (unauthenticated connections); more are refused.
+    #[arg(long, env = "TASKMILL_MAX_HANDSHAKES", default_value_t = 256)]
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source address.
+    #[arg(long, env = "TASKMILL_MAX_HANDSHAKES_PER_IP", default_value_t = 32)]
+    pub max_handshakes_per_ip: u32,
+    /// Failed handshakes one source address may have per minute; past that its connections
+    /// are refused until the budget refills (other addresses are not affected).
+    #[arg(long, env = "TASKMILL_AUTH_FAILURES_PER_MINUTE", default_value_t = 60)]
+    pub auth_failures_per_minute: u32,
+    /// Most queues that may exist.
+    #[arg(long, env = "TASKMILL_MAX_QUEUES", default_value_t = 1024)]
+    pub max_queues: usize,
+    /// Capacity of a queue created on first use; 0 for unbounded.
+    #[arg(long, env = "TASKMILL_QUEUE_CAPACITY", default_value_t = 1_000_000)]
+    pub queue_capacity: u64,
+    /// Waiting (blocked) requests one connection may have.
+    #[arg(long, env = "TASKMILL_MAX_WAITING", default_value_t = 64)]
+    pub max_waiting: usize,
+    /// Disconnect a client that does not read its replies for this long.
+    #[arg(long, env = "TASKMILL_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// After SIGINT/SIGTERM: how long to wait for leased tasks to be completed (no new tasks
+    /// are accepted or handed out meanwhile) before stopping.
+    #[arg(long, env = "TASKMILL_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How long a worker may hold a task before it is given to another worker (a `get` may ask
+    /// for another length; `touch` extends it).
+    #[arg(long, env = "TASKMILL_LEASE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lease_timeout: Duration,
+    /// Liveness interval: a client silent for two intervals while it holds tasks is presumed
+    /// dead, and its tasks are requeued.
+    #[arg(long, env = "TASKMILL_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Deliveries a task gets; given back after the last one (lease expired, holder gone,
+    /// nacked) it moves to the `<queue>.dead` queue.
+    #[arg(long, env = "TASKMILL_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key). Without TLS, traffic after
+    /// the authenticated handshake is not encrypted.
+    #[arg(long, env = "TASKMILL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, env = "TASKMILL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// A flag value that cannot work, with the flag's name.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {problem}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub problem: String,
+}
+
+impl ServerArgs {
+    /// Checks ranges and builds the config around `key`.
+    pub fn into_config(self, key: AuthKey) -> Result<ServerConfig, ConfigError> {
+        let bad = |flag, problem: String| Err(ConfigError { flag, problem });
+        if !(MIN_MAX_FRAME..=MAX_FRAME_CEILING).contains(&self.max_frame) {
+            return bad(
+                "max-frame",
+                format!(
+                    "{} is outside {MIN_MAX_FRAME}..={MAX_FRAME_CEILING}",
+                    self.max_frame
+                ),
+            );
+        }
+        for (flag, value) in [
+            ("max-connections", self.max_connections),
+            ("max-handshakes", self.max_handshakes),
+            ("max-handshakes-per-ip", self.max_handshakes_per_ip as usize),
+            (
+                "auth-failures-per-minute",
+                self.auth_failures_per_minute as usize,
+            ),
+            ("max-queues", self.max_queues),
+            ("max-waiting", self.max_waiting),
+        ] {
+            if value == 0 {
+                return bad(flag, "must be at least 1".into());
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake-timeout", "must be more than 0".into());
+        }
+        for (flag, value) in [
+            ("write-timeout", self.write_timeout),
+            ("lease-timeout", self.lease_timeout),
+            ("heartbeat-interval", self.heartbeat_interval),
+        ] {
+            if value < Duration::from_millis(10) {
+                return bad(flag, format!("{value:?} is too short (10ms at least)"));
+            }
+        }
+        if self.max_attempts == 0 {
+            return bad("max-attempts", "must be at least 1".into());
+        }
+        let tls =
+            match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsServer::from_pem_files(cert, key).map_err(
+                    |e| ConfigError {
+                        flag: "tls-cert",
+                        problem: e.to_string(),
+                    },
+                )?),
+                _ => None,
+            };
+        Ok(ServerConfig {
+            key,
+            handshake_timeout: self.handshake_timeout,
+            max_frame: self.max_frame,
+            max_connections: self.max_connections,
+            max_waiting: self.max_waiting,
+            write_timeout: self.write_timeout,
+            shutdown_grace: self.shutdown_grace,
+            heartbeat_interval: self.heartbeat_interval,
+            limits: QueueLimits {
+                default_capacity: Some(self.queue_capacity).filter(|&c| c > 0),
+                max_queues: self.max_queues,
+                lease_timeout: self.lease_timeout,
+                max_attempts: self.max_attempts,
+            },
+            guard: GuardLimits {
+                max_handshakes: self.max_handshakes,
+                max_handshakes_per_ip: self.max_handshakes_per_ip,
+                auth_failures_per_minute: self.auth_failures_per_minute,
+            },
+            tls,
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! `taskmill-master run`: the squares job, on this master's own queues (with or without
+//! workers in this process) or against a master running elsewhere.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use taskmill::{AuthKey, ClientOptions, KeyError};
+use taskmill_cli::cancel_on_signal;
+use taskmill_squares::job::{self, JobConfig};
+use taskmill_squares::render;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::cli::RunArgs;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let key = match args.server.key.load() {
+        Ok(key) => key,
+        // Nobody else needs the key when every worker runs in this process.
+        Err(KeyError::Missing)
+            if args.local_workers > 0 && args.listen.is_none() && args.master.is_none() =>
+        {
+            AuthKey::random()
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let serves_tls = args.server.tls_cert.is_some();
+    if serves_tls && args.tls_client.tls_ca.is_none() && args.master.is_none() {
+        bail!("--tls-cert also needs --tls-ca (and --tls-server-name if the certificate does not name 127.0.0.1): the job's own clients connect over TLS too");
+    }
+    let client_target = args
+        .master
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let job = JobConfig {
+        tasks: args.tasks,
+        min: args.min,
+        max: args.max,
+        seed: args.seed.unwrap_or(JobConfig::new(0).seed),
+        batch: args.batch,
+        timeout: args.timeout,
+        stall_timeout: args.stall_timeout,
+        local_workers: args.local_workers,
+        worker_concurrency: args.concurrency,
+        worker_prefetch: args.prefetch,
+        progress: !args.json,
+        client: ClientOptions {
+            tls: args.tls_client.client(&client_target)?,
+            ..ClientOptions::default()
+        },
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let report = if let Some(master) = &args.master {
+        job::run(master, &key, &job, &shutdown).await?
+    } else {
+        let listen = args.listen.clone().unwrap_or_else(|| {
+            if args.local_workers > 0 {
+                "127.0.0.1:0".to_owned()
+            } else {
+                "0.0.0.0:5000".to_owned()
+            }
+        });
+        let config = args.server.into_config(key.clone())?;
+        let master = super::open(config)?;
+        let listener = super::bind(&listen).await?;
+        let addr = listener.local_addr()?;
+        println!("listening on {addr}");
+        if args.local_workers == 0 {
+            eprintln!(
+                "waiting for workers: start `taskmill-worker --master <this host>:{}` with the same authkey",
+                addr.port()
+            );
+        }
+        // A wildcard listen address is not something to connect to; loopback reaches the same
+        // port.
+        let connect = if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(master.serve(listener, stop.clone()));
+        let report = job::run(&connect, &key, &job, &shutdown).await;
+        stop.cancel();
+        match serving.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(cause = %err, "master stopped with an error"),
+            Err(err) => warn!(cause = %err, "master task panicked"),
+        }
+        report?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,21 @@
+//! `taskmill-master serve`: the long-running broker.
+
+use std::process::ExitCode;
+
+use taskmill_cli::cancel_on_signal;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::ServeArgs;
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let key = args.server.key.load()?;
+    let config = args.server.into_config(key)?;
+    let master = super::open(config)?;
+    let listener = super::bind(&args.listen).await?;
+    // Scripts and tests read the bound port from this line (the flag may say port 0).
+    println!("listening on {}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    master.serve(listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

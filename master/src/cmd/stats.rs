@@ -1,0 +1,164 @@
+//! `taskmill-master stats`: fetch a running master's state and print it as a table or JSON.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde_json::json;
+use taskmill::{Client, ClientOptions, QueueStats, Stats};
+
+use crate::cli::StatsArgs;
+
+pub async fn show(args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let connect = &args.connect;
+    let key = connect.key.load()?;
+    let options = ClientOptions {
+        connect_timeout: args.timeout,
+        request_timeout: args.timeout,
+        tls: connect.tls_client()?,
+    };
+    let mut client = Client::connect_with(&connect.master, &key, &options).await?;
+    let stats = client.stats().await.context("stats request failed")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&render_json(&connect.master, &stats))?
+        );
+    } else {
+        print!("{}", render_table(&connect.master, &stats));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table a person reads.
+pub fn render_table(master: &str, stats: &Stats) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "master {master}: up {:.1}s, {} clients connected, {} connections since start, \
+         {} failed handshakes, {} connections completed tasks",
+        stats.uptime_ms as f64 / 1000.0,
+        stats.clients,
+        stats.connections_total,
+        stats.handshake_failures,
+        stats.completing_clients_total,
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>8}",
+        "QUEUE",
+        "SIZE",
+        "CAPACITY",
+        "LEASED",
+        "DELAYED",
+        "GETTERS",
+        "PUTTERS",
+        "PUT",
+        "DELIVERED",
+        "SETTLED",
+        "REQUEUED",
+        "DEAD"
+    );
+    for q in &stats.queues {
+        let capacity = q
+            .capacity
+            .map_or_else(|| "unbounded".to_owned(), |c| c.to_string());
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>8}",
+            q.name,
+            q.len,
+            capacity,
+            q.leased,
+            q.delayed,
+            q.waiting_getters,
+            q.waiting_putters,
+            q.put_total,
+            q.delivered_total,
+            q.settled_total,
+            q.requeued_total,
+            q.dead_total
+        );
+    }
+    if stats.queues.is_empty() {
+        out.push_str("(no queues yet)\n");
+    }
+    out
+}
+
+/// The same, for scripts.
+pub fn render_json(master: &str, stats: &Stats) -> serde_json::Value {
+    json!({
+        "master": master,
+        "uptime_ms": stats.uptime_ms,
+        "clients": stats.clients,
+        "connections_total": stats.connections_total,
+        "handshake_failures": stats.handshake_failures,
+        "completing_clients_total": stats.completing_clients_total,
+        "queues": stats.queues.iter().map(queue_json).collect::<Vec<_>>(),
+    })
+}
+
+fn queue_json(q: &QueueStats) -> serde_json::Value {
+    json!({
+        "name": q.name,
+        "size": q.len,
+        "capacity": q.capacity,
+        "empty": q.is_empty(),
+        "full": q.is_full(),
+        "leased": q.leased,
+        "delayed": q.delayed,
+        "waiting_getters": q.waiting_getters,
+        "waiting_putters": q.waiting_putters,
+        "put_total": q.put_total,
+        "delivered_total": q.delivered_total,
+        "settled_total": q.settled_total,
+        "requeued_total": q.requeued_total,
+        "expired_total": q.expired_total,
+        "dead_total": q.dead_total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Stats {
+        Stats {
+            uptime_ms: 1500,
+            clients: 2,
+            connections_total: 5,
+            handshake_failures: 1,
+            completing_clients_total: 1,
+            queues: vec![QueueStats {
+                name: "tasks".into(),
+                len: 3,
+                capacity: None,
+                leased: 1,
+                delayed: 0,
+                waiting_getters: 0,
+                waiting_putters: 0,
+                put_total: 4,
+                delivered_total: 1,
+                settled_total: 0,
+                requeued_total: 2,
+                expired_total: 1,
+                dead_total: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn table_and_json_show_every_queue_field() {
+        let table = render_table("m:1", &sample());
+        assert!(table.contains("2 clients connected"));
+        assert!(table
+            .lines()
+            .any(|l| l.starts_with("tasks") && l.contains("unbounded")));
+        let json = render_json("m:1", &sample());
+        assert_eq!(json["queues"][0]["size"], 3);
+        assert_eq!(json["queues"][0]["capacity"], serde_json::Value::Null);
+        assert_eq!(json["handshake_failures"], 1);
+        assert_eq!(json["queues"][0]["dead_total"], 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! The squares job (`taskmill-master run`): put N random integers, collect and verify every
+//! square exactly once, and report throughput and latency; optionally with workers in this
+//! process.
+//!
+//! The job talks to its master over TCP through the public [`taskmill::Client`], exactly as an
+//! external producer and collector would. Inputs are derived from `(seed, seq)`, so checking
+//! a result needs no stored copy of the inputs: memory is one bit per task plus one timestamp
+//! per put batch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use taskmill::{AuthKey, ClientError, ClientOptions, Reconnecting, Wait, Worker, WorkerConfig};
+use taskmill_protocol::PayloadBatch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::handler::Squares;
+use crate::payload::{SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
+use crate::progress::Progress;
+use crate::report::{Ending, JobReport};
+use crate::tally::{input_for, splitmix64, Tally};
+
+/// The longest wait between the job's reconnect attempts: a master that comes back is found
+/// within a second.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Results taken per request by the collector.
+const COLLECT_BATCH: u32 = 4096;
+
+/// When results trickle in (workers handing in one task at a time), every get would bring
+/// back one or two of them: a round trip and a wake-up on both sides per result. So after a
+/// get that brought back fewer than `LINGER_BELOW`, the collector waits `LINGER` for more to
+/// gather (tokio's millisecond timer makes that 0.5-1.5 ms). A result is recorded at most that
+/// much later; the job's CPU per task falls by about a tenth (BENCHMARKS.md).
+const LINGER_BELOW: usize = 64;
+const LINGER: Duration = Duration::from_micros(500);
+
+/// Longest single wait of the producer or collector, so deadlines are checked promptly.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    pub tasks: u64,
+    pub min: i64,
+    pub max: i64,
+    pub seed: u64,
+    /// Tasks per put request.
+    pub batch: u32,
+    /// Bound on the whole job.
+    pub timeout: Option<Duration>,
+    /// Give up when no result has arrived for this long.
+    pub stall_timeout: Duration,
+    /// Workers to run in this process.
+    pub local_workers: usize,
+    /// Tasks each local worker leases at once.
+    pub worker_concurrency: u32,
+    /// Requests for tasks each local worker keeps in flight.
+    pub worker_prefetch: u32,
+    /// Draw a progress bar (when stderr is a terminal) or log progress lines.
+    pub progress: bool,
+    /// How the job's own clients connect (timeouts, TLS).
+    pub client: ClientOptions,
+}
+
+impl JobConfig {
+    pub fn new(tasks: u64) -> Self {
+        Self {
+            tasks,
+            min: 0,
+            max: 10_000,
+            seed: rand_seed(),
+            batch: 1024,
+            timeout: None,
+            stall_timeout: Duration::from_secs(30),
+            local_workers: 0,
+            worker_concurrency: 256,
+            worker_prefetch: 2,
+            progress: false,
+            client: ClientOptions::default(),
+        }
+    }
+}
+
+fn rand_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    splitmix64(nanos ^ u64::from(std::process::id()))
+}
+
+/// Why the job could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("--min {min} is greater than --max {max}")]
+    EmptyRange { min: i64, max: i64 },
+    /// Not `#[from]`: the message already says what the client error says, and a source
+    /// would make the error chain repeat it.
+    #[error("the job cannot go on: {0}")]
+    Client(ClientError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ClientError> for JobError {
+    fn from(err: ClientError) -> Self {
+        JobError::Client(err)
+    }
+}
+
+/// Runs the job against the master at `addr`, with `job.local_workers` in-process workers
+/// that are stopped when it ends.
+pub async fn run(
+    addr: &str,
+    key: &AuthKey,
+    job: &JobConfig,
+    shutdown: &CancellationToken,
+) -> Result<JobReport, JobError> {
+    if job.min > job.max {
+        return Err(JobError::EmptyRange {
+            min: job.min,
+            max: job.max,
+        });
+    }
+    let worker_stop = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    for _ in 0..job.local_workers {
+        let mut config = WorkerConfig::new(addr, key.clone());
+        config.concurrency = job.worker_concurrency;
+        config.prefetch = job.worker_prefetch;
+        config.client = job.client.clone();
+        workers.spawn(Worker::new(config, Squares::new()).run(worker_stop.clone()));
+    }
+    info!(
+        tasks = job.tasks,
+        local_workers = job.local_workers,
+        master = %addr,
+        seed = job.seed,
+        "squares job started"
+    );
+    let report = drive(addr, key, job, shutdown).await;
+    worker_stop.cancel();
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => warn!(cause = %err, "local worker failed"),
+            Err(err) => warn!(cause = %err, "local worker panicked"),
+        }
+    }
+    report
+}
+
+/// Producer and collector against an already running master at `addr`.
+pub async fn drive(
+    addr: &str,
+    key: &AuthKey,
+    job: &JobConfig,
+    shutdown: &CancellationToken,
+) -> Result<JobReport, JobError> {
+    let producer = Reconnecting::new("producer", addr, key, &job.client, MAX_BACKOFF);
+    let mut collector = Reconnecting::new("collector", addr, key, &job.client, MAX_BACKOFF);
+    let start = Instant::now();
+    let batches = job.tasks.div_ceil(u64::from(job.batch)) as usize;
+    let put_times: Arc<Vec<AtomicU64>> =
+        Arc::new((0..batches).map(|_| AtomicU64::new(0)).collect());
+
+    let stop_producer = CancellationToken::new();
+    let producing = tokio::spawn(produce(
+        producer,
+        job.clone(),
+        start,
+        put_times.clone(),
+        stop_producer.clone(),
+    ));
+
+    let mut tally = Tally::new(job.tasks);
+    let progress = Progress::new(job.progress, job.tasks);
+    let mut last_result = Instant::now();
+    let ending = loop {
+        if tally.seen == job.tasks {
+            break Ending::Complete;
+        }
+        if job.timeout.is_some_and(|t| start.elapsed() >= t) {
+            break Ending::TimedOut;
+        }
+        if last_result.elapsed() >= job.stall_timeout {
+            break Ending::Stalled;
+        }
+        // Leased, and acknowledged once recorded: results in flight when a connection drops
+        // are redelivered, never lost, and the tally drops the duplicates.
+        let wait = Wait::Millis(POLL.as_millis() as u64);
+        let taken = tokio::select! {
+            () = shutdown.cancelled() => break Ending::Interrupted,
+            r = async { collector.client().await?.get(RESULTS_QUEUE, COLLECT_BATCH, wait).await } => r,
+        };
+        let results = match taken {
+            Ok(results) => results,
+            Err(err) => {
+                collector.failed(err).await?;
+                continue;
+            }
+        };
+        if results.is_empty() {
+            continue;
+        }
+        last_result = Instant::now();
+        let now_us = start.elapsed().as_micros() as u64;
+        let trickle = results.len() < LINGER_BELOW;
+        let ids = results.iter().map(|r| r.id).collect();
+        for result in results {
+            tally.record(job, &result.payload, now_us, &put_times);
+        }
+        progress.update(tally.seen);
+        let acked = async { collector.client().await?.ack(RESULTS_QUEUE, ids).await };
+        if let Err(err) = acked.await {
+            collector.failed(err).await?;
+        }
+        if trickle {
+            tokio::time::sleep(LINGER).await;
+        }
+    };
+    progress.finish();
+    stop_producer.cancel();
+    match producing.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(cause = %err, "producer failed"),
+        Err(err) => warn!(cause = %err, "producer panicked"),
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(JobReport {
+        ending,
+        tasks: job.tasks,
+        verified: tally.verified,
+        wrong: tally.wrong,
+        duplicates: tally.duplicates,
+        redelivered: tally.redelivered,
+        missing: job.tasks - tally.seen,
+        workers_seen: tally.workers.len() as u64,
+        seed: job.seed,
+        elapsed_secs: elapsed,
+        tasks_per_sec: if elapsed > 0.0 {
+            tally.seen as f64 / elapsed
+        } else {
+            0.0
+        },
+        latency_p50_us: tally.latency.value_at_quantile(0.5),
+        latency_p90_us: tally.latency.value_at_quantile(0.9),
+        latency_p99_us: tally.latency.value_at_quantile(0.99),
+        latency_p999_us: tally.latency.value_at_quantile(0.999),
+        latency_max_us: tally.latency.max(),
+    })
+}
+
+/// Puts every task in order, waiting for room, recording when each batch was sent. A batch
+/// whose reply was lost is put again; the collector drops the duplicate results.
+async fn produce(
+    mut link: Reconnecting,
+    job: JobConfig,
+    start: Instant,
+    put_times: Arc<Vec<AtomicU64>>,
+    stop: CancellationToken,
+) -> Result<(), ClientError> {
+    let batch = u64::from(job.batch);
+    for (index, first) in (0..job.tasks).step_by(batch as usize).enumerate() {
+        let last = (first + batch).min(job.tasks);
+        // One buffer for the batch, so a retry's clone of the items copies no payload either.
+        let mut tasks = PayloadBatch::with_capacity((last - first) as usize, 10);
+        for seq in first..last {
+            let task = SquareTask {
+                seq,
+                input: input_for(job.seed, seq, job.min, job.max),
+            };
+            tasks.push(&task).expect("a SquareTask always encodes");
+        }
+        let mut items = tasks.finish();
+        put_times[index].store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        while !items.is_empty() {
+            let wait = Wait::Millis(POLL.as_millis() as u64);
+            let put = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                put = async { link.client().await?.put(TASKS_QUEUE, items.clone(), wait).await } => put,
+            };
+            match put {
+                Ok(put) => drop(items.drain(..put.accepted as usize)),
+                Err(err) => link.failed(err).await?,
+            }
+        }
+    }
+    Ok(())
+}

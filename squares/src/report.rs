@@ -1,0 +1,90 @@
+//! The squares job's summary: how it ended, what was verified, and the text a person reads.
+
+use serde::Serialize;
+
+/// How the job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// Every task came back.
+    Complete,
+    /// `timeout` passed.
+    TimedOut,
+    /// No result for `stall_timeout`.
+    Stalled,
+    /// Stopped by a signal.
+    Interrupted,
+}
+
+/// The job's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub ending: Ending,
+    pub tasks: u64,
+    /// Results with the right input and square, each task counted once.
+    pub verified: u64,
+    /// Results whose input or square was wrong.
+    pub wrong: u64,
+    /// Results for a task already seen (redelivered work), dropped.
+    pub duplicates: u64,
+    /// Verified results that came from a redelivery (the task's first holder lost it).
+    pub redelivered: u64,
+    /// Tasks with no result.
+    pub missing: u64,
+    /// Distinct workers whose results were verified or counted during the job.
+    pub workers_seen: u64,
+    pub seed: u64,
+    pub elapsed_secs: f64,
+    pub tasks_per_sec: f64,
+    /// Time from a task's put request to its result being collected, in microseconds.
+    pub latency_p50_us: u64,
+    pub latency_p90_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_p999_us: u64,
+    pub latency_max_us: u64,
+}
+
+impl JobReport {
+    /// Every input came back exactly once with the right square.
+    pub fn success(&self) -> bool {
+        self.ending == Ending::Complete && self.verified == self.tasks && self.wrong == 0
+    }
+}
+
+/// The summary a person reads.
+pub fn render(r: &JobReport) -> String {
+    let verdict = if r.success() {
+        "OK: every input came back exactly once with the right square"
+    } else {
+        "FAILED"
+    };
+    format!(
+        "{verdict}\n\
+         ending:        {:?}\n\
+         tasks:         {}\n\
+         verified:      {}\n\
+         wrong:         {}\n\
+         missing:       {}\n\
+         duplicates:    {} (results for tasks already verified, dropped)\n\
+         redelivered:   {} (tasks completed on a later attempt)\n\
+         workers seen:  {}\n\
+         elapsed:       {:.3} s\n\
+         throughput:    {:.0} tasks/s\n\
+         latency:       p50 {} us, p99 {} us, max {} us (put request to result collected)\n\
+         seed:          {}\n",
+        r.ending,
+        r.tasks,
+        r.verified,
+        r.wrong,
+        r.missing,
+        r.duplicates,
+        r.redelivered,
+        r.workers_seen,
+        r.elapsed_secs,
+        r.tasks_per_sec,
+        r.latency_p50_us,
+        r.latency_p99_us,
+        r.latency_max_us,
+        r.seed,
+    )
+}

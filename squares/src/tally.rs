@@ -1,0 +1,153 @@
+//! The collector's running account: each result checked against its input, once; and the
+//! inputs themselves, a pure function of the job's seed.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use taskmill_protocol::decode_payload;
+use tracing::warn;
+
+use crate::job::JobConfig;
+use crate::payload::SquareResult;
+
+/// The collector's running account.
+pub(crate) struct Tally {
+    seen_bits: Vec<u64>,
+    pub seen: u64,
+    pub verified: u64,
+    pub wrong: u64,
+    pub duplicates: u64,
+    pub redelivered: u64,
+    pub workers: HashSet<u32>,
+    pub latency: Histogram<u64>,
+}
+
+impl Tally {
+    pub fn new(tasks: u64) -> Self {
+        Self {
+            seen_bits: vec![0; tasks.div_ceil(64) as usize],
+            seen: 0,
+            verified: 0,
+            wrong: 0,
+            duplicates: 0,
+            redelivered: 0,
+            workers: HashSet::new(),
+            latency: Histogram::new(3).expect("3 significant figures is valid"),
+        }
+    }
+
+    pub fn record(
+        &mut self,
+        job: &JobConfig,
+        payload: &[u8],
+        now_us: u64,
+        put_times: &[AtomicU64],
+    ) {
+        let result: SquareResult = match decode_payload(payload) {
+            Ok(r) => r,
+            Err(err) => {
+                warn!(cause = %err, "undecodable result");
+                self.wrong += 1;
+                return;
+            }
+        };
+        if result.seq >= job.tasks {
+            warn!(seq = result.seq, "result for a task this job never put");
+            self.wrong += 1;
+            return;
+        }
+        let (word, bit) = ((result.seq / 64) as usize, result.seq % 64);
+        if self.seen_bits[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen_bits[word] |= 1 << bit;
+        self.seen += 1;
+        let input = input_for(job.seed, result.seq, job.min, job.max);
+        let expected = i128::from(input) * i128::from(input);
+        self.workers.insert(result.worker);
+        if result.input == input && result.square == expected {
+            self.verified += 1;
+            if result.attempt > 1 {
+                self.redelivered += 1;
+            }
+        } else {
+            warn!(seq = result.seq, input, got_input = result.input, got = %result.square, "wrong result");
+            self.wrong += 1;
+        }
+        let put_at =
+            put_times[(result.seq / u64::from(job.batch)) as usize].load(Ordering::Relaxed);
+        let _ = self.latency.record(now_us.saturating_sub(put_at).max(1));
+    }
+}
+
+/// The input for task `seq`: uniform in `min..=max`, a pure function of the seed.
+pub fn input_for(seed: u64, seq: u64, min: i64, max: i64) -> i64 {
+    let span = (i128::from(max) - i128::from(min) + 1) as u128;
+    let r = u128::from(splitmix64(seed ^ splitmix64(seq)));
+    (i128::from(min) + (r % span) as i128) as i64
+}
+
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskmill_protocol::encode_payload;
+
+    #[test]
+    fn inputs_are_deterministic_and_within_range() {
+        for seq in 0..10_000 {
+            let n = input_for(7, seq, -5, 5);
+            assert!((-5..=5).contains(&n));
+            assert_eq!(n, input_for(7, seq, -5, 5));
+        }
+        let full: Vec<i64> = (0..1000)
+            .map(|s| input_for(1, s, i64::MIN, i64::MAX))
+            .collect();
+        assert!(full.iter().any(|&n| n < 0) && full.iter().any(|&n| n > 0));
+        assert_eq!(input_for(3, 9, 42, 42), 42);
+    }
+
+    #[test]
+    fn tally_counts_duplicates_and_wrong_answers() {
+        let job = JobConfig {
+            batch: 2,
+            ..JobConfig::new(4)
+        };
+        let times: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
+        let mut tally = Tally::new(4);
+        let result = |seq: u64, delta: i128| {
+            let input = input_for(job.seed, seq, job.min, job.max);
+            encode_payload(&SquareResult {
+                seq,
+                input,
+                square: i128::from(input) * i128::from(input) + delta,
+                attempt: 2,
+                worker: 5,
+            })
+            .unwrap()
+        };
+        tally.record(&job, &result(0, 0), 10, &times);
+        tally.record(&job, &result(0, 0), 10, &times);
+        tally.record(&job, &result(1, 1), 10, &times);
+        tally.record(&job, &result(9, 0), 10, &times);
+        tally.record(&job, b"junk", 10, &times);
+        assert_eq!(
+            (
+                tally.seen,
+                tally.verified,
+                tally.duplicates,
+                tally.wrong,
+                tally.redelivered
+            ),
+            (2, 1, 1, 3, 1)
+        );
+    }
+}
