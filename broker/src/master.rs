@@ -2,7 +2,7 @@
 //! counters, its admission guard, its lifecycle (serve, drain, stop) and its stats snapshot.
 //!
 //! Listeners (the taskmill port today; an HTTP port or a second protocol later) get a clone of
-//! the shared [`Context`] and run their sessions under its [`TaskTracker`] and [`Phases`], so
+//! the shared `Context` and run their sessions under its [`TaskTracker`] and `Phases`, so
 //! one shutdown drains and stops them all.
 
 use std::io;

@@ -14,7 +14,7 @@ use taskmill_protocol::{max_payload, Delivery, ErrorKind, Outcome, Reply, Reques
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, PutProgress, PutWaiting, QueueError, SessionId, Step};
+use crate::broker::{Broker, Progress, PutWaiting, QueueError, SessionId, Step};
 use crate::master::Context;
 
 /// A reply still to come, with its request's id.
@@ -254,8 +254,8 @@ struct NextGet {
 
 impl NextGet {
     /// Leases the next tasks unless outcomes are still pending or the master is draining.
-    fn after(self, id: u64, p: PutProgress) -> Step<Reply, Waiting> {
-        let worked = move |p: PutProgress, tasks| Reply::Worked {
+    fn after(self, id: u64, p: Progress) -> Step<Reply, Waiting> {
+        let worked = move |p: Progress, tasks| Reply::Worked {
             done: p.done(),
             pending: p.pending(),
             stale: p.stale,
@@ -288,10 +288,10 @@ impl NextGet {
 /// The reply now, or a future for it once the put or complete has finished waiting.
 fn later(
     id: u64,
-    step: Step<PutProgress, PutWaiting>,
+    step: Step<Progress, PutWaiting>,
     wait: Wait,
     stop: CancellationToken,
-    reply: fn(PutProgress) -> Reply,
+    reply: fn(Progress) -> Reply,
 ) -> Step<Reply, Waiting> {
     match step {
         Step::Ready(p) => Step::Ready(reply(p)),
@@ -301,14 +301,14 @@ fn later(
     }
 }
 
-fn put_reply(p: PutProgress) -> Reply {
+fn put_reply(p: Progress) -> Reply {
     Reply::Put {
         first_id: p.first_id,
         accepted: p.done(),
     }
 }
 
-fn settled_reply(p: PutProgress) -> Reply {
+fn settled_reply(p: Progress) -> Reply {
     Reply::Settled {
         done: p.done(),
         pending: p.pending(),

@@ -1,0 +1,255 @@
+//! Leases: who holds which task until when, the per-session lists that requeue a closed
+//! session's tasks, expiry, touch, and nacked tasks waiting out their delay.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::time::Duration;
+
+use taskmill_protocol::TaskId;
+use tokio::time::Instant as Deadline;
+
+use super::dead::Buried;
+use super::item::Item;
+use super::progress::{settled, Progress};
+use super::queue::Queue;
+use super::{Broker, QueueError, SessionId};
+
+/// Longest lease or nack delay a client may ask for; longer requests are cut to this.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// Dead entries the expiry heap or a session's lease list may hold beyond twice the live
+/// leases before it is rebuilt.
+pub(super) const DEAD_SLACK: usize = 4096;
+
+/// A moment as nanoseconds from [`Shared::epoch`]: 8 bytes where a `Deadline` takes 16.
+pub(super) type Stamp = u64;
+
+pub(super) fn stamp(epoch: Deadline, at: Deadline) -> Stamp {
+    at.saturating_duration_since(epoch).as_nanos() as Stamp
+}
+
+#[derive(Debug)]
+pub(super) struct Leased {
+    pub(super) item: Item,
+    pub(super) session: SessionId,
+    pub(super) deadline: Stamp,
+    /// The lease's length in milliseconds, reused when a touch does not name one.
+    pub(super) length_ms: u32,
+}
+
+// The lease map is the master's hottest table, touched at random by every completion and
+// mostly out of cache: 64-byte entries (80 before stamps) keep more of it in cache.
+const _: () = assert!(std::mem::size_of::<(TaskId, Leased)>() <= 64);
+
+/// A nacked item and when it may return to its queue.
+#[derive(Debug)]
+pub(super) struct Delayed {
+    pub(super) at: Stamp,
+    pub(super) item: Item,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.item.id) == (other.at, other.item.id)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.item.id).cmp(&(other.at, other.item.id))
+    }
+}
+
+/// Why a lease ended without being settled.
+#[derive(Debug, Clone)]
+pub(super) enum GiveBack {
+    ConnectionClosed,
+    Expired(Duration),
+    Nacked(String),
+}
+
+impl GiveBack {
+    pub(super) fn reason(&self) -> String {
+        match self {
+            GiveBack::ConnectionClosed => "connection closed while holding the lease".into(),
+            GiveBack::Expired(d) => format!("lease expired after {d:?}"),
+            GiveBack::Nacked(reason) => format!("nacked: {reason}"),
+        }
+    }
+}
+
+/// The leases one session took from one queue. `held` is appended to on every leasing get and
+/// never searched: an entry counts only while the queue's lease map still names this session,
+/// so settling a lease costs a counter decrement, and the list is pruned once dead entries
+/// outnumber `live`.
+#[derive(Debug, Default)]
+pub(super) struct SessionLeases {
+    pub(super) held: Vec<TaskId>,
+    pub(super) live: usize,
+    /// This queue has reported the session to [`Shared::completers`].
+    pub(super) completed: bool,
+}
+
+impl Queue {
+    /// True while `session` holds the lease on `task`.
+    pub(super) fn holds(&self, task: TaskId, session: SessionId) -> bool {
+        self.leased.get(&task).is_some_and(|l| l.session == session)
+    }
+
+    /// The lease `session` holds on `task`, if it does.
+    pub(super) fn held_by(&mut self, task: TaskId, session: SessionId) -> Option<&mut Leased> {
+        self.leased.get_mut(&task).filter(|l| l.session == session)
+    }
+
+    /// Ends the lease on `task` if `owner` (or, with `None`, anyone) holds it, returning the
+    /// item. The only place a lease ends.
+    pub(super) fn unlease(&mut self, task: TaskId, owner: Option<SessionId>) -> Option<Leased> {
+        let Entry::Occupied(lease) = self.leased.entry(task) else {
+            return None;
+        };
+        if owner.is_some_and(|s| lease.get().session != s) {
+            return None;
+        }
+        let leased = lease.remove();
+        if let Some(s) = self.sessions.get_mut(&leased.session) {
+            s.live -= 1;
+        }
+        Some(leased)
+    }
+
+    /// Settles `task` if `session` holds its lease.
+    pub(super) fn settle(&mut self, task: TaskId, session: SessionId) -> bool {
+        if self.unlease(task, Some(session)).is_none() {
+            return false;
+        }
+        self.settled_total += 1;
+        true
+    }
+
+    /// Counts `session` as a worker in the stats, once it has completed a task from here.
+    pub(super) fn completed_by(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            if !s.completed {
+                s.completed = true;
+                self.new_completers.push(session);
+            }
+        }
+    }
+    /// Settled and touched leases leave their old entries in the expiry heap until those come
+    /// due, which under load would be millions of dead entries. Rebuilding from the live leases
+    /// once the dead outnumber them keeps the heap within twice the leases, at amortised O(1).
+    pub(super) fn compact_expiries(&mut self) {
+        if self.expiries.len() <= 2 * self.leased.len() + DEAD_SLACK {
+            return;
+        }
+        self.expiries = self
+            .leased
+            .iter()
+            .map(|(&task, l)| Reverse((l.deadline, task)))
+            .collect();
+    }
+    /// Requeues (or returns for burial) tasks whose lease has run out by `now`, and returns
+    /// nacked tasks whose delay is over to the front.
+    pub(super) fn expire(&mut self, now: Deadline, buries: bool) -> Vec<Buried> {
+        let mut expired = Vec::new();
+        let now_stamp = self.stamp(now);
+        while let Some(&Reverse((deadline, task))) = self.expiries.peek() {
+            if deadline > now_stamp {
+                break;
+            }
+            self.expiries.pop();
+            if self.leased.get(&task).map(|l| l.deadline) != Some(deadline) {
+                continue; // settled, requeued or touched since: a stale entry
+            }
+            let leased = self.unlease(task, None).expect("just found");
+            let length = Duration::from_millis(leased.length_ms.into());
+            expired.push((leased.item, GiveBack::Expired(length)));
+        }
+        let buried = self.give_back_all(expired, buries);
+        let mut due = Vec::new();
+        while self.delayed.peek().is_some_and(|d| d.0.at <= now_stamp) {
+            due.push(self.delayed.pop().expect("just peeked").0.item);
+        }
+        if !due.is_empty() {
+            due.sort_unstable_by_key(|item| Reverse(item.id));
+            for item in due {
+                self.items.push_front(item);
+            }
+            self.pump();
+        }
+        buried
+    }
+}
+
+impl Broker {
+    /// Extends the leases `session` holds on `tasks` to `millis` from now, or by each lease's
+    /// own length.
+    pub fn touch(
+        &self,
+        session: SessionId,
+        queue: &str,
+        tasks: &[TaskId],
+        millis: Option<u64>,
+    ) -> Result<Progress, QueueError> {
+        let slot = self.queue(queue)?;
+        let mut queue = self.lock(&slot);
+        let now = queue.stamp(Deadline::now());
+        let mut stale = Vec::new();
+        for &task in tasks {
+            let Some(lease) = queue.held_by(task, session) else {
+                stale.push(task);
+                continue;
+            };
+            if let Some(ms) = millis {
+                lease.length_ms = ms.clamp(1, MAX_LEASE.as_millis() as u64) as u32;
+            }
+            lease.deadline = now + u64::from(lease.length_ms) * 1_000_000;
+            let deadline = lease.deadline;
+            queue.expiries.push(Reverse((deadline, task)));
+        }
+        queue.compact_expiries();
+        Ok(settled(tasks.len(), stale))
+    }
+
+    /// Gives back leases `session` holds on `tasks`: to the front of the queue after `delay`,
+    /// or to the dead-letter queue if they have had all their deliveries.
+    pub fn nack(
+        &self,
+        session: SessionId,
+        queue: &str,
+        tasks: &[TaskId],
+        delay: Duration,
+        reason: &str,
+    ) -> Result<Progress, QueueError> {
+        let slot = self.queue(queue)?;
+        let mut queue = self.lock(&slot);
+        let buries = slot.buries();
+        let mut stale = Vec::new();
+        let mut now_back = Vec::new();
+        for &task in tasks {
+            let Some(Leased { item, .. }) = queue.unlease(task, Some(session)) else {
+                stale.push(task);
+                continue;
+            };
+            if delay.is_zero() || queue.exhausted(&item, buries) {
+                now_back.push((item, GiveBack::Nacked(reason.to_owned())));
+            } else {
+                queue.requeued_total += 1;
+                let at = queue.stamp(Deadline::now() + delay.min(MAX_LEASE));
+                queue.delayed.push(Reverse(Delayed { at, item }));
+            }
+        }
+        let buried = queue.give_back_all(now_back, buries);
+        drop(queue);
+        self.bury(&slot, buried);
+        Ok(settled(tasks.len(), stale))
+    }
+}

@@ -1,0 +1,85 @@
+//! How far a put or complete got, and what it has still to queue.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use taskmill_protocol::{Outcome, TaskId};
+
+/// What a put or complete has still to queue, as the request brought it: its items, or its
+/// outcomes, each of which also settles the lease on its task in the queue that `fill` is
+/// given as the source (or this queue, without one). The item `processed` from the start of
+/// the batch gets the id `first_id + processed` (see [`Progress`]).
+#[derive(Debug)]
+pub(super) enum Batch {
+    Items(VecDeque<Bytes>),
+    Outcomes(VecDeque<Outcome>),
+}
+
+impl Batch {
+    /// The next payload, and the lease it settles.
+    pub(super) fn front(&self) -> Option<(&Bytes, Option<TaskId>)> {
+        match self {
+            Batch::Items(items) => items.front().map(|item| (item, None)),
+            Batch::Outcomes(outcomes) => outcomes.front().map(|o| (&o.result, Some(o.task))),
+        }
+    }
+
+    pub(super) fn pop_front(&mut self) {
+        match self {
+            Batch::Items(items) => drop(items.pop_front()),
+            Batch::Outcomes(outcomes) => drop(outcomes.pop_front()),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Batch::Items(items) => items.len(),
+            Batch::Outcomes(outcomes) => outcomes.len(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How far a put or complete got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Ids of the items of a put are `first_id..first_id + total`, accepted or not.
+    pub first_id: TaskId,
+    pub total: u32,
+    /// Items consumed from the front of the batch: queued, or (completions only) stale.
+    pub processed: u32,
+    /// Completions whose lease this session no longer held; their results were dropped.
+    pub stale: Vec<TaskId>,
+}
+
+impl Progress {
+    /// Items that were queued (or, for a completion, settled with their result queued).
+    pub fn done(&self) -> u32 {
+        self.processed - self.stale.len() as u32
+    }
+
+    /// Items at the end of the batch that were never processed.
+    pub fn pending(&self) -> u32 {
+        self.total - self.processed
+    }
+}
+
+/// The progress of a request that handles every named task at once.
+pub(super) fn settled(total: usize, stale: Vec<TaskId>) -> Progress {
+    Progress {
+        first_id: 0,
+        total: total as u32,
+        processed: total as u32,
+        stale,
+    }
+}
+
+/// Either the answer now, or a future that yields it.
+#[derive(Debug)]
+pub enum Step<T, W> {
+    Ready(T),
+    Wait(W),
+}

@@ -1,0 +1,191 @@
+//! The registry of queues and the locking discipline: each queue behind its own lock, taken
+//! in creation order when an operation spans two; a [`Locked`] queue publishes on unlock what
+//! others read without the lock.
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+
+use taskmill_protocol::DEAD_SUFFIX;
+use tokio::time::Instant as Deadline;
+
+use super::queue::Queue;
+use super::{Broker, QueueError, QueueLimits, Shared, MAX_QUEUE_NAME};
+
+/// A queue's `due` when it has no lease to expire and no delayed item to return.
+pub(super) const NEVER: u64 = u64::MAX;
+
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    pub(super) by_name: HashMap<String, Arc<Slot>>,
+    /// In creation order: a queue's index here is its `rank`.
+    pub(super) all: Vec<Arc<Slot>>,
+}
+
+/// One queue and what may be read of it without its lock.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) name: String,
+    /// Creation order; two queue locks are always taken lowest rank first.
+    pub(super) rank: usize,
+    /// Holds another queue's dead letters: exempt from the queue limit, never dead-letters.
+    /// A client may create `x.dead` itself; it becomes a dead-letter queue with x's first one.
+    pub(super) dead_letters: AtomicBool,
+    /// When the queue next has a lease to expire or a delayed item to return ([`NEVER`] for
+    /// nothing). Written on every unlock, so the timer can skip idle queues without locking
+    /// them.
+    pub(super) due: AtomicU64,
+    pub(super) queue: Mutex<Queue>,
+}
+
+/// 1 to [`MAX_QUEUE_NAME`] bytes of `[A-Za-z0-9._:-]`, plus room for [`DEAD_SUFFIX`] so that
+/// every queue's dead-letter queue can be named too.
+pub(super) fn valid_name(name: &str) -> bool {
+    let base = name.strip_suffix(DEAD_SUFFIX).unwrap_or(name);
+    (1..=MAX_QUEUE_NAME).contains(&base.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A locked queue. Unlocking publishes what others read without the lock: when the timer is
+/// next due here, and sessions that completed their first task here.
+pub(super) struct Locked<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) slot: &'a Slot,
+    pub(super) queue: MutexGuard<'a, Queue>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = Queue;
+
+    fn deref(&self) -> &Queue {
+        &self.queue
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let due = self.queue.next_due().unwrap_or(NEVER);
+        self.slot.due.store(due, Relaxed);
+        if !self.queue.new_completers.is_empty() {
+            // A leaf lock: nothing else is ever taken while holding it.
+            let mut completers = lock_unpoisoned(&self.shared.completers);
+            for session in self.queue.new_completers.drain(..) {
+                if completers.open.insert(session) {
+                    completers.total += 1;
+                }
+            }
+        }
+    }
+}
+
+/// A poisoned lock means a panic while holding it, which would already be a bug report; keep
+/// serving with the state as it is rather than failing every connection after it.
+pub(super) fn lock_unpoisoned<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    pub(super) fn create(&mut self, name: &str, limits: QueueLimits, epoch: Deadline) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            name: name.to_owned(),
+            rank: self.all.len(),
+            dead_letters: AtomicBool::new(false),
+            due: AtomicU64::new(NEVER),
+            queue: Mutex::new(Queue::new(limits, epoch)),
+        });
+        self.all.push(Arc::clone(&slot));
+        self.by_name.insert(name.to_owned(), Arc::clone(&slot));
+        slot
+    }
+}
+
+impl Slot {
+    /// Whether tasks that used up their attempts here go to a dead-letter queue.
+    pub(super) fn buries(&self) -> bool {
+        !self.dead_letters.load(Relaxed)
+    }
+}
+
+impl Broker {
+    pub(super) fn lock<'a>(&'a self, slot: &'a Slot) -> Locked<'a> {
+        Locked {
+            shared: &self.shared,
+            slot,
+            queue: lock_unpoisoned(&slot.queue),
+        }
+    }
+
+    /// Locks `target` and, if it is another queue, `source`, lowest rank first.
+    pub(super) fn lock_pair<'a>(
+        &'a self,
+        target: &'a Slot,
+        source: Option<&'a Slot>,
+    ) -> (Locked<'a>, Option<Locked<'a>>) {
+        match source {
+            Some(source) if source.rank < target.rank => {
+                let source = self.lock(source);
+                (self.lock(target), Some(source))
+            }
+            Some(source) if source.rank > target.rank => {
+                let target = self.lock(target);
+                (target, Some(self.lock(source)))
+            }
+            _ => (self.lock(target), None),
+        }
+    }
+
+    pub(super) fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.shared
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.shared
+            .registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn existing(&self, name: &str) -> Option<Arc<Slot>> {
+        self.registry().by_name.get(name).cloned()
+    }
+
+    /// Every queue, in rank order.
+    pub(super) fn slots(&self) -> Vec<Arc<Slot>> {
+        self.registry().all.clone()
+    }
+
+    /// The queue named `name`, created on first use.
+    pub(super) fn queue(&self, name: &str) -> Result<Arc<Slot>, QueueError> {
+        if let Some(slot) = self.existing(name) {
+            return Ok(slot);
+        }
+        if !valid_name(name) {
+            return Err(QueueError::BadName(name.to_owned()));
+        }
+        let mut registry = self.registry_mut();
+        if let Some(slot) = registry.by_name.get(name) {
+            return Ok(Arc::clone(slot)); // created since we looked
+        }
+        let limits = self.shared.limits;
+        let user_queues = registry.all.iter().filter(|c| c.buries()).count();
+        if user_queues >= limits.max_queues {
+            return Err(QueueError::TooManyQueues {
+                name: name.to_owned(),
+                max: limits.max_queues,
+            });
+        }
+        Ok(registry.create(name, limits, self.shared.epoch))
+    }
+}
