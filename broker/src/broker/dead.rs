@@ -8,6 +8,7 @@ use std::sync::Arc;
 use taskmill_protocol::{encode_payload, DeadLetter, DEAD_SUFFIX, MAX_REASON};
 
 use super::item::Item;
+use super::journal::{Change, QueueRank, Returned};
 use super::lease::GiveBack;
 use super::queue::Queue;
 use super::registry::Slot;
@@ -17,6 +18,7 @@ use super::Broker;
 #[derive(Debug)]
 pub(super) struct Buried {
     pub(super) item: Item,
+    pub(super) why: Returned,
     pub(super) reason: String,
 }
 
@@ -47,16 +49,18 @@ impl Queue {
     /// [`exhausted`](Queue::exhausted), returns it for the dead-letter queue, which the caller
     /// fills after unlocking.
     pub(super) fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
-        if matches!(why, GiveBack::Expired(_)) {
-            self.expired_total += 1;
-        }
         if !self.exhausted(&item, buries) {
-            self.requeued_total += 1;
-            self.items.push_front(item);
+            let task = item.id;
+            self.requeue(item, why.kind());
+            self.journal.record(|queue| Change::Requeued {
+                queue,
+                task,
+                why: why.kind(),
+            });
             self.pump();
             return None;
         }
-        self.dead_total += 1;
+        self.count_buried(why.kind());
         let mut reason = why.reason();
         if reason.len() > MAX_REASON {
             let mut cut = MAX_REASON;
@@ -65,7 +69,28 @@ impl Queue {
             }
             reason.truncate(cut);
         }
-        Some(Buried { item, reason })
+        Some(Buried {
+            item,
+            why: why.kind(),
+            reason,
+        })
+    }
+
+    /// Puts a task whose lease ended unsettled back at the front.
+    pub(super) fn requeue(&mut self, item: Item, why: Returned) {
+        if why == Returned::Expired {
+            self.expired_total += 1;
+        }
+        self.requeued_total += 1;
+        self.items.push_front(item);
+    }
+
+    /// Counts a task whose lease ended unsettled leaving for the dead-letter queue.
+    pub(super) fn count_buried(&mut self, why: Returned) {
+        if why == Returned::Expired {
+            self.expired_total += 1;
+        }
+        self.dead_total += 1;
     }
 }
 
@@ -80,14 +105,15 @@ impl Broker {
             let mut registry = self.registry_mut();
             let slot = match registry.by_name.get(&name) {
                 Some(slot) => Arc::clone(slot),
-                None => registry.create(&name, self.shared.limits, self.shared.epoch),
+                None => registry.create(&name, &self.shared),
             };
             slot.dead_letters.store(true, Relaxed);
             slot
         };
         let mut queue = self.lock(&dead);
         let first = self.reserve(buried.len());
-        for (Buried { item, reason }, id) in buried.into_iter().zip(first..) {
+        for (Buried { item, why, reason }, id) in buried.into_iter().zip(first..) {
+            let task = item.id;
             let letter = DeadLetter {
                 task: item.id,
                 queue: from.name.clone(),
@@ -95,9 +121,16 @@ impl Broker {
                 reason,
                 payload: item.into_payload(),
             };
-            let payload = encode_payload(&letter).expect("a DeadLetter always encodes");
-            queue.items.push_back(Item::new(id, 0, &payload));
-            queue.put_total += 1;
+            let letter = encode_payload(&letter).expect("a DeadLetter always encodes");
+            queue.push(id, &letter);
+            queue.journal.record(|dead| Change::Buried {
+                queue: from.rank as QueueRank,
+                task,
+                why,
+                dead,
+                id,
+                letter: &letter,
+            });
         }
         queue.pump();
     }

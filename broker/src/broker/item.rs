@@ -85,6 +85,14 @@ impl Item {
         }
     }
 
+    #[cfg(test)]
+    pub(super) fn payload(&self) -> &[u8] {
+        match &self.stored {
+            Stored::Inline { len, data, .. } => &data[..usize::from(*len)],
+            Stored::Boxed { bytes, .. } => bytes,
+        }
+    }
+
     pub(super) fn into_payload(self) -> Bytes {
         match self.stored {
             Stored::Inline { len, data, .. } => Bytes::copy_from_slice(&data[..usize::from(len)]),

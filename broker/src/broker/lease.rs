@@ -10,6 +10,7 @@ use tokio::time::Instant as Deadline;
 
 use super::dead::Buried;
 use super::item::Item;
+use super::journal::{Change, Returned};
 use super::progress::{settled, Progress};
 use super::queue::Queue;
 use super::{Broker, QueueError, SessionId};
@@ -26,6 +27,11 @@ pub(super) type Stamp = u64;
 
 pub(super) fn stamp(epoch: Deadline, at: Deadline) -> Stamp {
     at.saturating_duration_since(epoch).as_nanos() as Stamp
+}
+
+/// The moment a stamp stands for.
+pub(super) fn instant(epoch: Deadline, stamp: Stamp) -> Deadline {
+    epoch + Duration::from_nanos(stamp)
 }
 
 #[derive(Debug)]
@@ -77,6 +83,14 @@ pub(super) enum GiveBack {
 }
 
 impl GiveBack {
+    pub(super) fn kind(&self) -> Returned {
+        match self {
+            GiveBack::ConnectionClosed => Returned::Closed,
+            GiveBack::Expired(_) => Returned::Expired,
+            GiveBack::Nacked(_) => Returned::Nacked,
+        }
+    }
+
     pub(super) fn reason(&self) -> String {
         match self {
             GiveBack::ConnectionClosed => "connection closed while holding the lease".into(),
@@ -125,6 +139,17 @@ impl Queue {
         Some(leased)
     }
 
+    /// Gives the lease on `task` a new deadline and length; false if it is not leased.
+    pub(super) fn relet(&mut self, task: TaskId, deadline: Stamp, length_ms: u32) -> bool {
+        let Some(lease) = self.leased.get_mut(&task) else {
+            return false;
+        };
+        lease.deadline = deadline;
+        lease.length_ms = length_ms;
+        self.expiries.push(Reverse((deadline, task)));
+        true
+    }
+
     /// Settles `task` if `session` holds its lease.
     pub(super) fn settle(&mut self, task: TaskId, session: SessionId) -> bool {
         if self.unlease(task, Some(session)).is_none() {
@@ -156,6 +181,13 @@ impl Queue {
             .map(|(&task, l)| Reverse((l.deadline, task)))
             .collect();
     }
+    /// Puts a task whose lease ended aside until `until`, when it goes back to the front.
+    pub(super) fn delay(&mut self, item: Item, until: Deadline) {
+        self.requeued_total += 1;
+        let at = self.stamp(until);
+        self.delayed.push(Reverse(Delayed { at, item }));
+    }
+
     /// Requeues (or returns for burial) tasks whose lease has run out by `now`, and returns
     /// nacked tasks whose delay is over to the front.
     pub(super) fn expire(&mut self, now: Deadline, buries: bool) -> Vec<Buried> {
@@ -181,7 +213,10 @@ impl Queue {
         if !due.is_empty() {
             due.sort_unstable_by_key(|item| Reverse(item.id));
             for item in due {
+                let task = item.id;
                 self.items.push_front(item);
+                self.journal
+                    .record(|queue| Change::Undelayed { queue, task });
             }
             self.pump();
         }
@@ -208,12 +243,19 @@ impl Broker {
                 stale.push(task);
                 continue;
             };
-            if let Some(ms) = millis {
-                lease.length_ms = ms.clamp(1, MAX_LEASE.as_millis() as u64) as u32;
-            }
-            lease.deadline = now + u64::from(lease.length_ms) * 1_000_000;
-            let deadline = lease.deadline;
-            queue.expiries.push(Reverse((deadline, task)));
+            let length_ms = match millis {
+                Some(ms) => ms.clamp(1, MAX_LEASE.as_millis() as u64) as u32,
+                None => lease.length_ms,
+            };
+            let deadline = now + u64::from(length_ms) * 1_000_000;
+            queue.relet(task, deadline, length_ms);
+            let deadline = instant(queue.epoch, deadline);
+            queue.journal.record(|queue| Change::Touched {
+                queue,
+                task,
+                deadline,
+                length_ms,
+            });
         }
         queue.compact_expiries();
         Ok(settled(tasks.len(), stale))
@@ -242,9 +284,11 @@ impl Broker {
             if delay.is_zero() || queue.exhausted(&item, buries) {
                 now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {
-                queue.requeued_total += 1;
-                let at = queue.stamp(Deadline::now() + delay.min(MAX_LEASE));
-                queue.delayed.push(Reverse(Delayed { at, item }));
+                let until = Deadline::now() + delay.min(MAX_LEASE);
+                queue.delay(item, until);
+                queue
+                    .journal
+                    .record(|queue| Change::Delayed { queue, task, until });
             }
         }
         let buried = queue.give_back_all(now_back, buries);

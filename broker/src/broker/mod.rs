@@ -37,10 +37,12 @@
 
 mod dead;
 mod item;
+pub mod journal;
 mod lease;
 mod progress;
 mod queue;
 mod registry;
+mod replay;
 mod timer;
 mod waiter;
 
@@ -56,9 +58,11 @@ use tokio::time::Instant as Deadline;
 
 pub use lease::MAX_LEASE;
 pub use progress::{Progress, Step};
+pub use replay::ReplayError;
 pub use waiter::{GetWaiting, PutWaiting};
 
 use crate::store::{Store, StoreError};
+use journal::Change;
 use lease::GiveBack;
 use progress::{settled, Batch};
 use queue::normalise_capacity;
@@ -114,6 +118,8 @@ struct Shared {
     completers: Mutex<Completers>,
     /// The origin of the queues' `due` times.
     epoch: Deadline,
+    /// Where changes are recorded; `None` when the store keeps no records.
+    store: Option<Arc<dyn Store>>,
 }
 
 #[derive(Debug, Default)]
@@ -124,11 +130,17 @@ struct Completers {
 
 impl Broker {
     /// The queues kept in `store`, every change to them recorded there.
-    pub fn open(limits: QueueLimits, _store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        Ok(Self::new(limits))
+    pub fn open(limits: QueueLimits, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let store = store.records().then_some(store);
+        Ok(Self::with_journal(limits, store))
     }
 
+    /// Empty queues kept in memory only.
     pub fn new(limits: QueueLimits) -> Self {
+        Self::with_journal(limits, None)
+    }
+
+    fn with_journal(limits: QueueLimits, store: Option<Arc<dyn Store>>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 limits,
@@ -137,9 +149,11 @@ impl Broker {
                 next_session: AtomicU64::new(0),
                 completers: Mutex::default(),
                 epoch: Deadline::now(),
+                store,
             }),
         }
     }
+
     /// Reserves `n` consecutive task ids. Call with the lock of the queue they go into held.
     fn reserve(&self, n: usize) -> TaskId {
         self.shared.next_task.fetch_add(n as u64, Relaxed)
@@ -205,7 +219,11 @@ impl Broker {
     pub fn declare(&self, queue: &str, capacity: Option<u64>) -> Result<QueueStats, QueueError> {
         let slot = self.queue(queue)?;
         let mut queue = self.lock(&slot);
-        queue.capacity = normalise_capacity(capacity);
+        let capacity = normalise_capacity(capacity);
+        queue.capacity = capacity;
+        queue
+            .journal
+            .record(|queue| Change::Declared { queue, capacity });
         queue.pump();
         Ok(queue.stats(&slot.name))
     }
@@ -381,11 +399,14 @@ impl Broker {
     ) -> Result<Progress, QueueError> {
         let slot = self.queue(queue)?;
         let mut queue = self.lock(&slot);
-        let stale = tasks
-            .iter()
-            .copied()
-            .filter(|&task| !queue.settle(task, session))
-            .collect();
+        let mut stale = Vec::new();
+        for &task in tasks {
+            if queue.settle(task, session) {
+                queue.journal.record(|queue| Change::Acked { queue, task });
+            } else {
+                stale.push(task);
+            }
+        }
         Ok(settled(tasks.len(), stale))
     }
 }

@@ -12,7 +12,8 @@ use taskmill_protocol::{Delivery, QueueStats, Task, TaskId};
 use tokio::time::Instant as Deadline;
 
 use super::item::{Item, Stored};
-use super::lease::{stamp, Delayed, Leased, SessionLeases, Stamp, DEAD_SLACK, MAX_LEASE};
+use super::journal::{Change, Journal, LeaseTerms};
+use super::lease::{instant, stamp, Delayed, Leased, SessionLeases, Stamp, DEAD_SLACK, MAX_LEASE};
 use super::progress::{Batch, Progress};
 use super::waiter::{GetWaiter, PutWaiter, WaiterId};
 use super::{QueueLimits, SessionId};
@@ -25,6 +26,8 @@ pub(super) struct Queue {
     pub(super) limits: QueueLimits,
     /// [`Shared::epoch`], the origin of this queue's stamps.
     pub(super) epoch: Deadline,
+    /// Where this queue's changes are recorded.
+    pub(super) journal: Journal,
     pub(super) items: VecDeque<Item>,
     pub(super) capacity: Option<u64>,
     pub(super) leased: FxHashMap<TaskId, Leased>,
@@ -54,10 +57,11 @@ pub(super) fn normalise_capacity(capacity: Option<u64>) -> Option<u64> {
 }
 
 impl Queue {
-    pub(super) fn new(limits: QueueLimits, epoch: Deadline) -> Self {
+    pub(super) fn new(limits: QueueLimits, epoch: Deadline, journal: Journal) -> Self {
         Self {
             limits,
             epoch,
+            journal,
             items: VecDeque::new(),
             capacity: normalise_capacity(limits.default_capacity),
             leased: FxHashMap::default(),
@@ -75,6 +79,12 @@ impl Queue {
             expired_total: 0,
             dead_total: 0,
         }
+    }
+
+    /// Appends a new item.
+    pub(super) fn push(&mut self, id: TaskId, payload: &[u8]) {
+        self.items.push_back(Item::new(id, 0, payload));
+        self.put_total += 1;
     }
 
     pub(super) fn has_room(&self) -> bool {
@@ -137,7 +147,7 @@ impl Queue {
         };
         // First how many fit, then hand them out: the small payloads among them go out as
         // slices of one buffer per reply, not an allocation each.
-        let (mut count, mut bytes, mut small) = (0, 0, 0);
+        let (mut count, mut bytes) = (0, 0);
         for item in self.items.iter().take(max as usize) {
             let size = item.payload_len() + TASK_OVERHEAD;
             if count > 0 && bytes + size > max_bytes {
@@ -145,8 +155,24 @@ impl Queue {
             }
             bytes += size;
             count += 1;
-            small += item.inline().map_or(0, <[u8]>::len);
         }
+        self.take_front(count, session, lease)
+    }
+
+    /// Takes the first `count` items, each delivered once more, leasing them to `session`
+    /// (for `length_ms`, until `deadline`) when `lease` says so.
+    pub(super) fn take_front(
+        &mut self,
+        count: usize,
+        session: SessionId,
+        lease: Option<(u32, Stamp)>,
+    ) -> Vec<Task> {
+        let small = self
+            .items
+            .iter()
+            .take(count)
+            .map(|item| item.inline().map_or(0, <[u8]>::len))
+            .sum();
         let mut buffer = BytesMut::with_capacity(small);
         for item in self.items.iter().take(count) {
             buffer.extend_from_slice(item.inline().unwrap_or_default());
@@ -175,6 +201,18 @@ impl Queue {
             }
         }
         self.delivered_total += tasks.len() as u64;
+        if !tasks.is_empty() {
+            let epoch = self.epoch;
+            self.journal.record(|queue| Change::Taken {
+                queue,
+                tasks: &tasks,
+                lease: lease.map(|(length_ms, deadline)| LeaseTerms {
+                    session,
+                    deadline: instant(epoch, deadline),
+                    length_ms,
+                }),
+            });
+        }
         if let Some((_, deadline)) = lease {
             if !tasks.is_empty() {
                 let leased = &self.leased;
@@ -212,6 +250,12 @@ impl Queue {
             self.delivered_total -= 1;
             *item.deliveries_mut() -= 1;
             self.items.push_front(item);
+            let leased = matches!(delivery, Delivery::Lease { .. });
+            self.journal.record(|queue| Change::Untaken {
+                queue,
+                task: &task,
+                leased,
+            });
         }
     }
 
@@ -226,6 +270,9 @@ impl Queue {
         progress: &mut Progress,
     ) {
         let mut settled_any = false;
+        let source_rank = source
+            .as_ref()
+            .map_or(self.journal.rank, |q| q.journal.rank);
         while let Some((payload, settles)) = pending.front() {
             let room = self.has_room();
             if let Some(task) = settles {
@@ -252,9 +299,18 @@ impl Queue {
                 break;
             }
             let id = progress.first_id + u64::from(progress.processed);
-            self.items.push_back(Item::new(id, 0, payload));
+            self.push(id, payload);
+            self.journal.record(|queue| match settles {
+                Some(task) => Change::Completed {
+                    queue: source_rank,
+                    task,
+                    target: queue,
+                    id,
+                    payload,
+                },
+                None => Change::Put { queue, id, payload },
+            });
             pending.pop_front();
-            self.put_total += 1;
             progress.processed += 1;
         }
         if settled_any {

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 
 use taskmill_protocol::DEAD_SUFFIX;
-use tokio::time::Instant as Deadline;
 
+use super::journal::{Change, Journal, QueueRank};
 use super::queue::Queue;
-use super::{Broker, QueueError, QueueLimits, Shared, MAX_QUEUE_NAME};
+use super::{Broker, QueueError, Shared, MAX_QUEUE_NAME};
 
 /// A queue's `due` when it has no lease to expire and no delayed item to return.
 pub(super) const NEVER: u64 = u64::MAX;
@@ -94,13 +94,24 @@ pub(super) fn lock_unpoisoned<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    pub(super) fn create(&mut self, name: &str, limits: QueueLimits, epoch: Deadline) -> Arc<Slot> {
+    /// Creates the queue `name`, recording it first: no change to it can precede that record,
+    /// as no one finds it before this lock is released.
+    pub(super) fn create(&mut self, name: &str, shared: &Shared) -> Arc<Slot> {
+        let rank = self.all.len();
+        let journal = Journal::new(shared.store.clone(), rank as QueueRank);
+        let queue = Queue::new(shared.limits, shared.epoch, journal);
+        let capacity = queue.capacity;
+        queue.journal.record(|queue| Change::Created {
+            queue,
+            name,
+            capacity,
+        });
         let slot = Arc::new(Slot {
             name: name.to_owned(),
-            rank: self.all.len(),
+            rank,
             dead_letters: AtomicBool::new(false),
             due: AtomicU64::new(NEVER),
-            queue: Mutex::new(Queue::new(limits, epoch)),
+            queue: Mutex::new(queue),
         });
         self.all.push(Arc::clone(&slot));
         self.by_name.insert(name.to_owned(), Arc::clone(&slot));
@@ -186,6 +197,6 @@ impl Broker {
                 max: limits.max_queues,
             });
         }
-        Ok(registry.create(name, limits, self.shared.epoch))
+        Ok(registry.create(name, &self.shared))
     }
 }

@@ -68,8 +68,20 @@ async fn a_waiting_completion_keeps_its_place_among_plain_puts_whichever_queue_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn completions_across_queues_in_both_lock_orders_neither_deadlock_nor_lose_a_task() {
+    complete_across_queues_in_both_lock_orders(broker()).await;
+}
+
+/// The same run, recorded: its journal replays, so records reach the store in the order the
+/// locks made the changes, even with both lock orders on several threads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn completions_across_queues_on_many_threads_are_journaled_in_lock_order() {
+    let (br, recorder) = super::journal::recorded();
+    complete_across_queues_in_both_lock_orders(br.clone()).await;
+    super::journal::replays_to_the_same_queues(&br, &recorder);
+}
+
+async fn complete_across_queues_in_both_lock_orders(br: Broker) {
     const TASKS: usize = 20_000;
-    let br = broker();
     // "a.results" ranks above "a" and "b.results" below "b", so completions take the two
     // locks in both orders; small capacities make them wait and wake each other.
     br.declare("a", None).unwrap();

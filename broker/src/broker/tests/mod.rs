@@ -12,6 +12,7 @@ use taskmill_protocol::{DeadLetter, DEAD_SUFFIX};
 use tokio_util::sync::CancellationToken;
 
 mod dead_letters;
+mod journal;
 mod leases;
 mod locking;
 mod memory;
