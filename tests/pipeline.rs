@@ -2,14 +2,9 @@
 //! next get) and pipelined requests with out-of-order replies. The squares job with large
 //! batches and a deep prefetch window is in end_to_end.rs.
 
-use bytes::Bytes;
 use taskmill::{Client, Worked};
 use taskmill_protocol::{Delivery, Outcome, Reply, Request, Wait};
-use taskmill_testkit::{config, within, TestMaster};
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
+use taskmill_testkit::{b, config, within, TestMaster};
 
 /// A worker's step on "tasks": complete `done` (if any) with a result, then lease up to `max`.
 async fn step(c: &mut Client, done: Option<u64>, max: u32, wait: Wait) -> Worked {

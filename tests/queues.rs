@@ -7,12 +7,8 @@ use bytes::Bytes;
 use taskmill::ClientError;
 use taskmill_protocol::handshake;
 use taskmill_protocol::{ClientMessage, ErrorKind, MasterMessage, Outcome, Reply, Request, Wait};
-use taskmill_testkit::{config, within, TestMaster};
+use taskmill_testkit::{b, config, within, TestMaster};
 use tokio::net::TcpStream;
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
 
 /// Polls `inspect` until the queue shows `getters` waiting getters.
 async fn until_getters(master: &TestMaster, queue: &str, getters: u64) {

@@ -3,19 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use taskmill::{Client, ClientError};
 use taskmill_protocol::handshake;
 use taskmill_protocol::{
     decode_payload, ClientMessage, DeadLetter, Delivery, ErrorKind, MasterMessage, Outcome,
     Request, Wait,
 };
-use taskmill_testkit::{config, fake_master, key, within, TestMaster};
+use taskmill_testkit::{b, config, fake_master, key, within, TestMaster};
 use tokio::net::TcpStream;
-
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
 
 /// Polls until `queue` has no leased tasks left, returning how long that took.
 async fn until_unleased(probe: &mut Client, queue: &str) -> Duration {

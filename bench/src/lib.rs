@@ -7,6 +7,9 @@
 //! `latency` (one task at a time, put to result). Latencies are measured from when a request
 //! was due, not when it was sent, so an open-loop `--rate` run does not hide queueing behind a
 //! slow response (no coordinated omission).
+//!
+//! # Layout
+//! One file: the plan and report types, one function per scenario; `main.rs` parses flags.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,7 +34,7 @@ pub struct Target {
     pub client: ClientOptions,
 }
 
-/// What to run. Every scenario also stops at [`Bounds`].
+/// What to run. Every scenario also stops at its duration and count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Scenario {

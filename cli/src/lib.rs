@@ -2,6 +2,10 @@
 //! master to reach, TLS), duration flags, logging, the runtime, signals.
 //!
 //! Binaries only: the libraries take typed configuration, never flags.
+//!
+//! # Layout
+//! One file: the flag groups ([`KeyArgs`], [`ConnectArgs`], [`TlsClientArgs`]), then
+//! [`parse_duration`], logging, [`run_main`] and [`cancel_on_signal`].
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,10 @@
 //! The journal: every change to a queue's state as a [`Change`], handed to the [`Store`] at the
 //! moment it is made, under the lock of every queue it names. So the order in which a store
 //! sees changes is the order the queues' locks made them, and replaying them in that order
-//! ([`Broker::apply`]) rebuilds the same queues, leases included.
+//! ([`Broker::apply`](super::Broker::apply)) rebuilds the same queues, leases included.
 //!
 //! The broker builds no record at all when its store keeps none (memory mode): each site asks
-//! its queue's [`Journal`], which holds no store then.
+//! its queue's `Journal`, which holds no store then.
 //!
 //! Ids in records are the ones the live operation handed out, so replay never reserves any:
 //! it moves the id counter past every id it meets. Moments (lease deadlines, nack delays) are
