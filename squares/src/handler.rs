@@ -64,19 +64,21 @@ impl Handler for Squares {
     async fn handle(&self, tasks: &[Task]) -> Vec<Answer> {
         // An encoded result is about 15 bytes; one buffer holds the batch's.
         let mut results = PayloadBatch::with_capacity(tasks.len(), 24);
-        let done: Vec<Result<(), Failure>> = tasks
-            .iter()
-            .map(|task| {
-                process(&task.payload, task.attempt, self.id, &mut results).map_err(|err| {
-                    Failure::Reject {
-                        reason: format!("undecodable task: {err}"),
-                    }
-                })
-            })
-            .collect();
+        // Rare, so kept apart: no allocation for a batch without one.
+        let mut rejected = Vec::new();
+        for (at, task) in tasks.iter().enumerate() {
+            if let Err(err) = process(&task.payload, task.attempt, self.id, &mut results) {
+                let reason = format!("undecodable task: {err}");
+                rejected.push((at, Failure::Reject { reason }));
+            }
+        }
         let mut encoded = results.finish().into_iter();
-        done.into_iter()
-            .map(|d| d.map(|()| encoded.next().expect("one result per task processed")))
+        let mut rejected = rejected.into_iter().peekable();
+        (0..tasks.len())
+            .map(|at| match rejected.next_if(|(r, _)| *r == at) {
+                Some((_, failure)) => Err(failure),
+                None => Ok(encoded.next().expect("one result per task processed")),
+            })
             .collect()
     }
 }

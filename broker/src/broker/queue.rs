@@ -147,7 +147,7 @@ impl Queue {
         };
         // First how many fit, then hand them out: the small payloads among them go out as
         // slices of one buffer per reply, not an allocation each.
-        let (mut count, mut bytes) = (0, 0);
+        let (mut count, mut bytes, mut small) = (0, 0, 0);
         for item in self.items.iter().take(max as usize) {
             let size = item.payload_len() + TASK_OVERHEAD;
             if count > 0 && bytes + size > max_bytes {
@@ -155,24 +155,21 @@ impl Queue {
             }
             bytes += size;
             count += 1;
+            small += item.inline().map_or(0, <[u8]>::len);
         }
-        self.take_front(count, session, lease)
+        self.take_front(count, small, session, lease)
     }
 
-    /// Takes the first `count` items, each delivered once more, leasing them to `session`
-    /// (for `length_ms`, until `deadline`) when `lease` says so.
+    /// Takes the first `count` items (`small` bytes of them stored inline), each delivered
+    /// once more, leasing them to `session` (for `length_ms`, until `deadline`) when `lease`
+    /// says so.
     pub(super) fn take_front(
         &mut self,
         count: usize,
+        small: usize,
         session: SessionId,
         lease: Option<(u32, Stamp)>,
     ) -> Vec<Task> {
-        let small = self
-            .items
-            .iter()
-            .take(count)
-            .map(|item| item.inline().map_or(0, <[u8]>::len))
-            .sum();
         let mut buffer = BytesMut::with_capacity(small);
         for item in self.items.iter().take(count) {
             buffer.extend_from_slice(item.inline().unwrap_or_default());

@@ -111,7 +111,13 @@ impl Broker {
                 let epoch = q.epoch;
                 let terms = lease.map(|l| (l.length_ms, stamp(epoch, l.deadline)));
                 let session = lease.map_or(0, |l| l.session);
-                q.take_front(tasks.len(), session, terms);
+                let small = q
+                    .items
+                    .iter()
+                    .take(tasks.len())
+                    .map(|i| i.inline().map_or(0, <[u8]>::len))
+                    .sum();
+                q.take_front(tasks.len(), small, session, terms);
                 if let Some(l) = lease {
                     self.seen_session(l.session);
                 }
