@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use taskmill_protocol::Stats;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -21,7 +22,7 @@ use crate::config::ServerConfig;
 use crate::net::guard::Guard;
 use crate::net::listener;
 use crate::net::session::Taskmill;
-use crate::store::{Store, StoreError};
+use crate::store::{Durability, Store, StoreError};
 
 /// Process-wide connection counters, reported by `stats`.
 #[derive(Debug, Default)]
@@ -53,6 +54,8 @@ pub(crate) struct Context {
     /// Every session and refusal task, so the stop can wait for them.
     pub tracker: TaskTracker,
     pub started: Instant,
+    /// Where the queues' changes are kept; replies wait for what it has made durable.
+    pub store: Arc<dyn Store>,
 }
 
 /// A master: its queues and everything its listeners share. Cheap to clone.
@@ -65,7 +68,7 @@ impl Master {
     /// A master with `config`, its queues restored from `store` (empty for
     /// [`crate::store::Memory`]), every change to them recorded there from now on.
     pub fn open(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let broker = Broker::open(config.limits, store)?;
+        let broker = Broker::open(config.limits, Arc::clone(&store))?;
         Ok(Self {
             ctx: Arc::new(Context {
                 guard: Guard::new(config.guard),
@@ -76,6 +79,7 @@ impl Master {
                 phases: Phases::default(),
                 tracker: TaskTracker::new(),
                 started: Instant::now(),
+                store,
             }),
         })
     }
@@ -88,12 +92,24 @@ impl Master {
     /// Serves `listener` until `shutdown` fires; then drains for up to the grace period (no new
     /// connections, no new tasks accepted or leased, completions still welcome) until every
     /// lease is settled, stops every session, and returns.
+    ///
+    /// If the durable log fails, the master stops at once (no drain: nothing more can be
+    /// acknowledged) and returns the failure.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
         let ctx = &self.ctx;
         let timers = tokio::spawn(ctx.broker.clone().run_timers(ctx.phases.stop.clone()));
         info!(addr = %listener.local_addr()?, "master listening");
-        listener::run::<Taskmill>(ctx, listener, &shutdown).await;
-        self.drain().await;
+        let stop_accepting = shutdown.child_token();
+        let failure = tokio::spawn(storage_failure(
+            ctx.store.durability(),
+            stop_accepting.clone(),
+        ));
+        listener::run::<Taskmill>(ctx, listener, &stop_accepting).await;
+        failure.abort();
+        let failed = failure.await.ok().flatten();
+        if failed.is_none() {
+            self.drain().await;
+        }
         ctx.phases.stop.cancel();
         ctx.tracker.close();
         let grace = ctx.config.shutdown_grace;
@@ -105,8 +121,12 @@ impl Master {
             warn!("some connections did not finish within the grace period; dropping them");
         }
         let _ = timers.await;
+        ctx.store.close();
         info!("master stopped");
-        Ok(())
+        match failed {
+            Some(failure) => Err(io::Error::other(failure.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Tells every session to take no new work and waits, up to the grace period, for the
@@ -152,6 +172,25 @@ impl Context {
             handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
             completing_clients_total: completing,
             queues,
+            storage: self.store.stats(),
+        }
+    }
+}
+
+/// Resolves with the log's failure, once it fails, having cancelled `stop`; never without a
+/// durable log.
+async fn storage_failure(
+    durability: Option<watch::Receiver<Durability>>,
+    stop: CancellationToken,
+) -> Option<Arc<str>> {
+    let mut durability = durability?;
+    loop {
+        if let Some(failure) = durability.borrow_and_update().failed.clone() {
+            stop.cancel();
+            return Some(failure);
+        }
+        if durability.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

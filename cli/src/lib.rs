@@ -59,6 +59,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (try 5, 2.5, 500ms, 10s, 2m)"))
 }
 
+/// Parses a byte count: `1048576`, or with a unit: `500MB`, `20GiB`, `1.5TB` (KB, MB, GB, TB
+/// are powers of 1000; KiB, MiB, GiB, TiB of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: not a size (try 500MB, 20GiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (try MB, GB, MiB, GiB)"
+            ))
+        }
+    };
+    Ok((number * scale as f64) as u64)
+}
+
 /// Client-side TLS flags, shared by every command that connects to a master.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TlsClientArgs {
@@ -167,6 +197,16 @@ mod tests {
         assert_eq!(host_of("master:5000"), "master");
         assert_eq!(host_of("10.0.0.1:5000"), "10.0.0.1");
         assert_eq!(host_of("[::1]:5000"), "::1");
+    }
+
+    #[test]
+    fn sizes_accept_plain_bytes_and_units() {
+        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_bytes("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_bytes("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_bytes("1.5 kb").unwrap(), 1500);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
     }
 
     #[test]

@@ -342,6 +342,31 @@ impl Client {
         }
     }
 
+    /// [`Client::put`] carried out at most once: sending it again with the same `producer`
+    /// and `seq`, after a connection died before the reply, gets the first one's outcome
+    /// instead of queueing the items twice (see [`Request::PutOnce`]). While the first is
+    /// still waiting for room the master answers `InProgress`, a transient error: retry.
+    pub async fn put_once(
+        &mut self,
+        queue: &str,
+        items: Vec<Bytes>,
+        wait: Wait,
+        producer: u64,
+        seq: u64,
+    ) -> Result<PutOutcome, ClientError> {
+        let request = Request::PutOnce {
+            queue: queue.to_owned(),
+            items,
+            wait,
+            producer,
+            seq,
+        };
+        match self.request(request).await? {
+            Reply::Put { first_id, accepted } => Ok(PutOutcome { first_id, accepted }),
+            other => Err(unexpected("Put", &other)),
+        }
+    }
+
     /// Takes up to `max` tasks under a lease of the master's default length: settle each with
     /// [`Client::complete`] or [`Client::ack`]; if the lease expires or this connection ends
     /// first they go back to the queue. An empty vector means the queue stayed empty for the

@@ -68,7 +68,7 @@ impl ClientError {
                 Rejection::ShuttingDown | Rejection::Overloaded | Rejection::Throttled,
             )
             | ClientError::Server {
-                kind: ErrorKind::ShuttingDown,
+                kind: ErrorKind::ShuttingDown | ErrorKind::StorageFull | ErrorKind::InProgress,
                 ..
             } => true,
             ClientError::Codec(CodecError::Io(_)) => true,

@@ -88,7 +88,8 @@ fn every_request_and_reply_has_a_seed(request: &Request, reply: &Reply) {
         | Request::Ping
         | Request::Touch { .. }
         | Request::Nack { .. }
-        | Request::CompleteAndGet { .. } => {}
+        | Request::CompleteAndGet { .. }
+        | Request::PutOnce { .. } => {}
     }
     match reply {
         Reply::Put { .. }
@@ -227,6 +228,16 @@ fn requests() -> Vec<(&'static str, Request)> {
                 lease_ms: Some(500),
             },
         ),
+        (
+            "put-once",
+            Request::PutOnce {
+                queue: q(),
+                items: vec![Bytes::from_static(b"7")],
+                wait: Wait::Millis(1000),
+                producer: 0x5eed,
+                seq: 42,
+            },
+        ),
     ]
 }
 
@@ -265,6 +276,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 handshake_failures: 1,
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
+                storage: None,
             })),
         ),
         ("pong", Reply::Pong),

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use taskmill_broker::store::Fsync;
 use taskmill_broker::{GuardLimits, QueueLimits, ServerConfig, MIN_MAX_FRAME};
-use taskmill_cli::{parse_duration, ConnectArgs, KeyArgs, TlsClientArgs};
+use taskmill_cli::{parse_bytes, parse_duration, ConnectArgs, KeyArgs, TlsClientArgs};
 use taskmill_protocol::codec::MAX_FRAME_CEILING;
 use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
 
@@ -164,6 +165,44 @@ pub struct ServerArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, env = "TASKMILL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where the queues are kept (flags shared by `serve` and `run`).
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Keep the queues in this directory (created if missing): every put, completion, ack,
+    /// nack and dead letter is on disk before its reply, and a master restarted on the same
+    /// directory carries on where it stopped (tasks leased then are queued again). Without it
+    /// the queues live in memory only and are lost when the master stops.
+    #[arg(long, env = "TASKMILL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: `always` (the default) makes every reply wait for its records' fsync.
+    /// A duration (e.g. 100ms) makes replies wait for the write only and fsyncs at least that
+    /// often: faster, and a crash of the master loses nothing acknowledged, but a crash of the
+    /// machine (power, kernel) may lose up to that long of acknowledged work.
+    #[arg(long, env = "TASKMILL_FSYNC", default_value = "always", value_parser = parse_fsync, requires = "data_dir")]
+    pub fsync: Fsync,
+    /// With --data-dir: disk the log and snapshots may use (e.g. 20GiB, 500MB). Past it, puts
+    /// are refused as StorageFull (retry later) while completions and acks go on. Default:
+    /// what the directory holds plus 90% of the free space when the master starts.
+    #[arg(long, env = "TASKMILL_MAX_DISK", value_parser = parse_bytes, requires = "data_dir")]
+    pub max_disk: Option<u64>,
+    /// With --data-dir: start on a damaged log by cutting it at the damage (what follows it is
+    /// lost, and logged). Without it, a damaged log stops the master with the file and offset.
+    #[arg(long, requires = "data_dir")]
+    pub repair: bool,
+}
+
+fn parse_fsync(s: &str) -> Result<Fsync, String> {
+    match s.trim() {
+        "always" => Ok(Fsync::Always),
+        other => match parse_duration(other)? {
+            every if every.is_zero() => Err("use `always`, or an interval above 0".into()),
+            every => Ok(Fsync::Every(every)),
+        },
+    }
 }
 
 /// A flag value that cannot work, with the flag's name.
@@ -176,7 +215,7 @@ pub struct ConfigError {
 
 impl ServerArgs {
     /// Checks ranges and builds the config around `key`.
-    pub fn into_config(self, key: AuthKey) -> Result<ServerConfig, ConfigError> {
+    pub fn to_config(&self, key: AuthKey) -> Result<ServerConfig, ConfigError> {
         let bad = |flag, problem: String| Err(ConfigError { flag, problem });
         if !(MIN_MAX_FRAME..=MAX_FRAME_CEILING).contains(&self.max_frame) {
             return bad(

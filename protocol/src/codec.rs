@@ -445,6 +445,7 @@ mod tests {
                 handshake_failures: 1,
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
+                storage: None,
             })),
             Reply::Pong,
             Reply::Error {

@@ -13,7 +13,7 @@ use crate::frame_bytes;
 pub const MAGIC: [u8; 4] = *b"TMIL";
 
 /// The protocol version this crate speaks. Both sides must agree exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Random bytes each side contributes so that every handshake's MACs are fresh.
 pub type Nonce = [u8; 32];
@@ -228,6 +228,20 @@ pub enum Request {
         wait: Wait,
         lease_ms: Option<u64>,
     },
+    /// [`Request::Put`] carried out at most once: a put sent again with the same `producer`
+    /// and `seq` (because the connection died before its reply) gets the first one's answer
+    /// instead of queueing its items again; while the first still waits for room the answer
+    /// is `Error(InProgress)`. A producer picks a random id and numbers its puts; the master
+    /// remembers each producer's last 1,024 puts per queue. Answer: [`Reply::Put`].
+    PutOnce {
+        queue: String,
+        /// Decoded from a frame, views into it: copy one to keep it long.
+        #[serde(deserialize_with = "frame_bytes::payloads")]
+        items: Vec<Bytes>,
+        wait: Wait,
+        producer: u64,
+        seq: u64,
+    },
 }
 
 impl Request {
@@ -235,6 +249,7 @@ impl Request {
     pub fn wait(&self) -> Wait {
         match self {
             Request::Put { wait, .. }
+            | Request::PutOnce { wait, .. }
             | Request::Get { wait, .. }
             | Request::Complete { wait, .. }
             | Request::CompleteAndGet { wait, .. } => *wait,
@@ -310,6 +325,14 @@ pub enum ErrorKind {
     ReplyTooLarge,
     /// The master is draining before it stops: it takes no new tasks and leases none.
     ShuttingDown,
+    // Variants are only ever appended.
+    /// The master's disk budget is spent: it takes no new tasks until completions and acks
+    /// (which still work) free room. Retry later.
+    StorageFull,
+    /// Writing the master's log failed: nothing more is acknowledged, and it stops.
+    StorageFailed,
+    /// A put with this producer and sequence number is still waiting for room; retry later.
+    InProgress,
 }
 
 /// Bytes a frame needs around one item: message tags, ids and lengths, and room to wrap the
@@ -396,4 +419,30 @@ pub struct Stats {
     /// Distinct connections that completed (with a result) at least one task since start.
     pub completing_clients_total: u64,
     pub queues: Vec<QueueStats>,
+    /// The durable log, for a master with a data directory.
+    pub storage: Option<StorageStats>,
+}
+
+/// What a master keeps on disk, and how its log is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStats {
+    pub data_dir: String,
+    /// Log and snapshot bytes on disk.
+    pub disk_bytes: u64,
+    /// Past this (less room kept for settling what is queued and for the next snapshot),
+    /// puts are refused with `StorageFull`.
+    pub disk_limit: u64,
+    pub log_bytes: u64,
+    pub log_files: u64,
+    pub snapshot_bytes: u64,
+    /// Since the newest snapshot was written; `None` before the first.
+    pub snapshot_age_ms: Option<u64>,
+    /// Records appended and fsyncs made since start: their ratio is the records per fsync.
+    pub records_total: u64,
+    pub fsyncs_total: u64,
+    /// How long recovering the queues took at start.
+    pub recovery_ms: u64,
+    /// `None`: every reply waits for its records' fsync; otherwise the longest interval
+    /// between fsyncs.
+    pub fsync_interval_ms: Option<u64>,
 }

@@ -13,7 +13,7 @@ use taskmill_protocol::codec::{HANDSHAKE_MAX_FRAME, MAX_FRAME_CEILING};
 use taskmill_protocol::{
     decode_payload, encode_payload, ClientHandshake, ClientMessage, CodecError, DeadLetter,
     Delivery, ErrorKind, MasterHandshake, MasterMessage, MessageCodec, Outcome, QueueStats,
-    Rejection, Reply, Request, Stats, Task, Wait, DEFAULT_MAX_FRAME,
+    Rejection, Reply, Request, Stats, StorageStats, Task, Wait, DEFAULT_MAX_FRAME,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -117,6 +117,20 @@ fn request() -> impl Strategy<Value = Request> {
                     lease_ms,
                 }
             }),
+        (
+            text(),
+            vec(bytes(), 0..4),
+            wait(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(queue, items, wait, producer, seq)| Request::PutOnce {
+                queue,
+                items,
+                wait,
+                producer,
+                seq,
+            }),
     ]
 }
 
@@ -130,7 +144,34 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         ErrorKind::PayloadTooLarge,
         ErrorKind::ReplyTooLarge,
         ErrorKind::ShuttingDown,
+        ErrorKind::StorageFull,
+        ErrorKind::StorageFailed,
+        ErrorKind::InProgress,
     ])
+}
+
+fn storage_stats() -> impl Strategy<Value = StorageStats> {
+    (
+        text(),
+        proptest::array::uniform8(any::<u64>()),
+        option::of(any::<u64>()),
+        option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(data_dir, n, snapshot_age_ms, fsync_interval_ms)| StorageStats {
+                data_dir,
+                disk_bytes: n[0],
+                disk_limit: n[1],
+                log_bytes: n[2],
+                log_files: n[3],
+                snapshot_bytes: n[4],
+                snapshot_age_ms,
+                records_total: n[5],
+                fsyncs_total: n[6],
+                recovery_ms: n[7],
+                fsync_interval_ms,
+            },
+        )
 }
 
 fn queue_stats() -> impl Strategy<Value = QueueStats> {
@@ -180,15 +221,17 @@ fn reply() -> impl Strategy<Value = Reply> {
         queue_stats().prop_map(|q| Reply::Queue(Box::new(q))),
         (
             proptest::array::uniform5(any::<u64>()),
-            vec(queue_stats(), 0..3)
+            vec(queue_stats(), 0..3),
+            option::of(storage_stats()),
         )
-            .prop_map(|(n, queues)| Reply::Stats(Box::new(Stats {
+            .prop_map(|(n, queues, storage)| Reply::Stats(Box::new(Stats {
                 uptime_ms: n[0],
                 clients: n[1],
                 connections_total: n[2],
                 handshake_failures: n[3],
                 completing_clients_total: n[4],
                 queues,
+                storage,
             }))),
         Just(Reply::Pong),
         (error_kind(), text()).prop_map(|(kind, message)| Reply::Error { kind, message }),
@@ -284,7 +327,8 @@ fn every_request_has_a_strategy(request: &Request) {
         | Request::Ping
         | Request::Touch { .. }
         | Request::Nack { .. }
-        | Request::CompleteAndGet { .. } => {}
+        | Request::CompleteAndGet { .. }
+        | Request::PutOnce { .. } => {}
     }
 }
 
@@ -308,7 +352,10 @@ fn every_reply_has_a_strategy(reply: &Reply, kind: ErrorKind) {
         | ErrorKind::NoSuchQueue
         | ErrorKind::PayloadTooLarge
         | ErrorKind::ReplyTooLarge
-        | ErrorKind::ShuttingDown => {}
+        | ErrorKind::ShuttingDown
+        | ErrorKind::StorageFull
+        | ErrorKind::StorageFailed
+        | ErrorKind::InProgress => {}
     }
 }
 

@@ -38,7 +38,7 @@ fn hello_frame_matches_section_9() {
     let nonce = hex(&seq_bytes(0));
     assert_eq!(
         frame(&hello),
-        format!("00 00 00 26 00 54 4d 49 4c 01 {nonce}")
+        format!("00 00 00 26 00 54 4d 49 4c 02 {nonce}")
     );
 }
 

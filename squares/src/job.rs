@@ -38,6 +38,9 @@ const COLLECT_BATCH: u32 = 4096;
 const LINGER_BELOW: usize = 64;
 const LINGER: Duration = Duration::from_micros(500);
 
+/// How long a job tries to reach its master before saying none is there.
+const FIRST_CONTACT: Duration = Duration::from_secs(5);
+
 /// Longest single wait of the producer or collector, so deadlines are checked promptly.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -101,6 +104,12 @@ pub enum JobError {
     /// would make the error chain repeat it.
     #[error("the job cannot go on: {0}")]
     Client(ClientError),
+    #[error("no master answered at {addr} for {tried:?}: {cause}")]
+    Unreachable {
+        addr: String,
+        tried: Duration,
+        cause: ClientError,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -162,6 +171,7 @@ pub async fn drive(
 ) -> Result<JobReport, JobError> {
     let producer = Reconnecting::new("producer", addr, key, &job.client, MAX_BACKOFF);
     let mut collector = Reconnecting::new("collector", addr, key, &job.client, MAX_BACKOFF);
+    first_contact(&mut collector, shutdown).await?;
     let start = Instant::now();
     let batches = job.tasks.div_ceil(u64::from(job.batch)) as usize;
     let put_times: Arc<Vec<AtomicU64>> =
@@ -254,8 +264,38 @@ pub async fn drive(
     })
 }
 
-/// Puts every task in order, waiting for room, recording when each batch was sent. A batch
-/// whose reply was lost is put again; the collector drops the duplicate results.
+/// Connects `link`, giving up with a clear error if no master answers within
+/// [`FIRST_CONTACT`]: a job against a master that was never there says so in seconds. (One
+/// that goes away later is waited for, up to the stall timeout.)
+async fn first_contact(
+    link: &mut Reconnecting,
+    shutdown: &CancellationToken,
+) -> Result<(), JobError> {
+    let started = Instant::now();
+    loop {
+        let err = match link.client().await {
+            Ok(_) => return Ok(()),
+            Err(err) if !err.is_transient() => return Err(err.into()),
+            Err(err) => err,
+        };
+        if started.elapsed() >= FIRST_CONTACT {
+            return Err(JobError::Unreachable {
+                addr: link.addr().to_owned(),
+                tried: FIRST_CONTACT,
+                cause: err,
+            });
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            retried = link.failed(err) => retried?,
+        }
+    }
+}
+
+/// Puts every task in order, waiting for room, recording when each batch was sent. Each put is
+/// carried out at most once: one whose reply was lost with the connection is sent again with
+/// its sequence number, and the master answers with what it achieved instead of queueing its
+/// tasks twice.
 async fn produce(
     mut link: Reconnecting,
     job: JobConfig,
@@ -264,6 +304,8 @@ async fn produce(
     stop: CancellationToken,
 ) -> Result<(), ClientError> {
     let batch = u64::from(job.batch);
+    let producer: u64 = rand::random();
+    let mut sequence = 0u64;
     for (index, first) in (0..job.tasks).step_by(batch as usize).enumerate() {
         let last = (first + batch).min(job.tasks);
         // One buffer for the batch, so a retry's clone of the items copies no payload either.
@@ -281,10 +323,17 @@ async fn produce(
             let wait = Wait::Millis(POLL.as_millis() as u64);
             let put = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                put = async { link.client().await?.put(TASKS_QUEUE, items.clone(), wait).await } => put,
+                put = async {
+                    let client = link.client().await?;
+                    client.put_once(TASKS_QUEUE, items.clone(), wait, producer, sequence).await
+                } => put,
             };
             match put {
-                Ok(put) => drop(items.drain(..put.accepted as usize)),
+                Ok(put) => {
+                    // What was not accepted goes again as a put of its own.
+                    items.drain(..put.accepted as usize);
+                    sequence += 1;
+                }
                 Err(err) => link.failed(err).await?,
             }
         }

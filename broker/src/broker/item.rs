@@ -93,6 +93,14 @@ impl Item {
         }
     }
 
+    /// The payload as `Bytes`: a copy if it is inline, shared if not.
+    pub(super) fn payload_bytes(&self) -> Bytes {
+        match &self.stored {
+            Stored::Inline { len, data, .. } => Bytes::copy_from_slice(&data[..usize::from(*len)]),
+            Stored::Boxed { bytes, .. } => Bytes::clone(bytes),
+        }
+    }
+
     pub(super) fn into_payload(self) -> Bytes {
         match self.stored {
             Stored::Inline { len, data, .. } => Bytes::copy_from_slice(&data[..usize::from(len)]),

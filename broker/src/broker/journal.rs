@@ -15,6 +15,7 @@ use std::sync::Arc;
 use taskmill_protocol::{Task, TaskId};
 use tokio::time::Instant as Deadline;
 
+use super::origin::Origin;
 use super::SessionId;
 use crate::store::Store;
 
@@ -55,11 +56,12 @@ pub enum Change<'a> {
         queue: QueueRank,
         capacity: Option<u64>,
     },
-    /// An item was appended.
+    /// An item was appended; by a put to be carried out at most once if it has an origin.
     Put {
         queue: QueueRank,
         id: TaskId,
         payload: &'a [u8],
+        origin: Option<Origin>,
     },
     /// A leased task of `queue` was settled and its result appended to `target` (which may be
     /// `queue` itself) as item `id`: one change, never half of it.
@@ -120,6 +122,37 @@ pub enum Change<'a> {
     },
 }
 
+impl Change<'_> {
+    /// The queue the change is made to (for a completion, the one whose lease it settles; for
+    /// a burial, the one the task leaves).
+    pub fn queue(&self) -> QueueRank {
+        match *self {
+            Change::Created { queue, .. }
+            | Change::Declared { queue, .. }
+            | Change::Put { queue, .. }
+            | Change::Completed { queue, .. }
+            | Change::Taken { queue, .. }
+            | Change::Untaken { queue, .. }
+            | Change::Acked { queue, .. }
+            | Change::Touched { queue, .. }
+            | Change::Requeued { queue, .. }
+            | Change::Delayed { queue, .. }
+            | Change::Undelayed { queue, .. }
+            | Change::Buried { queue, .. } => queue,
+        }
+    }
+
+    /// The other queue a change spanning two is made to: a completion's results queue, a
+    /// burial's dead-letter queue.
+    pub fn second_queue(&self) -> Option<QueueRank> {
+        match *self {
+            Change::Completed { target, .. } => Some(target),
+            Change::Buried { dead, .. } => Some(dead),
+            _ => None,
+        }
+    }
+}
+
 /// Where one queue records its changes: the broker's store, or nowhere.
 #[derive(Debug, Clone)]
 pub(super) struct Journal {
@@ -130,6 +163,10 @@ pub(super) struct Journal {
 impl Journal {
     pub(super) fn new(store: Option<Arc<dyn Store>>, rank: QueueRank) -> Self {
         Self { store, rank }
+    }
+
+    pub(super) fn attach(&mut self, store: Arc<dyn Store>) {
+        self.store = Some(store);
     }
 
     /// Records the change `make` builds; builds nothing when no store keeps records.

@@ -36,9 +36,11 @@
 //! - `timer`: the timer task that expires leases and returns delayed tasks.
 
 mod dead;
+mod image;
 mod item;
 pub mod journal;
 mod lease;
+mod origin;
 mod progress;
 mod queue;
 mod registry;
@@ -47,7 +49,7 @@ mod timer;
 mod waiter;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,7 +58,9 @@ use taskmill_protocol::{Delivery, Outcome, QueueStats, Task, TaskId};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant as Deadline;
 
+pub use image::{ImageItem, ImageLease, QueueImage};
 pub use lease::MAX_LEASE;
+pub use origin::{Origin, Outcome as PutOutcome};
 pub use progress::{Progress, Step};
 pub use replay::ReplayError;
 pub use waiter::{GetWaiting, PutWaiting};
@@ -97,6 +101,8 @@ pub enum QueueError {
     TooManyQueues { name: String, max: usize },
     #[error("no queue named {0:?}")]
     NoSuchQueue(String),
+    #[error("a put from this producer with this sequence number is still waiting for room")]
+    InProgress,
 }
 
 /// A cloneable handle to all queues.
@@ -118,8 +124,9 @@ struct Shared {
     completers: Mutex<Completers>,
     /// The origin of the queues' `due` times.
     epoch: Deadline,
-    /// Where changes are recorded; `None` when the store keeps no records.
-    store: Option<Arc<dyn Store>>,
+    /// Where changes are recorded, once the store has restored the queues; never set for a
+    /// store that keeps no records.
+    store: OnceLock<Arc<dyn Store>>,
 }
 
 #[derive(Debug, Default)]
@@ -130,17 +137,39 @@ struct Completers {
 
 impl Broker {
     /// The queues kept in `store`, every change to them recorded there.
+    ///
+    /// The store first restores what it keeps; then every change is recorded there, and the
+    /// leases the restored queues held end (no connection survives a restart).
     pub fn open(limits: QueueLimits, store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let store = store.records().then_some(store);
-        Ok(Self::with_journal(limits, store))
+        let broker = Self::new(limits);
+        if !store.records() {
+            return Ok(broker);
+        }
+        store.restore(&broker)?;
+        broker.attach(Arc::clone(&store));
+        let released = broker.release_leases();
+        if released > 0 {
+            tracing::info!(
+                released,
+                "tasks leased when the master stopped are queued again"
+            );
+        }
+        store.start(&broker);
+        Ok(broker)
+    }
+
+    /// Records every change from now on in `store`.
+    fn attach(&self, store: Arc<dyn Store>) {
+        if self.shared.store.set(Arc::clone(&store)).is_err() {
+            return;
+        }
+        for slot in self.slots() {
+            self.lock(&slot).journal.attach(Arc::clone(&store));
+        }
     }
 
     /// Empty queues kept in memory only.
     pub fn new(limits: QueueLimits) -> Self {
-        Self::with_journal(limits, None)
-    }
-
-    fn with_journal(limits: QueueLimits, store: Option<Arc<dyn Store>>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 limits,
@@ -149,7 +178,7 @@ impl Broker {
                 next_session: AtomicU64::new(0),
                 completers: Mutex::default(),
                 epoch: Deadline::now(),
-                store,
+                store: OnceLock::new(),
             }),
         }
     }
@@ -255,9 +284,23 @@ impl Broker {
         items: Vec<Bytes>,
         wait: bool,
     ) -> Result<Step<Progress, PutWaiting>, QueueError> {
+        self.put_once(session, queue, items, wait, None)
+    }
+
+    /// [`Broker::put`] carried out at most once per `origin`: a put with an origin already
+    /// seen gets what that one achieved (its ids, and how many of its items were queued)
+    /// without queueing anything, or [`QueueError::InProgress`] while that one still waits.
+    pub fn put_once(
+        &self,
+        session: SessionId,
+        queue: &str,
+        items: Vec<Bytes>,
+        wait: bool,
+        origin: Option<Origin>,
+    ) -> Result<Step<Progress, PutWaiting>, QueueError> {
         let slot = self.queue(queue)?;
-        let batch = Batch::Items(items.into());
-        Ok(self.insert(slot, None, session, batch, wait))
+        let batch = Batch::Items(items.into(), origin);
+        self.insert(slot, None, session, batch, wait)
     }
 
     /// Settles each outcome's lease on `queue` and appends its result to `results`, atomically
@@ -275,7 +318,7 @@ impl Broker {
         // Settling in the results queue itself needs no second lock.
         let source = (tasks.rank != target.rank).then_some(tasks);
         let batch = Batch::Outcomes(outcomes.into());
-        Ok(self.insert(target, source, session, batch, wait))
+        self.insert(target, source, session, batch, wait)
     }
 
     fn insert(
@@ -285,12 +328,28 @@ impl Broker {
         session: SessionId,
         mut pending: Batch,
         wait: bool,
-    ) -> Step<Progress, PutWaiting> {
+    ) -> Result<Step<Progress, PutWaiting>, QueueError> {
         let (mut queue, mut leases) = self.lock_pair(&target, source.as_deref());
+        let total = pending.len() as u32;
+        let origin = pending.origin();
+        if let Some(seen) = origin.and_then(|o| queue.origins.get(o)) {
+            if !seen.done {
+                return Err(QueueError::InProgress);
+            }
+            return Ok(Step::Ready(Progress {
+                first_id: seen.first_id,
+                total,
+                processed: seen.accepted,
+                stale: Vec::new(),
+            }));
+        }
         let first_id = self.reserve(pending.len());
+        if let Some(origin) = origin {
+            queue.origins.begin(origin, first_id);
+        }
         let mut progress = Progress {
             first_id,
-            total: pending.len() as u32,
+            total,
             processed: 0,
             stale: Vec::new(),
         };
@@ -311,6 +370,7 @@ impl Broker {
             }
         }
         let step = if pending.is_empty() || !wait {
+            queue.finished(&pending);
             Step::Ready(progress)
         } else {
             let id = queue.next_waiter();
@@ -335,7 +395,7 @@ impl Broker {
         drop(leases);
         queue.pump();
         drop(queue);
-        match step {
+        Ok(match step {
             Step::Ready(progress) => Step::Ready(progress),
             Step::Wait((id, rx, turn)) => Step::Wait(PutWaiting {
                 broker: self.clone(),
@@ -345,7 +405,7 @@ impl Broker {
                 rx: Some(rx),
                 turn,
             }),
-        }
+        })
     }
 
     /// Takes up to `max` items (their reply within `max_bytes`). If there are none and `wait`

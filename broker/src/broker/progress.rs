@@ -5,35 +5,46 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use taskmill_protocol::{Outcome, TaskId};
 
+use super::origin::Origin;
+
 /// What a put or complete has still to queue, as the request brought it: its items, or its
 /// outcomes, each of which also settles the lease on its task in the queue that `fill` is
 /// given as the source (or this queue, without one). The item `processed` from the start of
 /// the batch gets the id `first_id + processed` (see [`Progress`]).
 #[derive(Debug)]
 pub(super) enum Batch {
-    Items(VecDeque<Bytes>),
+    /// A put's items, and where it comes from when it must be carried out at most once.
+    Items(VecDeque<Bytes>, Option<Origin>),
     Outcomes(VecDeque<Outcome>),
 }
 
 impl Batch {
+    /// The put this batch is, when it is to be carried out at most once.
+    pub(super) fn origin(&self) -> Option<Origin> {
+        match self {
+            Batch::Items(_, origin) => *origin,
+            Batch::Outcomes(_) => None,
+        }
+    }
+
     /// The next payload, and the lease it settles.
     pub(super) fn front(&self) -> Option<(&Bytes, Option<TaskId>)> {
         match self {
-            Batch::Items(items) => items.front().map(|item| (item, None)),
+            Batch::Items(items, _) => items.front().map(|item| (item, None)),
             Batch::Outcomes(outcomes) => outcomes.front().map(|o| (&o.result, Some(o.task))),
         }
     }
 
     pub(super) fn pop_front(&mut self) {
         match self {
-            Batch::Items(items) => drop(items.pop_front()),
+            Batch::Items(items, _) => drop(items.pop_front()),
             Batch::Outcomes(outcomes) => drop(outcomes.pop_front()),
         }
     }
 
     pub(super) fn len(&self) -> usize {
         match self {
-            Batch::Items(items) => items.len(),
+            Batch::Items(items, _) => items.len(),
             Batch::Outcomes(outcomes) => outcomes.len(),
         }
     }

@@ -14,6 +14,7 @@ use tokio::time::Instant as Deadline;
 use super::item::{Item, Stored};
 use super::journal::{Change, Journal, LeaseTerms};
 use super::lease::{instant, stamp, Delayed, Leased, SessionLeases, Stamp, DEAD_SLACK, MAX_LEASE};
+use super::origin::Origins;
 use super::progress::{Batch, Progress};
 use super::waiter::{GetWaiter, PutWaiter, WaiterId};
 use super::{QueueLimits, SessionId};
@@ -28,6 +29,8 @@ pub(super) struct Queue {
     pub(super) epoch: Deadline,
     /// Where this queue's changes are recorded.
     pub(super) journal: Journal,
+    /// What recent puts to be carried out at most once achieved.
+    pub(super) origins: Origins,
     pub(super) items: VecDeque<Item>,
     pub(super) capacity: Option<u64>,
     pub(super) leased: FxHashMap<TaskId, Leased>,
@@ -62,6 +65,7 @@ impl Queue {
             limits,
             epoch,
             journal,
+            origins: Origins::default(),
             items: VecDeque::new(),
             capacity: normalise_capacity(limits.default_capacity),
             leased: FxHashMap::default(),
@@ -78,6 +82,13 @@ impl Queue {
             requeued_total: 0,
             expired_total: 0,
             dead_total: 0,
+        }
+    }
+
+    /// A put that was waiting has ended (all in, or given up): a resend now gets its outcome.
+    pub(super) fn finished(&mut self, batch: &Batch) {
+        if let Some(origin) = batch.origin() {
+            self.origins.finish(origin);
         }
     }
 
@@ -297,6 +308,10 @@ impl Queue {
             }
             let id = progress.first_id + u64::from(progress.processed);
             self.push(id, payload);
+            let origin = pending.origin();
+            if let Some(origin) = origin {
+                self.origins.accepted(origin, id);
+            }
             self.journal.record(|queue| match settles {
                 Some(task) => Change::Completed {
                     queue: source_rank,
@@ -305,7 +320,12 @@ impl Queue {
                     id,
                     payload,
                 },
-                None => Change::Put { queue, id, payload },
+                None => Change::Put {
+                    queue,
+                    id,
+                    payload,
+                    origin,
+                },
             });
             pending.pop_front();
             progress.processed += 1;
@@ -368,6 +388,7 @@ impl Queue {
                 }
                 // A dropped receiver means the putter is gone; its items stay queued, as they
                 // were accepted while it still waited.
+                self.finished(&w.pending);
                 let _ = w.tx.send(w.progress);
             }
             if !progressed {

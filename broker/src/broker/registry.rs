@@ -98,7 +98,7 @@ impl Registry {
     /// as no one finds it before this lock is released.
     pub(super) fn create(&mut self, name: &str, shared: &Shared) -> Arc<Slot> {
         let rank = self.all.len();
-        let journal = Journal::new(shared.store.clone(), rank as QueueRank);
+        let journal = Journal::new(shared.store.get().cloned(), rank as QueueRank);
         let queue = Queue::new(shared.limits, shared.epoch, journal);
         let capacity = queue.capacity;
         queue.journal.record(|queue| Change::Created {

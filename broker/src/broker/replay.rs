@@ -39,6 +39,21 @@ impl Broker {
     /// Makes `change` again, as recorded. Replay a journal's changes in their order into a
     /// broker that has none of its own yet.
     pub fn apply(&self, change: &Change<'_>) -> Result<(), ReplayError> {
+        self.apply_where(change, |_| true)
+    }
+
+    /// [`Broker::apply`] to the queues `applies` names only: a change recorded before a
+    /// queue's image was taken is already in it.
+    pub fn apply_where(
+        &self,
+        change: &Change<'_>,
+        applies: impl Fn(QueueRank) -> bool,
+    ) -> Result<(), ReplayError> {
+        let queue = change.queue();
+        let second = change.second_queue();
+        if !applies(queue) && second.is_none_or(|q| !applies(q)) {
+            return Ok(());
+        }
         match *change {
             Change::Created {
                 queue,
@@ -62,9 +77,21 @@ impl Broker {
                 let slot = self.slot(queue)?;
                 self.lock(&slot).capacity = capacity;
             }
-            Change::Put { queue, id, payload } => {
+            Change::Put {
+                queue,
+                id,
+                payload,
+                origin,
+            } => {
                 let slot = self.slot(queue)?;
-                self.lock(&slot).push(id, payload);
+                let mut q = self.lock(&slot);
+                q.push(id, payload);
+                if let Some(origin) = origin {
+                    // Whatever became of it, a put read back from the log has ended.
+                    q.origins.accepted(origin, id);
+                    q.origins.finish(origin);
+                }
+                drop(q);
                 self.seen_id(id);
             }
             Change::Completed {
@@ -74,7 +101,7 @@ impl Broker {
                 id,
                 payload,
             } => {
-                {
+                if applies(queue) {
                     let slot = self.slot(queue)?;
                     let mut source = self.lock(&slot);
                     let session = source
@@ -85,8 +112,10 @@ impl Broker {
                     source.settle(task, session);
                     source.completed_by(session);
                 }
-                let slot = self.slot(target)?;
-                self.lock(&slot).push(id, payload);
+                if applies(target) {
+                    let slot = self.slot(target)?;
+                    self.lock(&slot).push(id, payload);
+                }
                 self.seen_id(id);
             }
             Change::Taken {
@@ -195,17 +224,18 @@ impl Broker {
                 id,
                 letter,
             } => {
-                {
+                if applies(queue) {
                     let slot = self.slot(queue)?;
                     let mut q = self.lock(&slot);
                     q.unlease(task, None)
                         .ok_or_else(|| misplaced(queue, task, "leased"))?;
                     q.count_buried(why);
                 }
-                let slot = self.slot(dead)?;
-                let mut q = self.lock(&slot);
-                slot.dead_letters.store(true, Relaxed);
-                q.push(id, letter);
+                if applies(dead) {
+                    let slot = self.slot(dead)?;
+                    slot.dead_letters.store(true, Relaxed);
+                    self.lock(&slot).push(id, letter);
+                }
                 self.seen_id(id);
             }
         }
@@ -222,12 +252,12 @@ impl Broker {
     }
 
     /// New ids start past every id replayed.
-    fn seen_id(&self, id: TaskId) {
+    pub(super) fn seen_id(&self, id: TaskId) {
         self.shared.next_task.fetch_max(id + 1, Relaxed);
     }
 
     /// New sessions start past every session replayed.
-    fn seen_session(&self, session: u64) {
+    pub(super) fn seen_session(&self, session: u64) {
         self.shared.next_session.fetch_max(session, Relaxed);
     }
 }

@@ -175,6 +175,7 @@ impl PutWaiting {
         drop(leases);
         let finished = w.pending.is_empty();
         let progress = if finished {
+            queue.finished(&w.pending);
             Some(w.progress)
         } else {
             queue.putters.push_front(w);
@@ -191,6 +192,7 @@ impl PutWaiting {
         let mut queue = self.broker.lock(&self.target);
         if let Some(pos) = queue.putters.iter().position(|w| w.id == self.id) {
             let w = queue.putters.remove(pos).expect("position is in range");
+            queue.finished(&w.pending);
             // Putters behind this one may fit now.
             queue.pump();
             return Some(w.progress);

@@ -14,7 +14,7 @@ use taskmill_protocol::{max_payload, Delivery, ErrorKind, Outcome, Reply, Reques
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Progress, PutWaiting, QueueError, SessionId, Step};
+use crate::broker::{Broker, Origin, Progress, PutWaiting, QueueError, SessionId, Step};
 use crate::master::Context;
 
 /// A reply still to come, with its request's id.
@@ -36,11 +36,26 @@ pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Rep
     let draining = caller.ctx.phases.drain.is_cancelled();
     let answer = match request {
         Request::Put { .. }
+        | Request::PutOnce { .. }
         | Request::Get {
             delivery: Delivery::Lease { .. },
             ..
         } if draining => Err(shutting_down()),
-        Request::Put { queue, items, wait } => put(caller, id, &queue, items, wait),
+        Request::Put { queue, items, wait } => put(caller, id, &queue, items, wait, None),
+        Request::PutOnce {
+            queue,
+            items,
+            wait,
+            producer,
+            seq,
+        } => put(
+            caller,
+            id,
+            &queue,
+            items,
+            wait,
+            Some(Origin { producer, seq }),
+        ),
         Request::Get {
             queue,
             max,
@@ -85,9 +100,18 @@ fn broker<'a>(caller: &Caller<'a>) -> &'a Broker {
     &caller.ctx.broker
 }
 
-fn put(caller: &Caller<'_>, id: u64, queue: &str, items: Vec<Bytes>, wait: Wait) -> Answer {
+fn put(
+    caller: &Caller<'_>,
+    id: u64,
+    queue: &str,
+    items: Vec<Bytes>,
+    wait: Wait,
+    origin: Option<Origin>,
+) -> Answer {
     check_payloads(caller, items.iter())?;
-    let step = broker(caller).put(caller.session, queue, items, wait != Wait::No)?;
+    check_room(caller)?;
+    let waits = wait != Wait::No;
+    let step = broker(caller).put_once(caller.session, queue, items, waits, origin)?;
     let drain = caller.ctx.phases.drain.clone();
     Ok(later(id, step, wait, drain, put_reply))
 }
@@ -208,6 +232,19 @@ fn declare(caller: &Caller<'_>, queue: &str, capacity: Option<u64>) -> Answer {
 fn inspect(caller: &Caller<'_>, queue: &str) -> Answer {
     let stats = broker(caller).inspect(queue)?;
     Ok(Step::Ready(Reply::Queue(Box::new(stats))))
+}
+
+/// Refuses new tasks once the disk budget is spent; what settles tasks still goes through.
+fn check_room(caller: &Caller<'_>) -> Result<(), Reply> {
+    if caller.ctx.store.has_room() {
+        return Ok(());
+    }
+    Err(error_reply(
+        ErrorKind::StorageFull,
+        "the master's disk budget (--max-disk) is spent: no new tasks until completions and \
+         acks free room; retry later"
+            .into(),
+    ))
 }
 
 fn check_max(max: u32) -> Result<(), Reply> {
@@ -340,6 +377,7 @@ impl From<QueueError> for Reply {
             QueueError::BadName(_) => ErrorKind::BadQueueName,
             QueueError::TooManyQueues { .. } => ErrorKind::TooManyQueues,
             QueueError::NoSuchQueue(_) => ErrorKind::NoSuchQueue,
+            QueueError::InProgress => ErrorKind::InProgress,
         };
         error_reply(kind, err.to_string())
     }

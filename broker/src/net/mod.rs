@@ -1,6 +1,7 @@
 //! The master's network side: listeners, admission, and the taskmill protocol's sessions.
 
 pub(crate) mod dispatch;
+mod durable;
 pub mod guard;
 pub(crate) mod listener;
 pub(crate) mod session;

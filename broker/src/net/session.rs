@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::dispatch::{self, error_reply, Caller, Waiting};
+use super::durable::Gate;
 use super::listener::{Admitted, Protocol};
 use crate::broker::{SessionId, Step};
 use crate::master::{Context, Phases};
@@ -160,6 +161,7 @@ struct Session<'a> {
 enum Event {
     Message(Result<Option<ClientMessage>, CodecError>),
     Done((u64, Reply)),
+    Durable,
     Idle,
     Tick,
     Drain,
@@ -169,6 +171,7 @@ enum Event {
 impl Session<'_> {
     async fn serve(&mut self) -> Result<(), SessionError> {
         let mut waiting: FuturesUnordered<Waiting> = FuturesUnordered::new();
+        let mut gate = Gate::new(&*self.ctx.store);
         // Replies are fed without flushing while more input is ready, then flushed in one write.
         let mut unflushed = false;
         let mut told_drain = false;
@@ -182,6 +185,7 @@ impl Session<'_> {
                 () = self.phases.stop.cancelled() => Event::Stop,
                 () = self.phases.drain.cancelled(), if !told_drain => Event::Drain,
                 Some(done) = waiting.next(), if !waiting.is_empty() => Event::Done(done),
+                () = gate.moved() => Event::Durable,
                 msg = self.conn.recv() => Event::Message(msg),
                 _ = ticks.tick() => Event::Tick,
                 () = std::future::ready(()), if unflushed => Event::Idle,
@@ -192,8 +196,13 @@ impl Session<'_> {
                     unflushed = false;
                 }
                 Event::Done((id, reply)) => {
-                    self.feed(&MasterMessage::Reply { id, reply }).await?;
-                    unflushed = true;
+                    unflushed |= self.answer(&mut gate, id, reply).await?;
+                }
+                Event::Durable => {
+                    for (id, reply) in gate.release() {
+                        self.feed(&MasterMessage::Reply { id, reply }).await?;
+                        unflushed = true;
+                    }
                 }
                 Event::Message(Ok(Some(msg))) => {
                     // Requests already buffered are decoded without touching the socket, which
@@ -230,22 +239,20 @@ impl Session<'_> {
                         }
                     };
                     if let Some(reply) = reply {
-                        self.feed(&MasterMessage::Reply { id, reply }).await?;
-                        unflushed = true;
+                        unflushed |= self.answer(&mut gate, id, reply).await?;
                     }
                 }
                 Event::Message(Ok(None)) => return Ok(()),
                 Event::Message(Err(err)) => return Err(err.into()),
                 Event::Tick => {
                     let silent = self.last_heard.elapsed();
-                    if silent >= beat * 2
-                        && (!waiting.is_empty() || self.ctx.broker.holds_leases(self.id))
-                    {
+                    let expecting = !waiting.is_empty() || !gate.is_empty();
+                    if silent >= beat * 2 && (expecting || self.ctx.broker.holds_leases(self.id)) {
                         return Err(SessionError::Silent(silent));
                     }
                     // Only a client waiting for a reply is listening; heartbeats to an idle one
                     // would pile up unread in its socket buffer.
-                    if !waiting.is_empty() && self.last_written.elapsed() >= beat / 2 {
+                    if expecting && self.last_written.elapsed() >= beat / 2 {
                         self.feed(&MasterMessage::Heartbeat).await?;
                         unflushed = true;
                     }
@@ -255,16 +262,36 @@ impl Session<'_> {
                     self.feed(&MasterMessage::ShuttingDown).await?;
                     unflushed = true;
                 }
-                Event::Stop => return self.finish(waiting, told_drain).await,
+                Event::Stop => return self.finish(waiting, gate, told_drain).await,
             }
         }
     }
 
+    /// Sends `reply` now, or holds it until what it acknowledges is durable. True if
+    /// something was fed.
+    async fn answer(
+        &mut self,
+        gate: &mut Gate,
+        id: u64,
+        reply: Reply,
+    ) -> Result<bool, SessionError> {
+        let position = self.ctx.store.position();
+        match gate.admit(position, id, reply) {
+            Some((id, reply)) => {
+                self.feed(&MasterMessage::Reply { id, reply }).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Answers the requests still waiting (they end at once, watching the same token, with
-    /// whatever they achieved) and flushes, within the grace period.
+    /// whatever they achieved) once what they acknowledge is durable, and flushes, within the
+    /// grace period.
     async fn finish(
         &mut self,
         mut waiting: FuturesUnordered<Waiting>,
+        mut gate: Gate,
         told_drain: bool,
     ) -> Result<(), SessionError> {
         let grace = self.ctx.config.shutdown_grace;
@@ -273,7 +300,16 @@ impl Session<'_> {
                 self.conn.feed(&MasterMessage::ShuttingDown).await?;
             }
             while let Some((id, reply)) = waiting.next().await {
-                self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
+                let position = self.ctx.store.position();
+                if let Some((id, reply)) = gate.admit(position, id, reply) {
+                    self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
+                }
+            }
+            while !gate.is_empty() {
+                gate.moved().await;
+                for (id, reply) in gate.release() {
+                    self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
+                }
             }
             self.conn.flush().await
         };

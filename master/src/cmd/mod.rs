@@ -7,9 +7,12 @@ pub mod stats;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use taskmill_broker::store::Memory;
+use taskmill_broker::store::fs::RealFs;
+use taskmill_broker::store::{Memory, Wal, WalOptions};
 use taskmill_broker::{Master, ServerConfig};
 use tokio::net::TcpListener;
+
+use crate::cli::StorageArgs;
 
 /// Binds `addr`, saying plainly when the port is taken.
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
@@ -22,7 +25,19 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     }
 }
 
-/// The master `serve` and `run` serve.
-pub fn open(config: ServerConfig) -> anyhow::Result<Master> {
-    Ok(Master::open(config, Arc::new(Memory))?)
+/// The master `serve` and `run` serve: on its data directory, or in memory.
+pub fn open(config: ServerConfig, storage: &StorageArgs) -> anyhow::Result<Master> {
+    let Some(dir) = &storage.data_dir else {
+        return Ok(Master::open(config, Arc::new(Memory))?);
+    };
+    let options = WalOptions {
+        fsync: storage.fsync,
+        max_disk: storage.max_disk,
+        repair: storage.repair,
+        ..WalOptions::default()
+    };
+    let wal = Wal::open(Arc::new(RealFs), dir, options)
+        .with_context(|| format!("cannot use the data directory {}", dir.display()))?;
+    Master::open(config, wal)
+        .with_context(|| format!("cannot recover the queues from {}", dir.display()))
 }

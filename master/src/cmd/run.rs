@@ -61,8 +61,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "0.0.0.0:5000".to_owned()
             }
         });
-        let config = args.server.into_config(key.clone())?;
-        let master = super::open(config)?;
+        let config = args.server.to_config(key.clone())?;
+        let master = super::open(config, &args.server.storage)?;
         let listener = super::bind(&listen).await?;
         let addr = listener.local_addr()?;
         println!("listening on {addr}");

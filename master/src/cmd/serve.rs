@@ -9,8 +9,8 @@ use crate::cli::ServeArgs;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let key = args.server.key.load()?;
-    let config = args.server.into_config(key)?;
-    let master = super::open(config)?;
+    let config = args.server.to_config(key)?;
+    let master = super::open(config, &args.server.storage)?;
     let listener = super::bind(&args.listen).await?;
     // Scripts and tests read the bound port from this line (the flag may say port 0).
     println!("listening on {}", listener.local_addr()?);

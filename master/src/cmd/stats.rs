@@ -83,6 +83,34 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
     if stats.queues.is_empty() {
         out.push_str("(no queues yet)\n");
     }
+    match &stats.storage {
+        None => out.push_str(
+            "storage: memory only (no --data-dir): queues are lost when the master stops\n",
+        ),
+        Some(s) => {
+            let fsync = s
+                .fsync_interval_ms
+                .map_or_else(|| "every reply".to_owned(), |ms| format!("every {ms} ms"));
+            let snapshot = s.snapshot_age_ms.map_or_else(
+                || "none yet".to_owned(),
+                |ms| format!("{} bytes, {:.1}s old", s.snapshot_bytes, ms as f64 / 1000.0),
+            );
+            let _ = writeln!(
+                out,
+                "storage: {}: {} of {} bytes used; log {} bytes in {} files; snapshot {snapshot}; \
+                 {} records, {} fsyncs ({:.1} records each, fsync {fsync}); recovered in {} ms",
+                s.data_dir,
+                s.disk_bytes,
+                s.disk_limit,
+                s.log_bytes,
+                s.log_files,
+                s.records_total,
+                s.fsyncs_total,
+                s.records_total as f64 / s.fsyncs_total.max(1) as f64,
+                s.recovery_ms,
+            );
+        }
+    }
     out
 }
 
@@ -96,6 +124,19 @@ pub fn render_json(master: &str, stats: &Stats) -> serde_json::Value {
         "handshake_failures": stats.handshake_failures,
         "completing_clients_total": stats.completing_clients_total,
         "queues": stats.queues.iter().map(queue_json).collect::<Vec<_>>(),
+        "storage": stats.storage.as_ref().map(|s| json!({
+            "data_dir": s.data_dir,
+            "disk_bytes": s.disk_bytes,
+            "disk_limit": s.disk_limit,
+            "log_bytes": s.log_bytes,
+            "log_files": s.log_files,
+            "snapshot_bytes": s.snapshot_bytes,
+            "snapshot_age_ms": s.snapshot_age_ms,
+            "records_total": s.records_total,
+            "fsyncs_total": s.fsyncs_total,
+            "recovery_ms": s.recovery_ms,
+            "fsync_interval_ms": s.fsync_interval_ms,
+        })),
     })
 }
 
@@ -130,6 +171,7 @@ mod tests {
             connections_total: 5,
             handshake_failures: 1,
             completing_clients_total: 1,
+            storage: None,
             queues: vec![QueueStats {
                 name: "tasks".into(),
                 len: 3,

@@ -27,10 +27,16 @@ impl Store for Recorder {
                 name: Box::leak(name.to_owned().into_boxed_str()),
                 capacity,
             },
-            Change::Put { queue, id, payload } => Change::Put {
+            Change::Put {
+                queue,
+                id,
+                payload,
+                origin,
+            } => Change::Put {
                 queue,
                 id,
                 payload: leak(payload),
+                origin,
             },
             Change::Completed {
                 queue,
@@ -285,6 +291,7 @@ fn a_change_that_does_not_fit_the_queues_is_refused() {
         queue: 0,
         id: 1,
         payload: b"x",
+        origin: None,
     };
     assert_eq!(br.apply(&put), Err(ReplayError::NoSuchQueue(0)));
     let create = |queue| Change::Created {
