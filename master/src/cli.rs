@@ -193,6 +193,13 @@ pub struct StorageArgs {
     /// lost, and logged). Without it, a damaged log stops the master with the file and offset.
     #[arg(long, requires = "data_dir")]
     pub repair: bool,
+    /// With --data-dir: close a log segment past this size (tuning; docs/storage.md).
+    #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
+    pub segment_bytes: u64,
+    /// With --data-dir: take a snapshot once the log since the last one passes this, or the
+    /// last snapshot's size if larger (tuning; docs/storage.md).
+    #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
+    pub snapshot_after: u64,
 }
 
 fn parse_fsync(s: &str) -> Result<Fsync, String> {

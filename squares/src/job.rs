@@ -200,7 +200,7 @@ pub async fn drive(
             break Ending::Stalled;
         }
         // Leased, and acknowledged once recorded: results in flight when a connection drops
-        // are redelivered, never lost, and the tally drops the duplicates.
+        // are redelivered, never lost, and the tally knows them again.
         let wait = Wait::Millis(POLL.as_millis() as u64);
         let taken = tokio::select! {
             () = shutdown.cancelled() => break Ending::Interrupted,
@@ -219,13 +219,20 @@ pub async fn drive(
         last_result = Instant::now();
         let now_us = start.elapsed().as_micros() as u64;
         let trickle = results.len() < LINGER_BELOW;
-        let ids = results.iter().map(|r| r.id).collect();
+        let ids: Vec<_> = results.iter().map(|r| r.id).collect();
         for result in results {
-            tally.record(job, &result.payload, now_us, &put_times);
+            tally.record(job, result.id, &result.payload, now_us, &put_times);
         }
         progress.update(tally.seen);
-        let acked = async { collector.client().await?.ack(RESULTS_QUEUE, ids).await };
+        let acked = async {
+            collector
+                .client()
+                .await?
+                .ack(RESULTS_QUEUE, ids.clone())
+                .await
+        };
         if let Err(err) = acked.await {
+            tally.maybe_again.extend(ids);
             collector.failed(err).await?;
         }
         if trickle {
@@ -246,6 +253,7 @@ pub async fn drive(
         verified: tally.verified,
         wrong: tally.wrong,
         duplicates: tally.duplicates,
+        results_again: tally.results_again,
         redelivered: tally.redelivered,
         missing: job.tasks - tally.seen,
         workers_seen: tally.workers.len() as u64,

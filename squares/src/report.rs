@@ -25,8 +25,12 @@ pub struct JobReport {
     pub verified: u64,
     /// Results whose input or square was wrong.
     pub wrong: u64,
-    /// Results for a task already seen (redelivered work), dropped.
+    /// A second, different result for a task already seen: the master let a task be done
+    /// twice (or the producer put it twice). Fails the job.
     pub duplicates: u64,
+    /// Results collected again because their ack was lost with a connection (not
+    /// duplicates: the same result).
+    pub results_again: u64,
     /// Verified results that came from a redelivery (the task's first holder lost it).
     pub redelivered: u64,
     /// Tasks with no result.
@@ -47,7 +51,10 @@ pub struct JobReport {
 impl JobReport {
     /// Every input came back exactly once with the right square.
     pub fn success(&self) -> bool {
-        self.ending == Ending::Complete && self.verified == self.tasks && self.wrong == 0
+        self.ending == Ending::Complete
+            && self.verified == self.tasks
+            && self.wrong == 0
+            && self.duplicates == 0
     }
 }
 
@@ -65,7 +72,8 @@ pub fn render(r: &JobReport) -> String {
          verified:      {}\n\
          wrong:         {}\n\
          missing:       {}\n\
-         duplicates:    {} (results for tasks already verified, dropped)\n\
+         duplicates:    {} (a second result for a task already verified)\n\
+         again:         {} (results collected again after a lost ack)\n\
          redelivered:   {} (tasks completed on a later attempt)\n\
          workers seen:  {}\n\
          elapsed:       {:.3} s\n\
@@ -78,6 +86,7 @@ pub fn render(r: &JobReport) -> String {
         r.wrong,
         r.missing,
         r.duplicates,
+        r.results_again,
         r.redelivered,
         r.workers_seen,
         r.elapsed_secs,

@@ -19,6 +19,10 @@ pub(crate) struct Tally {
     pub wrong: u64,
     pub duplicates: u64,
     pub redelivered: u64,
+    /// Results seen again because their ack was lost with a connection: not duplicates.
+    pub results_again: u64,
+    /// Ids of results whose ack failed, which may therefore come again.
+    pub maybe_again: HashSet<u64>,
     pub workers: HashSet<u32>,
     pub latency: Histogram<u64>,
 }
@@ -32,14 +36,18 @@ impl Tally {
             wrong: 0,
             duplicates: 0,
             redelivered: 0,
+            results_again: 0,
+            maybe_again: HashSet::new(),
             workers: HashSet::new(),
             latency: Histogram::new(3).expect("3 significant figures is valid"),
         }
     }
 
+    /// Checks result `id` (its payload `payload`), collected `now_us` into the job.
     pub fn record(
         &mut self,
         job: &JobConfig,
+        id: u64,
         payload: &[u8],
         now_us: u64,
         put_times: &[AtomicU64],
@@ -59,7 +67,16 @@ impl Tally {
         }
         let (word, bit) = ((result.seq / 64) as usize, result.seq % 64);
         if self.seen_bits[word] & (1 << bit) != 0 {
-            self.duplicates += 1;
+            if self.maybe_again.remove(&id) {
+                self.results_again += 1;
+            } else {
+                warn!(
+                    seq = result.seq,
+                    result = id,
+                    "a second result for one task"
+                );
+                self.duplicates += 1;
+            }
             return;
         }
         self.seen_bits[word] |= 1 << bit;
@@ -134,11 +151,13 @@ mod tests {
             })
             .unwrap()
         };
-        tally.record(&job, &result(0, 0), 10, &times);
-        tally.record(&job, &result(0, 0), 10, &times);
-        tally.record(&job, &result(1, 1), 10, &times);
-        tally.record(&job, &result(9, 0), 10, &times);
-        tally.record(&job, b"junk", 10, &times);
+        tally.record(&job, 1, &result(0, 0), 10, &times);
+        tally.record(&job, 2, &result(0, 0), 10, &times);
+        tally.maybe_again.insert(1);
+        tally.record(&job, 1, &result(0, 0), 10, &times);
+        tally.record(&job, 3, &result(1, 1), 10, &times);
+        tally.record(&job, 4, &result(9, 0), 10, &times);
+        tally.record(&job, 5, b"junk", 10, &times);
         assert_eq!(
             (
                 tally.seen,
@@ -148,6 +167,10 @@ mod tests {
                 tally.redelivered
             ),
             (2, 1, 1, 3, 1)
+        );
+        assert_eq!(
+            tally.results_again, 1,
+            "a result whose ack was lost is not a duplicate"
         );
     }
 }

@@ -62,6 +62,8 @@ pub use image::{ImageItem, ImageLease, QueueImage};
 pub use lease::MAX_LEASE;
 pub use origin::{Origin, Outcome as PutOutcome};
 pub use progress::{Progress, Step};
+#[cfg(test)]
+pub(crate) use replay::QueueDump;
 pub use replay::ReplayError;
 pub use waiter::{GetWaiting, PutWaiting};
 

@@ -273,25 +273,25 @@ fn misplaced(queue: QueueRank, task: TaskId, expected: &'static str) -> ReplayEr
 /// Everything one queue holds, in a form two brokers can be compared by (tests only).
 #[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct QueueDump {
-    name: String,
-    dead_letters: bool,
+pub(crate) struct QueueDump {
+    pub name: String,
+    pub dead_letters: bool,
     /// Counters and capacity; waiters are not state a journal keeps, so they read zero.
-    stats: taskmill_protocol::QueueStats,
+    pub stats: taskmill_protocol::QueueStats,
     /// `(id, deliveries, payload)` in queue order.
-    items: Vec<(TaskId, u32, Vec<u8>)>,
+    pub items: Vec<(TaskId, u32, Vec<u8>)>,
     /// `(id, holder, deadline, length in ms, deliveries, payload)` by id.
-    leased: Vec<(TaskId, u64, tokio::time::Instant, u32, u32, Vec<u8>)>,
+    pub leased: Vec<(TaskId, u64, tokio::time::Instant, u32, u32, Vec<u8>)>,
     /// `(due, id, deliveries, payload)` by due time.
-    delayed: Vec<(tokio::time::Instant, TaskId, u32, Vec<u8>)>,
+    pub delayed: Vec<(tokio::time::Instant, TaskId, u32, Vec<u8>)>,
     /// Live leases per session holding any.
-    live: Vec<(u64, usize)>,
+    pub live: Vec<(u64, usize)>,
 }
 
 #[cfg(test)]
 impl Broker {
     /// Every queue's contents in rank order, and how many sessions ever completed a task.
-    pub(super) fn dump(&self) -> (Vec<QueueDump>, u64) {
+    pub(crate) fn dump(&self) -> (Vec<QueueDump>, u64) {
         use super::lease::instant;
         let queues = self
             .slots()

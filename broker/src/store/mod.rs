@@ -9,6 +9,9 @@ mod recover;
 mod snapshot;
 mod wal;
 
+#[cfg(test)]
+mod tests;
+
 pub use wal::{Fsync, Wal, WalOptions};
 
 use std::fmt;

@@ -79,7 +79,8 @@ pub(super) struct Inner {
     pub(super) fs: Arc<dyn Fs>,
     pub(super) dir: PathBuf,
     pub(super) options: WalOptions,
-    pub(super) _lock: LockGuard,
+    /// The data directory's lock, released by `close`.
+    pub(super) lock: Mutex<Option<LockGuard>>,
     pub(super) pending: Mutex<Pending>,
     /// Rung when `pending` gains its first bytes, a rotation or the close.
     pub(super) wake: Condvar,
@@ -170,7 +171,7 @@ impl Wal {
                 fs,
                 dir,
                 options,
-                _lock: LockGuard(guard),
+                lock: Mutex::new(Some(LockGuard(guard))),
                 pending: Mutex::default(),
                 wake: Condvar::new(),
                 appended: AtomicU64::new(0),
@@ -313,6 +314,7 @@ impl Store for Wal {
         for thread in threads {
             let _ = thread.join();
         }
+        lock(&inner.lock).take();
     }
 }
 

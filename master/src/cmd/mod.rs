@@ -34,7 +34,8 @@ pub fn open(config: ServerConfig, storage: &StorageArgs) -> anyhow::Result<Maste
         fsync: storage.fsync,
         max_disk: storage.max_disk,
         repair: storage.repair,
-        ..WalOptions::default()
+        segment_bytes: storage.segment_bytes,
+        compact_bytes: storage.snapshot_after,
     };
     let wal = Wal::open(Arc::new(RealFs), dir, options)
         .with_context(|| format!("cannot use the data directory {}", dir.display()))?;
