@@ -13,7 +13,8 @@ RUN CARGO_PROFILE_RELEASE_STRIP=debuginfo \
 
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 taskmill \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin taskmill
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin taskmill \
+    && mkdir /data && chown 10001:10001 /data
 COPY --from=build /src/target/release/taskmill-master /src/target/release/taskmill-worker \
     /src/target/release/taskmill-bench /usr/local/bin/
 # Numeric, so that runtimes can check it is not root (e.g. Kubernetes' runAsNonRoot).

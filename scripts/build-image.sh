@@ -52,11 +52,13 @@ for bin in taskmill-master taskmill-worker taskmill-bench; do
 done
 log "binaries are static: $(file -b "$bin_dir/taskmill-master" | cut -d, -f1-3)"
 
-# A context of exactly four files, so nothing else from the work tree reaches the engine.
+# A context of exactly four files and the empty data directory, so nothing else from the work
+# tree reaches the engine.
 context="$(mktemp -d "$CARGO_TARGET_DIR/image-context.XXXXXX")"
 trap 'rm -rf "$context"' EXIT
 cp docker/Dockerfile "$bin_dir/taskmill-master" "$bin_dir/taskmill-worker" \
     "$bin_dir/taskmill-bench" "$context/"
+mkdir "$context/data"
 
 labels=(--label "org.opencontainers.image.title=taskmill")
 if revision="$(git rev-parse HEAD 2>/dev/null)"; then

@@ -60,6 +60,8 @@ pub struct Reconnecting {
     options: ClientOptions,
     client: Option<Client>,
     backoff: Backoff,
+    /// Why the last attempt to connect or call failed, until a connection succeeds again.
+    last_error: Option<String>,
 }
 
 impl Reconnecting {
@@ -79,6 +81,7 @@ impl Reconnecting {
             options: options.clone(),
             client: None,
             backoff: Backoff::new(max_backoff),
+            last_error: None,
         }
     }
 
@@ -93,9 +96,15 @@ impl Reconnecting {
         if self.client.is_none() {
             let client = Client::connect_with(&self.addr, &self.key, &self.options).await?;
             self.backoff.reset();
+            self.last_error = None;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    /// Why the last attempt failed, if no connection has succeeded since.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
     }
 
     /// The connection if there is one, without connecting.
@@ -111,6 +120,7 @@ impl Reconnecting {
             return Err(err);
         }
         let retry_in = self.backoff.next_delay();
+        self.last_error = Some(err.to_string());
         if self.client.take().is_some() {
             warn!(role = self.role, master = %self.addr, cause = %err, ?retry_in, "lost the master; reconnecting");
         } else {

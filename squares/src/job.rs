@@ -240,6 +240,11 @@ pub async fn drive(
         }
     };
     progress.finish();
+    // A job that stalled because its master went away says so.
+    let cause = (ending == Ending::Stalled)
+        .then(|| collector.last_error())
+        .flatten()
+        .map(|err| format!("the master at {addr} went away: {err}"));
     stop_producer.cancel();
     match producing.await {
         Ok(Ok(())) => {}
@@ -249,6 +254,7 @@ pub async fn drive(
     let elapsed = start.elapsed().as_secs_f64();
     Ok(JobReport {
         ending,
+        cause,
         tasks: job.tasks,
         verified: tally.verified,
         wrong: tally.wrong,

@@ -20,6 +20,9 @@ pub enum Ending {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobReport {
     pub ending: Ending,
+    /// Why the job ended early, when it knows more than the ending says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     pub tasks: u64,
     /// Results with the right input and square, each task counted once.
     pub verified: u64,
@@ -67,7 +70,7 @@ pub fn render(r: &JobReport) -> String {
     };
     format!(
         "{verdict}\n\
-         ending:        {:?}\n\
+         ending:        {:?}{}\n\
          tasks:         {}\n\
          verified:      {}\n\
          wrong:         {}\n\
@@ -81,6 +84,10 @@ pub fn render(r: &JobReport) -> String {
          latency:       p50 {} us, p99 {} us, max {} us (put request to result collected)\n\
          seed:          {}\n",
         r.ending,
+        r.cause
+            .as_ref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default(),
         r.tasks,
         r.verified,
         r.wrong,

@@ -229,8 +229,14 @@ impl<H: Handler> Worker<H> {
                         .await?;
                 }
             }
-            if let Some(ending) = stop.filter(|_| client.in_flight() == 0) {
-                return Ok(ending);
+            if let Some(ending) = stop {
+                // Once stopped, only completions are worth waiting for: tasks that a get still
+                // in flight may bring are left to go back when this connection closes.
+                let nothing_to_hand_in = sent.is_empty() && state.unsent.len() == 0;
+                let shutting_down = matches!(ending, Stop::Shutdown);
+                if client.in_flight() == 0 || (shutting_down && nothing_to_hand_in) {
+                    return Ok(ending);
+                }
             }
             let (id, reply) = tokio::select! {
                 () = shutdown.cancelled(), if stop.is_none() => continue,
@@ -247,7 +253,13 @@ impl<H: Handler> Worker<H> {
                 worked => worked?,
             };
             settled(state, sent.remove(&id), worked.settled);
-            if !worked.tasks.is_empty() {
+            if !worked.tasks.is_empty() && matches!(stop, Some(Stop::Shutdown)) {
+                debug!(
+                    tasks = worked.tasks.len(),
+                    "not starting tasks leased after the stop signal; they go back when this \
+                     connection closes"
+                );
+            } else if !worked.tasks.is_empty() {
                 state.last_task = Instant::now();
                 let answers = answer(&self.handler, client, &worked.tasks).await?;
                 file(worked.tasks, answers, &mut state.unsent);
