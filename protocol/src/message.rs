@@ -232,7 +232,8 @@ pub enum Request {
     /// and `seq` (because the connection died before its reply) gets the first one's answer
     /// instead of queueing its items again; while the first still waits for room the answer
     /// is `Error(InProgress)`. A producer picks a random id and numbers its puts; the master
-    /// remembers each producer's last 1,024 puts per queue. Answer: [`Reply::Put`].
+    /// remembers each producer's last 64 puts per queue (so a producer keeps at most 64
+    /// unanswered), and the last 1,024 producers per queue. Answer: [`Reply::Put`].
     PutOnce {
         queue: String,
         /// Decoded from a frame, views into it: copy one to keep it long.

@@ -20,12 +20,13 @@ pub struct Origin {
     pub seq: u64,
 }
 
-/// Puts remembered per producer: a producer resends only puts whose reply it has not had,
-/// a handful at most.
-pub const SEQS_KEPT: usize = 1024;
+/// Puts remembered per producer: a producer resends only puts whose reply it has not had, so
+/// it may keep at most this many unanswered. (With [`PRODUCERS_KEPT`], at most about 2 MiB per
+/// queue.)
+pub const SEQS_KEPT: usize = 64;
 
 /// Producers remembered per queue.
-pub const PRODUCERS_KEPT: usize = 4096;
+pub const PRODUCERS_KEPT: usize = 1024;
 
 /// What one put achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,8 @@ impl Origins {
     /// What the put `origin` achieved, if it is remembered.
     pub(super) fn get(&self, origin: Origin) -> Option<Outcome> {
         let producer = self.producers.get(&origin.producer)?;
-        producer.puts.iter().find(|o| o.seq == origin.seq).copied()
+        // Sequence numbers mostly grow: the put asked about is mostly the last.
+        producer.puts.iter().rev().find(|o| o.seq == origin.seq).copied()
     }
 
     /// Remembers a new put, not done, that will number its items from `first_id`.
@@ -64,13 +66,13 @@ impl Origins {
         self.entry(origin).first_id = first_id;
     }
 
-    /// Counts an item of `origin` queued as `id`.
-    pub(super) fn accepted(&mut self, origin: Origin, id: TaskId) {
+    /// Counts `n` items of `origin` queued, the first of them as `id`.
+    pub(super) fn accepted(&mut self, origin: Origin, id: TaskId, n: u32) {
         let outcome = self.entry(origin);
         if outcome.accepted == 0 {
             outcome.first_id = id;
         }
-        outcome.accepted += 1;
+        outcome.accepted += n;
     }
 
     /// Marks `origin` done: a resend gets its outcome from now on.
@@ -117,7 +119,7 @@ impl Origins {
         }
         let producer = self.producers.entry(origin.producer).or_default();
         producer.last_seen = self.clock;
-        let at = match producer.puts.iter().position(|o| o.seq == origin.seq) {
+        let at = match producer.puts.iter().rposition(|o| o.seq == origin.seq) {
             Some(at) => at,
             None => {
                 if producer.puts.len() >= SEQS_KEPT {
@@ -156,8 +158,8 @@ mod tests {
         let mut origins = Origins::default();
         assert_eq!(origins.get(origin(1)), None);
         origins.begin(origin(1), 100);
-        origins.accepted(origin(1), 100);
-        origins.accepted(origin(1), 101);
+        origins.accepted(origin(1), 100, 1);
+        origins.accepted(origin(1), 101, 1);
         let outcome = origins.get(origin(1)).unwrap();
         assert_eq!(
             (outcome.first_id, outcome.accepted, outcome.done),

@@ -278,6 +278,8 @@ impl Queue {
         progress: &mut Progress,
     ) {
         let mut settled_any = false;
+        // Items of a put to be carried out at most once: the first one's id, and how many.
+        let mut accepted: Option<(TaskId, u32)> = None;
         let source_rank = source
             .as_ref()
             .map_or(self.journal.rank, |q| q.journal.rank);
@@ -309,8 +311,8 @@ impl Queue {
             let id = progress.first_id + u64::from(progress.processed);
             self.push(id, payload);
             let origin = pending.origin();
-            if let Some(origin) = origin {
-                self.origins.accepted(origin, id);
+            if origin.is_some() {
+                accepted.get_or_insert((id, 0)).1 += 1;
             }
             self.journal.record(|queue| match settles {
                 Some(task) => Change::Completed {
@@ -329,6 +331,9 @@ impl Queue {
             });
             pending.pop_front();
             progress.processed += 1;
+        }
+        if let (Some(origin), Some((first, n))) = (pending.origin(), accepted) {
+            self.origins.accepted(origin, first, n);
         }
         if settled_any {
             source.unwrap_or(self).completed_by(session);

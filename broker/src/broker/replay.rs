@@ -88,7 +88,7 @@ impl Broker {
                 q.push(id, payload);
                 if let Some(origin) = origin {
                     // Whatever became of it, a put read back from the log has ended.
-                    q.origins.accepted(origin, id);
+                    q.origins.accepted(origin, id, 1);
                     q.origins.finish(origin);
                 }
                 drop(q);
