@@ -4,8 +4,8 @@
 //! A producer puts `--count` tasks on tube `taskmill-tasks`, pipelining `--feed-batch` puts per
 //! round trip. `--workers` worker connections each `reserve` a task, square it, then put the
 //! result on `taskmill-results` and `delete` the task in one round trip (beanstalkd has no
-//! batch reserve: one task at a time is its only way). A collector reserves and deletes
-//! results, pipelining the deletes, verifies every square and stops at `--count`. Like
+//! batch reserve: one task at a time is its only way). A collector reserves results, sending
+//! each delete with the next reservation, verifies every square and stops at `--count`. Like
 //! taskmill's leases, a reserved task whose worker dies comes back (after its TTR).
 //!
 //! Run beanstalkd with its binlog for a durable comparison: `-b DIR -f 0` fsyncs before every
@@ -45,7 +45,7 @@ struct Cli {
     /// Worker connections, each one task at a time.
     #[arg(long, short = 'w', default_value_t = 8)]
     workers: usize,
-    /// Puts the producer pipelines per round trip (and deletes the collector pipelines).
+    /// Puts the producer pipelines per round trip.
     #[arg(long, default_value_t = 256)]
     feed_batch: usize,
     /// Tasks in all.
@@ -138,10 +138,14 @@ impl Conn {
         Ok(())
     }
 
-    /// Reserves one job: its id and body, or `None` if none came within a second.
-    async fn reserve(&mut self) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
+    /// Reserves one job: its id and body, or `None` if none came within a second. The
+    /// replies to `deletes` deletes written before it are read first.
+    async fn reserve(&mut self, deletes: usize) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
         self.writer.write_all(b"reserve-with-timeout 1\r\n").await?;
         self.writer.flush().await?;
+        for _ in 0..deletes {
+            self.expect("DELETED").await?;
+        }
         let reply = self.reply().await?.to_owned();
         if reply == "TIMED_OUT" {
             return Ok(None);
@@ -187,7 +191,7 @@ async fn producer(mut conn: Conn, count: u64, batch: usize) -> anyhow::Result<()
 
 async fn worker(mut conn: Conn, done: Arc<AtomicBool>) -> anyhow::Result<()> {
     while !done.load(Ordering::Relaxed) {
-        let Some((id, body)) = conn.reserve().await? else {
+        let Some((id, body)) = conn.reserve(0).await? else {
             continue;
         };
         let (seq, input) = split_pair(&body)?;
@@ -203,16 +207,14 @@ async fn worker(mut conn: Conn, done: Arc<AtomicBool>) -> anyhow::Result<()> {
 }
 
 /// Results verified, and how many were wrong (bad square, unknown or repeated seq).
-async fn collector(
-    mut conn: Conn,
-    count: u64,
-    batch: usize,
-    wrong: &mut u64,
-) -> anyhow::Result<u64> {
+async fn collector(mut conn: Conn, count: u64, wrong: &mut u64) -> anyhow::Result<u64> {
     let mut seen = vec![false; count as usize];
     let (mut received, mut unacked) = (0u64, 0usize);
     while received < count {
-        let Some((id, body)) = conn.reserve().await? else {
+        // Deletes are pipelined: their replies are read before the next reservation's.
+        let reserved = conn.reserve(unacked).await?;
+        unacked = 0;
+        let Some((id, body)) = reserved else {
             continue;
         };
         received += 1;
@@ -226,13 +228,10 @@ async fn collector(
             .write_all(format!("delete {id}\r\n").as_bytes())
             .await?;
         unacked += 1;
-        if unacked >= batch || received == count {
-            conn.writer.flush().await?;
-            for _ in 0..unacked {
-                conn.expect("DELETED").await?;
-            }
-            unacked = 0;
-        }
+    }
+    conn.writer.flush().await?;
+    for _ in 0..unacked {
+        conn.expect("DELETED").await?;
     }
     Ok(received)
 }
@@ -257,11 +256,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .map(|conn| tokio::spawn(worker(conn, done.clone())))
         .collect();
     let mut wrong = 0;
-    let collected = tokio::time::timeout(
-        deadline,
-        collector(collector_conn, cli.count, cli.feed_batch, &mut wrong),
-    )
-    .await;
+    let collected =
+        tokio::time::timeout(deadline, collector(collector_conn, cli.count, &mut wrong)).await;
     let elapsed = start.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     producer.abort();

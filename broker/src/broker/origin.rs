@@ -58,7 +58,12 @@ impl Origins {
     pub(super) fn get(&self, origin: Origin) -> Option<Outcome> {
         let producer = self.producers.get(&origin.producer)?;
         // Sequence numbers mostly grow: the put asked about is mostly the last.
-        producer.puts.iter().rev().find(|o| o.seq == origin.seq).copied()
+        producer
+            .puts
+            .iter()
+            .rev()
+            .find(|o| o.seq == origin.seq)
+            .copied()
     }
 
     /// Remembers a new put, not done, that will number its items from `first_id`.

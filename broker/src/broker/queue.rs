@@ -278,8 +278,8 @@ impl Queue {
         progress: &mut Progress,
     ) {
         let mut settled_any = false;
-        // Items of a put to be carried out at most once: the first one's id, and how many.
-        let mut accepted: Option<(TaskId, u32)> = None;
+        let origin = pending.origin();
+        let before = progress.processed;
         let source_rank = source
             .as_ref()
             .map_or(self.journal.rank, |q| q.journal.rank);
@@ -310,10 +310,6 @@ impl Queue {
             }
             let id = progress.first_id + u64::from(progress.processed);
             self.push(id, payload);
-            let origin = pending.origin();
-            if origin.is_some() {
-                accepted.get_or_insert((id, 0)).1 += 1;
-            }
             self.journal.record(|queue| match settles {
                 Some(task) => Change::Completed {
                     queue: source_rank,
@@ -332,8 +328,11 @@ impl Queue {
             pending.pop_front();
             progress.processed += 1;
         }
-        if let (Some(origin), Some((first, n))) = (pending.origin(), accepted) {
-            self.origins.accepted(origin, first, n);
+        // A put's items (never stale) went in one after another: count them once.
+        let accepted = progress.processed - before;
+        if let Some(origin) = origin.filter(|_| accepted > 0) {
+            let first = progress.first_id + u64::from(before);
+            self.origins.accepted(origin, first, accepted);
         }
         if settled_any {
             source.unwrap_or(self).completed_by(session);

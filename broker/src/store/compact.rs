@@ -61,6 +61,9 @@ impl Inner {
         let Some(base) = self.begin_new_segment() else {
             return Ok(None);
         };
+        if lock(&self.disk).snapshot.is_some_and(|(b, _, _)| b == base) {
+            return Ok(Some(0)); // nothing was logged since the last snapshot
+        }
         let tmp = dir.join(format!("snapshot-{base:020}.tmp"));
         let written = (|| {
             let mut file = fs.create(&tmp)?;
