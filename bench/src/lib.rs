@@ -279,6 +279,10 @@ async fn produce(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
                         items += u64::from(put.accepted);
                         progress.add(u64::from(put.accepted));
                     }
+                    Err(err) if err.is_connection_lost() => {
+                        errors += 1;
+                        break;
+                    }
                     Err(_) => errors += 1,
                 }
                 let _ = latency.record(at.elapsed().as_micros().max(1) as u64);
@@ -324,8 +328,11 @@ async fn consume(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
                 let tasks = match client.get(queue, plan.batch, Wait::No).await {
                     Ok(tasks) if tasks.is_empty() => break,
                     Ok(tasks) => tasks,
-                    Err(_) => {
+                    Err(err) => {
                         errors += 1;
+                        if err.is_connection_lost() {
+                            break;
+                        }
                         continue;
                     }
                 };

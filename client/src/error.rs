@@ -56,6 +56,17 @@ impl From<ConnectError> for ClientError {
 }
 
 impl ClientError {
+    /// True when this connection is gone (closed, reset, or the master said it is shutting
+    /// down): further calls on the same [`crate::Client`] cannot succeed, only a new one can.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Closed(_)
+                | ClientError::ShuttingDown
+                | ClientError::Codec(CodecError::Io(_))
+        )
+    }
+
     /// True when retrying on a new connection may succeed (master restarting, network trouble);
     /// false for errors that will repeat (wrong key, wrong version, bad requests).
     pub fn is_transient(&self) -> bool {

@@ -56,10 +56,12 @@ fn bench(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn put_items(addr: &str, n: u32) -> Output {
+/// Puts `n` items, 100 at a time, for at most `limit` (a connection the master drops ends it
+/// sooner).
+fn put_items(addr: &str, n: u32, limit: &str) -> Output {
     let n = n.to_string();
     bench(&[
-        "produce", "-n", &n, "-c", "1", "-b", "100", "-d", "3s", "--keep", "--master", addr,
+        "produce", "-n", &n, "-c", "1", "-b", "100", "-d", limit, "--keep", "--master", addr,
     ])
 }
 
@@ -69,7 +71,7 @@ fn a_spent_disk_budget_refuses_new_tasks_while_settling_goes_on() {
     let mut master = serve(&disk.0, &["--max-disk", "400KiB"]);
     let addr = master.listening_addr();
     // Past the budget (less the room kept for the next segment and snapshot), puts fail.
-    let refused = put_items(&addr, 20_000);
+    let refused = put_items(&addr, 20_000, "10s");
     let report: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
     assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
     assert!(report["items"].as_u64().unwrap() < 20_000, "{report}");
@@ -115,7 +117,7 @@ fn a_write_that_finds_the_disk_full_stops_the_master_with_a_clear_message() {
     // A budget larger than the disk: the write itself meets the full disk.
     let mut master = serve(&disk.0, &["--max-disk", "1GiB"]);
     let addr = master.listening_addr();
-    let out = put_items(&addr, 200_000);
+    let out = put_items(&addr, 200_000, "60s");
     assert!(
         !out.status.success(),
         "puts past a full disk cannot all succeed"
@@ -148,7 +150,7 @@ fn a_failed_fsync_stops_the_master_and_what_it_covered_is_not_acknowledged() {
     .arg(&dir);
     let mut master = Proc::spawn(&mut cmd);
     let addr = master.listening_addr();
-    let out = put_items(&addr, 5_000);
+    let out = put_items(&addr, 5_000, "10s");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let status = master.wait(LIMIT);
     assert!(!status.success(), "the master exits with an error");
