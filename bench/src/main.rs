@@ -8,7 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskmill::ClientOptions;
 use taskmill_bench::{Counter, Plan, Scenario, Target};
-use taskmill_cli::{init_tracing, parse_duration, run_main, ConnectArgs};
+use taskmill_cli::{init_tracing, parse_duration, run_main, say, ConnectArgs};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -102,10 +102,10 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let report = report?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say(serde_json::to_string_pretty(&report)?);
     } else {
         let l = &report.latency_us;
-        println!(
+        say(format!(
             "{:?}: {} items in {:.2} s = {:.0} items/s over {} connections (batch {}); \
              latency us p50 {} p90 {} p99 {} p99.9 {} max {}; errors {}",
             report.scenario,
@@ -120,7 +120,7 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
             l.p999,
             l.max,
             report.errors
-        );
+        ));
     }
     Ok(if report.errors == 0 {
         ExitCode::SUCCESS

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! One file: the flag groups ([`KeyArgs`], [`ConnectArgs`], [`TlsClientArgs`]), then
-//! [`parse_duration`], logging, [`run_main`] and [`cancel_on_signal`].
+//! [`parse_duration`], [`parse_bytes`], logging and [`say`], [`run_main`] and [`signals`].
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -121,15 +121,47 @@ fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Logs to stderr at the level `RUST_LOG` sets (default `info`).
+/// Logs to stderr at the level `RUST_LOG` sets (default `info`). A log line that cannot be
+/// written (stderr closed, a pipe whose reader left) is dropped, never a panic: logging must
+/// not take a process down.
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// stderr, but a write that fails is taken as done: there is no one left to tell.
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Prints `text` and a newline on stderr, for messages a person reads; as [`say`], a reader
+/// that has gone is no reason to panic.
+pub fn tell(text: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// Prints `text` and a newline on stdout. If the reader has gone (`| head`), the rest of the
+/// output is dropped quietly instead of panicking as `println!` does.
+pub fn say(text: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 /// The authkey from `file` or `TASKMILL_AUTHKEY`, logging a warning about loose permissions.
@@ -150,42 +182,64 @@ where
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("{name}: cannot start the runtime: {err}");
+            tell(format!("{name}: cannot start the runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(body) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("{name}: {err:#}");
+            tell(format!("{name}: {err:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Cancels `token` on SIGINT or SIGTERM (the stop signal of container runtimes, where the
-/// process is PID 1 and gets no default handling).
-pub async fn cancel_on_signal(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+/// What SIGINT and SIGTERM (the stop signal of container runtimes, where the process is PID 1
+/// and gets no default handling) have asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    /// The first: stop gracefully (finish and hand in what is in hand).
+    pub stop: CancellationToken,
+    /// A second: stop now.
+    pub now: CancellationToken,
+}
+
+/// Starts listening for the stop signals (call inside the runtime). Each is acted on before
+/// it is logged.
+pub fn signals() -> Signals {
+    let signals = Signals::default();
+    let (stop, now) = (signals.stop.clone(), signals.now.clone());
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                return;
+            };
+            for token in [stop, now] {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                token.cancel();
+                tracing::info!("{name} received");
+            }
+            tracing::info!("a second stop signal: stopping now");
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    token.cancel();
+        #[cfg(not(unix))]
+        {
+            for token in [stop, now] {
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+            }
+        }
+    });
+    signals
 }
 
 #[cfg(test)]

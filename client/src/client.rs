@@ -152,18 +152,18 @@ impl Client {
         let attempt = async {
             let stream = TcpStream::connect(addr)
                 .await
-                .map_err(|source| ClientError::Connect {
+                .map_err(|cause| ClientError::Connect {
                     addr: addr.to_owned(),
-                    source,
+                    cause,
                 })?;
             taskmill_protocol::tune_socket(&stream);
             let stream = match &options.tls {
                 Some(tls) => tls
                     .connect(stream)
                     .await
-                    .map_err(|source| ClientError::Tls {
+                    .map_err(|cause| ClientError::Tls {
                         addr: addr.to_owned(),
-                        source,
+                        cause,
                     })?,
                 None => Stream::Plain(stream),
             };

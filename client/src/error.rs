@@ -7,15 +7,16 @@ use taskmill_protocol::{CodecError, ConnectError, ErrorKind, Rejection};
 /// Why a [`crate::Client`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the master at {addr}: {source}")]
-    Connect { addr: String, source: io::Error },
+    // (`cause`, not `source`: the message already says it, and error chains would repeat it.)
+    #[error("cannot connect to the master at {addr}: {cause}")]
+    Connect { addr: String, cause: io::Error },
     #[error("authentication failed: wrong authkey? (the master rejected our proof)")]
     AuthenticationFailed,
     #[error(
-        "TLS handshake with {addr} failed: {source} (does the master use TLS, and does the CA \
+        "TLS handshake with {addr} failed: {cause} (does the master use TLS, and does the CA \
          file hold the CA that signed its certificate, for this server name?)"
     )]
-    Tls { addr: String, source: io::Error },
+    Tls { addr: String, cause: io::Error },
     #[error(
         "the peer at {0} did not prove it holds the authkey: wrong authkey on the master, or not our master"
     )]

@@ -41,10 +41,10 @@ fn disable_transparent_huge_pages() {
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
         let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
         if rc != 0 {
-            eprintln!(
+            taskmill_cli::tell(format!(
                 "taskmill-master: could not opt out of transparent huge pages: {}",
                 std::io::Error::last_os_error()
-            );
+            ));
         }
     }
 }

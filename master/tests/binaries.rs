@@ -200,11 +200,12 @@ fn run_with_local_workers_needs_no_key_and_prints_a_summary() {
     assert!(stdout.contains("p99"), "{stdout}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_makes_a_worker_finish_and_hand_in_the_batch_it_holds() {
+/// A serving master with `tasks` squares queued and a worker (one batch of 10 at a time, each
+/// batch taking `work`) holding its first batch.
+async fn worker_mid_batch(tasks: u64, work: &str) -> (Proc, Proc, taskmill::Client) {
     use taskmill::{AuthKey, Client, Wait};
     use taskmill_protocol::encode_payload;
-    use taskmill_squares::{SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
+    use taskmill_squares::{SquareTask, TASKS_QUEUE};
 
     let master = Proc::spawn(Command::new(binary("taskmill-master")).args([
         "serve",
@@ -214,32 +215,138 @@ async fn sigterm_makes_a_worker_finish_and_hand_in_the_batch_it_holds() {
     let addr = master.listening_addr();
     let key = AuthKey::new(KEY).unwrap();
     let mut client = Client::connect(&addr, &key).await.unwrap();
-    let tasks = (0..10)
+    let tasks = (0..tasks)
         .map(|seq| encode_payload(&SquareTask { seq, input: 3 }).unwrap())
         .collect();
     client.put(TASKS_QUEUE, tasks, Wait::No).await.unwrap();
-    let mut worker = Proc::spawn(Command::new(binary("taskmill-worker")).args([
+    let worker = Proc::spawn(Command::new(binary("taskmill-worker")).args([
         "--master",
         &addr,
         "--concurrency",
         "10",
+        "--prefetch",
+        "1",
         "--simulated-work",
-        "1500ms",
+        work,
     ]));
     let deadline = Instant::now() + LIMIT;
     while client.inspect(TASKS_QUEUE).await.unwrap().leased < 10 {
         assert!(Instant::now() < deadline, "the worker never took the batch");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    worker.signal(libc::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || worker.wait(Duration::from_secs(15)))
+    (master, worker, client)
+}
+
+async fn wait_exit(mut worker: Proc, limit: Duration) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || worker.wait(limit))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_makes_a_worker_finish_and_hand_in_the_batch_it_holds_and_take_no_more() {
+    use taskmill_squares::{RESULTS_QUEUE, TASKS_QUEUE};
+
+    let (_master, worker, mut client) = worker_mid_batch(30, "1500ms").await;
+    worker.signal(libc::SIGTERM);
+    let status = wait_exit(worker, Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
     let tasks = client.inspect(TASKS_QUEUE).await.unwrap();
+    // The batch in hand was finished; the signal came before any other was leased.
     assert_eq!(
-        (tasks.settled_total, tasks.leased, tasks.requeued_total),
-        (10, 0, 0)
+        (
+            tasks.delivered_total,
+            tasks.settled_total,
+            tasks.leased,
+            tasks.len
+        ),
+        (10, 10, 0, 20)
     );
     assert_eq!(client.inspect(RESULTS_QUEUE).await.unwrap().len, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_a_worker_at_once_and_its_batch_goes_back() {
+    use taskmill_squares::TASKS_QUEUE;
+
+    // A batch that takes ten minutes: only stopping at once ends the worker in time.
+    let (_master, worker, mut client) = worker_mid_batch(10, "10m").await;
+    worker.signal(libc::SIGTERM);
+    // The worker says it got the first signal before the second is sent, so the two are not
+    // taken as one.
+    let deadline = Instant::now() + LIMIT;
+    while !worker.stderr().contains("SIGTERM received") {
+        assert!(Instant::now() < deadline, "{}", worker.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.signal(libc::SIGTERM);
+    let status = wait_exit(worker, LIMIT).await;
+    assert!(status.success(), "{status:?}");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let tasks = client.inspect(TASKS_QUEUE).await.unwrap();
+        if (tasks.leased, tasks.len) == (0, 10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{tasks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn run_json_is_the_only_thing_on_stdout_and_carries_ok_and_the_seed_as_text() {
+    let out = Command::new(binary("taskmill-master"))
+        .args(["run", "--tasks", "1000", "--local-workers", "2", "--json"])
+        .args(["--seed", "18446744073709551615"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["seed_text"], "18446744073709551615", "{report}");
+    assert_eq!(report["verified"], 1000, "{report}");
+    assert!(stderr.contains("listening on"), "{stderr}");
+}
+
+#[test]
+fn a_job_whose_stdout_and_stderr_readers_are_gone_still_runs_to_the_end() {
+    // As `... 2>&1 | head -n 1`: both pipes lose their reader at once.
+    let mut child = Command::new(binary("taskmill-master"))
+        .args(["run", "--tasks", "5000", "--local-workers", "2"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = Proc::adopt(child).wait(LIMIT);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn a_job_against_an_address_where_no_master_listens_fails_within_seconds() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let mut job = Proc::spawn(
+        Command::new(binary("taskmill-master"))
+            .args(["run", "--tasks", "10", "--master"])
+            .arg(format!("127.0.0.1:{port}")),
+    );
+    let status = job.wait(LIMIT);
+    let err = job.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("no master answered at 127.0.0.1:"), "{err}");
+    // The 5 s of first contact and one backoff step, well short of the 30 s stall timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }

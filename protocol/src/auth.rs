@@ -60,10 +60,10 @@ pub enum KeyError {
     Missing,
     #[error("authkey is {len} bytes; at least {MIN_KEY_LEN} are required")]
     TooShort { len: usize },
-    #[error("cannot read authkey file {path}: {source}")]
+    #[error("cannot read authkey file {path}: {cause}")]
     File {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -89,9 +89,9 @@ impl AuthKey {
     /// users other than its owner.
     pub fn load(file: Option<&Path>) -> Result<(Self, Option<String>), KeyError> {
         if let Some(path) = file {
-            let mut bytes = std::fs::read(path).map_err(|source| KeyError::File {
+            let mut bytes = std::fs::read(path).map_err(|cause| KeyError::File {
                 path: path.to_owned(),
-                source,
+                cause,
             })?;
             if bytes.ends_with(b"\n") {
                 bytes.pop();

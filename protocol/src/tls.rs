@@ -28,7 +28,15 @@ pub enum TlsError {
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
     #[error("TLS configuration rejected: {0}")]
-    Config(#[from] rustls::Error),
+    Config(rustls::Error),
+}
+
+// Not `#[from]`: that would make the rustls error the source too, and error chains would say
+// it twice.
+impl From<rustls::Error> for TlsError {
+    fn from(err: rustls::Error) -> Self {
+        TlsError::Config(err)
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

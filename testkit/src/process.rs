@@ -101,18 +101,27 @@ impl Proc {
         }
     }
 
-    /// The address from the `listening on ADDR` line.
+    /// The address from the `listening on ADDR` line, on stdout (or on stderr, where a
+    /// command whose stdout is for machine output writes it).
     pub fn listening_addr(&self) -> String {
         let deadline = Instant::now() + LIMIT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .expect("no `listening on` line in time");
-            if let Some(addr) = line.strip_prefix("listening on ") {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        return addr.trim().to_owned();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+            }
+            let stderr = self.stderr();
+            if let Some(addr) = stderr.lines().find_map(|l| l.strip_prefix("listening on ")) {
                 return addr.trim().to_owned();
             }
+            assert!(Instant::now() < deadline, "no `listening on` line in time");
         }
     }
 

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use taskmill::{Sleep, Worker, WorkerConfig};
-use taskmill_cli::{cancel_on_signal, init_tracing, parse_duration, ConnectArgs};
+use taskmill_cli::{init_tracing, parse_duration, signals, tell, ConnectArgs};
 use taskmill_squares::Squares;
-use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,7 +16,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Tasks are leased: if this worker dies, the master gives its tasks to another worker.
 /// If the master is not up yet or goes away, the worker retries with capped exponential
-/// backoff. SIGINT/SIGTERM finish the batch in hand, push its results and exit 0.
+/// backoff. SIGINT/SIGTERM finish the batch in hand, push its results and exit 0 (tasks
+/// leased after the signal are not started: they go back to the master); a second signal
+/// stops at once.
 ///
 /// The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never from the command line.
 #[derive(Debug, Parser)]
@@ -58,14 +59,14 @@ fn main() -> ExitCode {
     let key = match cli.connect.key.load() {
         Ok(key) => key,
         Err(err) => {
-            eprintln!("taskmill-worker: {err}");
+            tell(format!("taskmill-worker: {err}"));
             return ExitCode::from(2);
         }
     };
     let tls = match cli.connect.tls_client() {
         Ok(tls) => tls,
         Err(err) => {
-            eprintln!("taskmill-worker: {err}");
+            tell(format!("taskmill-worker: {err}"));
             return ExitCode::from(2);
         }
     };
@@ -81,15 +82,15 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("taskmill-worker: cannot start the runtime: {err}");
+            tell(format!("taskmill-worker: cannot start the runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let signals = signals();
         let handler = Sleep::new(Squares::new(), cli.simulated_work);
-        match Worker::new(config, handler).run(shutdown).await {
+        let worker = Worker::new(config, handler).abort_on(signals.now);
+        match worker.run(signals.stop).await {
             Ok(report) => {
                 tracing::info!(
                     completed = report.completed,
@@ -102,7 +103,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("taskmill-worker: {err}");
+                tell(format!("taskmill-worker: {err}"));
                 ExitCode::FAILURE
             }
         }

@@ -74,11 +74,25 @@ impl Unsent {
 pub struct Worker<H> {
     config: WorkerConfig,
     handler: H,
+    /// Stops the worker at once: no batch finished, nothing more handed in.
+    abort: CancellationToken,
 }
 
 impl<H: Handler> Worker<H> {
     pub fn new(config: WorkerConfig, handler: H) -> Self {
-        Self { config, handler }
+        Self {
+            config,
+            handler,
+            abort: CancellationToken::new(),
+        }
+    }
+
+    /// Stops at once when `abort` fires, even while draining after `shutdown`: results of
+    /// finished batches are sent (not waited on), the batch in hand is not finished, and its
+    /// tasks go back to the master when the connection closes. For a second stop signal.
+    pub fn abort_on(mut self, abort: CancellationToken) -> Self {
+        self.abort = abort;
+        self
     }
 
     /// Works until `shutdown` fires (finishing the batch in hand), the idle limit passes, or a
@@ -180,7 +194,7 @@ impl<H: Handler> Worker<H> {
         state: &mut State,
     ) -> Result<Stop, ClientError> {
         // Answers kept from a lost connection go first.
-        hand_in(&self.config, client, shutdown, state).await?;
+        hand_in(&self.config, client, shutdown, &self.abort, state).await?;
         let mut sent = HashMap::new();
         let result = self.pipeline(client, shutdown, state, &mut sent).await;
         // Results whose completion got no answer are kept, like any other unsent result.
@@ -240,6 +254,7 @@ impl<H: Handler> Worker<H> {
             }
             let (id, reply) = tokio::select! {
                 () = shutdown.cancelled(), if stop.is_none() => continue,
+                () = self.abort.cancelled() => return Ok(Stop::Shutdown),
                 reply = client.next_reply() => reply?,
             };
             let worked = match Worked::from_reply(reply) {
@@ -261,14 +276,22 @@ impl<H: Handler> Worker<H> {
                 );
             } else if !worked.tasks.is_empty() {
                 state.last_task = Instant::now();
-                let answers = answer(&self.handler, client, &worked.tasks).await?;
+                // Aborted mid-batch: its tasks go back when the connection closes.
+                let answers = tokio::select! {
+                    answers = answer(&self.handler, client, &worked.tasks) => answers?,
+                    () = self.abort.cancelled() => return Ok(Stop::Shutdown),
+                };
                 file(worked.tasks, answers, &mut state.unsent);
             }
             if !state.unsent.rejected.is_empty() {
-                hand_in(config, client, shutdown, state).await?;
+                hand_in(config, client, shutdown, &self.abort, state).await?;
             }
             if state.unsent.results.is_empty() || drain_over(config, shutdown, state) {
                 continue;
+            }
+            // A stop signal that came while the batch was worked on: no more tasks after it.
+            if stop.is_none() && shutdown.is_cancelled() {
+                stop = Some(Stop::Shutdown);
             }
             let outcomes = std::mem::take(&mut state.unsent.results);
             let (queue, results) = (config.tasks_queue.clone(), config.results_queue.clone());
@@ -407,6 +430,7 @@ async fn hand_in(
     config: &WorkerConfig,
     client: &mut Client,
     shutdown: &CancellationToken,
+    abort: &CancellationToken,
     state: &mut State,
 ) -> Result<(), ClientError> {
     let wait = Wait::Millis(config.poll.as_millis() as u64);
@@ -421,7 +445,7 @@ async fn hand_in(
             if unsent == 0 {
                 break;
             }
-            if drain_over(config, shutdown, state) {
+            if abort.is_cancelled() || drain_over(config, shutdown, state) {
                 return Ok(());
             }
             let (target, batch) = if rejected {

@@ -14,6 +14,19 @@ use tokio::net::TcpListener;
 
 use crate::cli::StorageArgs;
 
+/// The stop signals: the first stops gracefully (drain, then stop); a second stops at once,
+/// without the grace period (a durable master loses nothing it acknowledged either way).
+pub fn signals() -> taskmill_cli::Signals {
+    let signals = taskmill_cli::signals();
+    let now = signals.now.clone();
+    tokio::spawn(async move {
+        now.cancelled().await;
+        taskmill_cli::tell("taskmill-master: a second stop signal: exiting now");
+        std::process::exit(130);
+    });
+    signals
+}
+
 /// Binds `addr`, saying plainly when the port is taken.
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use taskmill::{AuthKey, ClientOptions, KeyError};
-use taskmill_cli::cancel_on_signal;
+use taskmill_cli::{say, tell};
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_squares::render;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +49,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..ClientOptions::default()
         },
     };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let shutdown = super::signals().stop;
     let report = if let Some(master) = &args.master {
         job::run(master, &key, &job, &shutdown).await?
     } else {
@@ -65,12 +64,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let master = super::open(config, &args.server.storage)?;
         let listener = super::bind(&listen).await?;
         let addr = listener.local_addr()?;
-        println!("listening on {addr}");
+        // With --json, stdout holds the report alone.
+        if args.json {
+            tell(format!("listening on {addr}"));
+        } else {
+            say(format!("listening on {addr}"));
+        }
         if args.local_workers == 0 {
-            eprintln!(
+            tell(format!(
                 "waiting for workers: start `taskmill-worker --master <this host>:{}` with the same authkey",
                 addr.port()
-            );
+            ));
         }
         // A wildcard listen address is not something to connect to; loopback reaches the same
         // port.
@@ -91,9 +95,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         report?
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        // jq and JavaScript read numbers as doubles: a 64-bit seed loses its last digits.
+        json["seed_text"] = report.seed.to_string().into();
+        json["ok"] = report.success().into();
+        say(serde_json::to_string_pretty(&json)?);
     } else {
-        print!("{}", render(&report));
+        say(render(&report).trim_end());
     }
     Ok(if report.success() {
         ExitCode::SUCCESS

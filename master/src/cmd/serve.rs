@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use taskmill_cli::cancel_on_signal;
-use tokio_util::sync::CancellationToken;
+use taskmill_cli::say;
 
 use crate::cli::ServeArgs;
 
@@ -13,9 +12,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let master = super::open(config, &args.server.storage)?;
     let listener = super::bind(&args.listen).await?;
     // Scripts and tests read the bound port from this line (the flag may say port 0).
-    println!("listening on {}", listener.local_addr()?);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    master.serve(listener, shutdown).await?;
+    say(format!("listening on {}", listener.local_addr()?));
+    let signals = super::signals();
+    master.serve(listener, signals.stop).await?;
     Ok(ExitCode::SUCCESS)
 }

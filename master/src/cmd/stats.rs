@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde_json::json;
 use taskmill::{Client, ClientOptions, QueueStats, Stats};
+use taskmill_cli::say;
 
 use crate::cli::StatsArgs;
 
@@ -20,12 +21,12 @@ pub async fn show(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect_with(&connect.master, &key, &options).await?;
     let stats = client.stats().await.context("stats request failed")?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&render_json(&connect.master, &stats))?
-        );
+        say(serde_json::to_string_pretty(&render_json(
+            &connect.master,
+            &stats,
+        ))?);
     } else {
-        print!("{}", render_table(&connect.master, &stats));
+        say(render_table(&connect.master, &stats).trim_end());
     }
     Ok(ExitCode::SUCCESS)
 }
