@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 
 use taskmill_protocol::{encode_payload, DeadLetter, DEAD_SUFFIX, MAX_REASON};
 
@@ -95,6 +95,15 @@ impl Queue {
 }
 
 impl Broker {
+    /// Take before locking a queue whose tasks may be buried, and hold until [`Broker::bury`]
+    /// is done (see `Shared::burials`).
+    pub(super) fn burying(&self) -> RwLockReadGuard<'_, ()> {
+        self.shared
+            .burials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Appends items that used up their attempts in `from` to its dead-letter queue.
     pub(super) fn bury(&self, from: &Slot, buried: Vec<Buried>) {
         if buried.is_empty() {

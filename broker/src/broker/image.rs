@@ -85,6 +85,12 @@ impl Broker {
     /// The state of queue `rank`, and `position()` read while its lock is held.
     pub fn capture(&self, rank: QueueRank, position: impl FnOnce() -> u64) -> Option<QueueImage> {
         let slot = self.registry().all.get(rank as usize).cloned()?;
+        // No burial half done: see `Shared::burials`.
+        let _no_burial = self
+            .shared
+            .burials
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let q = self.lock(&slot);
         let position = position();
         let mut leased: Vec<_> = q

@@ -1,7 +1,9 @@
 //! The journal: every change to a queue's state as a [`Change`], handed to the [`Store`] at the
-//! moment it is made, under the lock of every queue it names. So the order in which a store
+//! moment it is made, under the lock of every queue it changes. So the order in which a store
 //! sees changes is the order the queues' locks made them, and replaying them in that order
-//! ([`Broker::apply`](super::Broker::apply)) rebuilds the same queues, leases included.
+//! ([`Broker::apply`](super::Broker::apply)) rebuilds the same queues, leases included. (A
+//! burial is recorded under the dead-letter queue's lock only, after its task left the source
+//! queue under that one's; the burial gate in `Shared` keeps a snapshot out of the gap.)
 //!
 //! The broker builds no record at all when its store keeps none (memory mode): each site asks
 //! its queue's `Journal`, which holds no store then.

@@ -272,6 +272,7 @@ impl Broker {
         reason: &str,
     ) -> Result<Progress, QueueError> {
         let slot = self.queue(queue)?;
+        let _burying = self.burying();
         let mut queue = self.lock(&slot);
         let buries = slot.buries();
         let mut stale = Vec::new();

@@ -18,7 +18,10 @@
 //!
 //! Leases expire: [`Broker::tick`], driven by a timer task, requeues tasks whose lease ran out
 //! and returns nacked tasks whose delay is over. A task handed out `max_attempts` times and
-//! given back again goes to `<queue>.dead` instead of round the fleet forever.
+//! given back again goes to `<queue>.dead` instead of round the fleet forever. That move takes
+//! the two locks one after the other (the dead-letter queue may be created by it, or rank
+//! lower); a shared gate that snapshots take exclusively keeps any image from seeing it half
+//! done.
 //!
 //! This module is the single owner of queue contents.
 //!
@@ -117,6 +120,12 @@ pub struct Broker {
 struct Shared {
     limits: QueueLimits,
     registry: RwLock<Registry>,
+    /// Held shared by an operation that may move tasks to a dead-letter queue, from before it
+    /// locks their queue until the letters are in the dead-letter queue; a capture holds it
+    /// exclusively. So no image sees a task that has left its queue and not yet reached the
+    /// dead-letter queue (the two locks are not held together: the dead-letter queue may rank
+    /// lower, or not exist yet).
+    burials: RwLock<()>,
     /// Ids are reserved under the lock of the queue they go into, so that within one queue
     /// they grow with put order: giving items back in order relies on it.
     next_task: AtomicU64,
@@ -176,6 +185,7 @@ impl Broker {
             shared: Arc::new(Shared {
                 limits,
                 registry: RwLock::default(),
+                burials: RwLock::default(),
                 next_task: AtomicU64::new(0),
                 next_session: AtomicU64::new(0),
                 completers: Mutex::default(),
@@ -200,6 +210,7 @@ impl Broker {
     pub fn close_session(&self, session: SessionId) -> usize {
         let mut requeued = 0;
         for slot in self.slots() {
+            let _burying = self.burying();
             let mut queue = self.lock(&slot);
             let Some(leases) = queue.sessions.remove(&session) else {
                 continue;

@@ -22,6 +22,7 @@ impl Broker {
         let mut next = NEVER;
         for slot in self.slots() {
             if slot.due.load(Relaxed) <= due_now {
+                let _burying = self.burying();
                 let mut queue = self.lock(&slot);
                 let buried = queue.expire(now, slot.buries());
                 drop(queue);

@@ -2,6 +2,7 @@
 //! crash leaves, damage, a full disk and failed fsyncs. This file holds what they share.
 
 mod crash;
+mod races;
 mod record;
 mod recovery;
 mod sim;
