@@ -122,6 +122,12 @@ impl Master {
         }
         let _ = timers.await;
         ctx.store.close();
+        // A failure during the drain or the close is as much a failure as one before.
+        let failed = failed.or_else(|| {
+            let durability = ctx.store.durability()?;
+            let failed = durability.borrow().failed.clone();
+            failed
+        });
         info!("master stopped");
         match failed {
             Some(failure) => Err(io::Error::other(failure.to_string())),

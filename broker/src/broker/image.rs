@@ -196,6 +196,17 @@ impl Broker {
 }
 
 impl Broker {
+    /// How many tasks the queues hold: queued, leased and delayed.
+    pub fn task_count(&self) -> u64 {
+        self.slots()
+            .iter()
+            .map(|slot| {
+                let q = self.lock(slot);
+                (q.items.len() + q.leased.len() + q.delayed.len()) as u64
+            })
+            .sum()
+    }
+
     /// Ends every lease, as after a restart no connection holds any: each task goes back to the
     /// front of its queue, oldest first, its deliveries kept and none dead-lettered (a restart
     /// is not the task's fault). Recorded as requeued. Returns how many there were.

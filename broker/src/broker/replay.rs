@@ -3,7 +3,7 @@
 //! journal in order gives the queues it recorded: items in order with their delivery counts,
 //! leases with their holders and deadlines, delayed tasks, dead letters, capacities and
 //! counters. A change that does not fit the state (a task that is not where it says) is an
-//! error, never a guess.
+//! error, never a guess, and leaves the state as it was.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -101,9 +101,10 @@ impl Broker {
                 id,
                 payload,
             } => {
+                // Both queues found before either changes: a change fails whole or not at all.
+                let (source, target_slot) = (self.slot(queue)?, self.slot(target)?);
                 if applies(queue) {
-                    let slot = self.slot(queue)?;
-                    let mut source = self.lock(&slot);
+                    let mut source = self.lock(&source);
                     let session = source
                         .leased
                         .get(&task)
@@ -113,8 +114,7 @@ impl Broker {
                     source.completed_by(session);
                 }
                 if applies(target) {
-                    let slot = self.slot(target)?;
-                    self.lock(&slot).push(id, payload);
+                    self.lock(&target_slot).push(id, payload);
                 }
                 self.seen_id(id);
             }
@@ -224,17 +224,16 @@ impl Broker {
                 id,
                 letter,
             } => {
+                let (source, dead_slot) = (self.slot(queue)?, self.slot(dead)?);
                 if applies(queue) {
-                    let slot = self.slot(queue)?;
-                    let mut q = self.lock(&slot);
+                    let mut q = self.lock(&source);
                     q.unlease(task, None)
                         .ok_or_else(|| misplaced(queue, task, "leased"))?;
                     q.count_buried(why);
                 }
                 if applies(dead) {
-                    let slot = self.slot(dead)?;
-                    slot.dead_letters.store(true, Relaxed);
-                    self.lock(&slot).push(id, letter);
+                    dead_slot.dead_letters.store(true, Relaxed);
+                    self.lock(&dead_slot).push(id, letter);
                 }
                 self.seen_id(id);
             }

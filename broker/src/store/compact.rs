@@ -6,7 +6,8 @@
 //! its own lock, together with the log position at that moment: every change to the queue
 //! before it is in the image, every later one in the log after `base` (recovery skips, per
 //! queue, what its image already holds). Only the copy of one queue's tasks happens under its
-//! lock; encoding and writing do not.
+//! lock; encoding and writing do not. The snapshot takes its place only once the log is durable
+//! past every image in it.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -86,6 +87,14 @@ impl Inner {
         if let Err(err) = written {
             let _ = fs.remove(&tmp);
             return Err(err);
+        }
+        // The images hold changes up to where the log was when each was taken, which may not
+        // be durable yet (still buffered, or written and not synced under --fsync DURATION).
+        // A snapshot ahead of the log would make queues disagree after a crash, so the log is
+        // made durable past every image first: a rotation syncs the segment it leaves.
+        if self.begin_new_segment().is_none() {
+            let _ = fs.remove(&tmp);
+            return Ok(None);
         }
         let name = dir.join(snapshot_name(base));
         fs.rename(&tmp, &name)?;

@@ -92,8 +92,6 @@ pub struct LogEnd {
     /// The position after the last good record: the next record goes here.
     pub end: u64,
     pub records: u64,
-    /// Bytes of the segments kept.
-    pub bytes: u64,
 }
 
 /// Replays the segments in `segments` (their first positions, in order) into `broker`,
@@ -111,7 +109,6 @@ pub fn replay(
     let mut end = LogEnd {
         end: base,
         records: 0,
-        bytes: 0,
     };
     let applies =
         |pos: u64| move |rank: u32| pos >= positions.get(rank as usize).copied().unwrap_or(0);
@@ -156,8 +153,16 @@ pub fn replay(
                 format!("log format {version}, this master reads {SEGMENT_VERSION}"),
             ));
         }
+        let named = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+        if named != start {
+            return Err(corrupt(
+                16,
+                format!("a segment of position {named} under the name of {start}"),
+            ));
+        }
         let mut at = SEGMENT_HEADER;
         while at < bytes.len() {
+            let begins = at;
             let pos = start + (at - SEGMENT_HEADER) as u64;
             let record = match record::decode(&bytes.slice(at..)) {
                 Ok((record, used)) => {
@@ -173,30 +178,23 @@ pub fn replay(
                     break;
                 }
                 Err(err) if repair => {
-                    warn!(
-                        file = %name.display(), offset = at, cause = %err,
-                        "repair: cutting the log here; everything after is lost"
-                    );
-                    fs.truncate(&name, at as u64)?;
-                    drop_from(fs, dir, &segments[i + 1..])?;
-                    end.end = pos;
-                    end.bytes += at as u64;
-                    return Ok(end);
+                    warn!(file = %name.display(), offset = at, cause = %err, "{CUT}");
+                    return cut(fs, dir, &segments[i..], at, end);
                 }
                 Err(err) => return Err(corrupt(at, err.to_string())),
             };
             if let Err(err) = broker.apply_where(&record.change(), applies(pos)) {
-                let offset = at - 1;
-                return Err(corrupt(
-                    offset,
-                    format!("a record that does not fit the queues: {err}"),
-                ));
+                let problem = format!("a record that does not fit the queues: {err}");
+                if repair {
+                    warn!(file = %name.display(), offset = begins, %problem, "{CUT}");
+                    return cut(fs, dir, &segments[i..], begins, end);
+                }
+                return Err(corrupt(begins, problem));
             }
             end.records += 1;
         }
         let kept = at.min(bytes.len());
         end.end = start + (kept - SEGMENT_HEADER) as u64;
-        end.bytes += kept as u64;
     }
     info!(records = end.records, end = end.end, "replayed the log");
     Ok(end)
@@ -204,11 +202,14 @@ pub fn replay(
 
 /// Whether a record that failed to read at the end of the log is one a crash cut short: it
 /// runs past the end of the file, or it is the last one and everything from it on is either
-/// it or zeros (space the file system allotted but never wrote).
+/// it or zeros (space the file system allotted but never wrote). A record whose checksum
+/// holds was written whole: if it cannot be read (an unknown kind, from a newer master), that
+/// is never a torn write.
 fn torn(rest: &[u8], err: &RecordError) -> bool {
     match err {
         RecordError::Short { .. } => true,
-        RecordError::Checksum | RecordError::Malformed(_) | RecordError::TooLong(_) => {
+        RecordError::Malformed(_) => false,
+        RecordError::Checksum | RecordError::TooLong(_) => {
             let declared = rest
                 .get(..4)
                 .map(|len| u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
@@ -216,6 +217,22 @@ fn torn(rest: &[u8], err: &RecordError) -> bool {
             ends_file || rest.iter().all(|&b| b == 0)
         }
     }
+}
+
+const CUT: &str = "repair: cutting the log here; everything after is lost";
+
+/// Cuts the log at byte `at` of the first of `segments` (the rest go): where [`replay`] stopped.
+fn cut(
+    fs: &dyn Fs,
+    dir: &Path,
+    segments: &[u64],
+    at: usize,
+    mut end: LogEnd,
+) -> Result<LogEnd, StoreError> {
+    fs.truncate(&dir.join(segment_name(segments[0])), at as u64)?;
+    drop_from(fs, dir, &segments[1..])?;
+    end.end = segments[0] + (at - SEGMENT_HEADER) as u64;
+    Ok(end)
 }
 
 fn drop_from(fs: &dyn Fs, dir: &Path, segments: &[u64]) -> Result<(), StoreError> {

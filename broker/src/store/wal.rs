@@ -204,6 +204,12 @@ impl Wal {
     pub fn compact_soon(&self) {
         self.inner.compact_due();
     }
+
+    /// True while a compaction waits for the writer to begin a new segment.
+    #[cfg(test)]
+    pub(super) fn rotation_asked(&self) -> bool {
+        lock(&self.inner.pending).rotate.is_some()
+    }
 }
 
 impl Store for Wal {
@@ -381,6 +387,23 @@ impl Inner {
         let segments: Vec<u64> = survey.segments.into_iter().filter(|&s| s >= base).collect();
         let repair = self.options.repair;
         let end = recover::replay(fs, dir, &segments, base, &positions, broker, repair)?;
+        // A snapshot is written only once the log is durable past it: a log that ends before
+        // it lost synced data, and continuing would reuse positions the snapshot counts as seen.
+        if let Some(&ahead) = positions.iter().max().filter(|&&p| p > end.end) {
+            return Err(StoreError::Corrupt {
+                file: dir.join(recover::snapshot_name(base)),
+                offset: 0,
+                problem: format!(
+                    "the snapshot holds changes up to log position {ahead}, but the log ends at \
+                     {}: log files after the snapshot were lost or cut",
+                    end.end
+                ),
+            });
+        }
+        self.reserved.store(
+            SETTLE_RESERVE * broker.task_count() as i64,
+            Ordering::Relaxed,
+        );
         for name in fs.list(dir)? {
             if let Some(start) = name
                 .strip_prefix("log-")
@@ -446,7 +469,13 @@ impl Inner {
     pub(super) fn fail(&self, what: &str, err: &dyn std::fmt::Display) {
         let message = format!("{what} the log in {} failed: {err}", self.dir.display());
         error!("{message}; nothing more is acknowledged, and the master stops");
-        self.failed.store(true, Ordering::Relaxed);
+        {
+            // Under the lock a compaction checks `failed` under, and dropping its request:
+            // it must not wait for a rotation that will never come.
+            let mut pending = lock(&self.pending);
+            self.failed.store(true, Ordering::Relaxed);
+            pending.rotate = None;
+        }
         self.durable
             .send_modify(|d| d.failed = Some(Arc::from(message.as_str())));
     }
@@ -497,10 +526,12 @@ impl Inner {
                 batch.clear();
                 dirty = true;
             }
+            // A segment is synced before it is left: later fsyncs only reach the next one.
+            let rotating = rotate.is_some() || segment.bytes >= self.options.segment_bytes;
             let sync = dirty
                 && match self.options.fsync {
                     Fsync::Always => true,
-                    Fsync::Every(every) => synced.elapsed() >= every || closing || rotate.is_some(),
+                    Fsync::Every(every) => synced.elapsed() >= every || closing || rotating,
                 };
             if sync {
                 if let Err(err) = segment.file.sync() {
@@ -514,7 +545,7 @@ impl Inner {
                 d.upto = d.upto.max(end);
                 moved
             });
-            if rotate.is_some() || segment.bytes >= self.options.segment_bytes {
+            if rotating {
                 match self.begin_segment(end) {
                     Ok(next) => {
                         lock(&self.disk).segments.insert(end, next.bytes);

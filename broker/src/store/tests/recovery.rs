@@ -143,6 +143,27 @@ async fn a_record_cut_short_at_the_end_is_cut_off_and_the_rest_kept() {
 }
 
 #[tokio::test]
+async fn a_whole_record_of_an_unknown_kind_at_the_end_is_refused_not_cut() {
+    let fs = SimFs::new();
+    let (br, wal) = open(&fs);
+    let s = br.open_session();
+    put(&br, s, "q", &["1"]);
+    assert!(durable(&wal).await);
+    wal.close();
+    let last = segments(&fs).pop().unwrap();
+    let mut bytes = fs.contents(&last).unwrap();
+    // As a newer master might write: framed and checksummed, of a kind this one lacks.
+    let body = [200u8, 1, 2, 3];
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    fs.set_contents(&last, bytes.clone());
+    let err = open_with(&fs, WalOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("unknown kind"), "{err}");
+    assert_eq!(fs.contents(&last).unwrap(), bytes, "nothing was cut");
+}
+
+#[tokio::test]
 async fn damage_in_the_middle_stops_the_master_naming_file_and_offset_unless_repair_is_asked() {
     let fs = SimFs::new();
     let (br, wal) = open(&fs);
@@ -182,6 +203,39 @@ async fn damage_in_the_middle_stops_the_master_naming_file_and_offset_unless_rep
 }
 
 #[tokio::test]
+async fn a_record_that_does_not_fit_is_refused_at_its_first_byte_and_repair_cuts_it() {
+    let fs = SimFs::new();
+    let (br, wal) = open(&fs);
+    let s = br.open_session();
+    put(&br, s, "q", &["1"]);
+    assert!(durable(&wal).await);
+    let segment = segments(&fs).pop().unwrap();
+    let misfit = fs.contents(&segment).unwrap().len() as u64;
+    // Well formed, but for a task that was never leased.
+    wal.record(&crate::broker::journal::Change::Acked {
+        queue: 0,
+        task: 12_345,
+    });
+    put(&br, s, "q", &["2"]);
+    assert!(durable(&wal).await);
+    wal.close();
+    let err = open_with(&fs, WalOptions::default()).unwrap_err();
+    let StoreError::Corrupt { file, offset, .. } = &err else {
+        panic!("expected damage, got {err}");
+    };
+    assert_eq!((file, *offset), (&segment, misfit), "{err}");
+    assert!(err.to_string().contains("task 12345"), "{err}");
+    let repair = WalOptions {
+        repair: true,
+        ..WalOptions::default()
+    };
+    let (again, wal) = open_with(&fs, repair).unwrap();
+    assert_eq!(payloads(queue(&again.dump().0, "q")), ["1"]);
+    assert_eq!(fs.contents(&segment).unwrap().len() as u64, misfit);
+    wal.close();
+}
+
+#[tokio::test]
 async fn a_missing_segment_is_a_gap_that_stops_the_master() {
     let fs = SimFs::new();
     let options = WalOptions {
@@ -200,6 +254,24 @@ async fn a_missing_segment_is_a_gap_that_stops_the_master() {
     fs.lose(&all[1]);
     let err = open_with(&fs, WalOptions::default()).unwrap_err();
     assert!(err.to_string().contains("gap"), "{err}");
+}
+
+#[tokio::test]
+async fn a_segment_whose_header_names_another_position_is_refused() {
+    let fs = SimFs::new();
+    let (br, wal) = open(&fs);
+    put(&br, br.open_session(), "q", &["1"]);
+    assert!(durable(&wal).await);
+    wal.close();
+    let segment = segments(&fs).pop().unwrap();
+    let mut bytes = fs.contents(&segment).unwrap();
+    bytes[16..24].copy_from_slice(&7u64.to_le_bytes());
+    fs.set_contents(&segment, bytes);
+    let err = open_with(&fs, WalOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("position 7 under the name of"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -265,6 +337,35 @@ async fn a_full_disk_fails_the_log_and_a_spent_budget_refuses_new_puts_only() {
 }
 
 #[tokio::test]
+async fn after_a_restart_the_disk_for_settling_queued_tasks_is_still_kept() {
+    let fs = SimFs::new();
+    let (br, wal) = open(&fs);
+    let s = br.open_session();
+    let items: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    put(
+        &br,
+        s,
+        "q",
+        &items.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(durable(&wal).await);
+    wal.close();
+    let (_again, wal) = open(&fs);
+    let used = wal.disk_bytes();
+    wal.close();
+    // Room for what is on disk, the next segment, a restart's new segment header, and half
+    // of what settling 1000 tasks needs: too little.
+    let limit = used + WalOptions::default().segment_bytes + 64 + 1000 * 32;
+    let budget = WalOptions {
+        max_disk: Some(limit),
+        ..WalOptions::default()
+    };
+    let (_again, wal) = open_with(&fs, budget).unwrap();
+    assert!(!wal.has_room(), "used {used}, limit {limit}");
+    wal.close();
+}
+
+#[tokio::test]
 async fn interval_fsync_acknowledges_after_the_write_and_syncs_soon_after() {
     let fs = SimFs::new();
     let every = WalOptions {
@@ -284,6 +385,43 @@ async fn interval_fsync_acknowledges_after_the_write_and_syncs_soon_after() {
         ["1"],
         "synced within the interval"
     );
+    wal.close();
+}
+
+#[tokio::test]
+async fn interval_fsync_syncs_a_segment_before_leaving_it_for_size() {
+    let fs = SimFs::new();
+    let options = WalOptions {
+        fsync: Fsync::Every(Duration::from_secs(3600)),
+        segment_bytes: 256,
+        ..WalOptions::default()
+    };
+    let (br, wal) = open_with(&fs, options).unwrap();
+    let s = br.open_session();
+    // Items in a segment that was left are durable, whatever the interval.
+    let mut safe = 0;
+    for i in 0..40 {
+        let before = segments(&fs).len();
+        put(&br, s, "q", &[&format!("{i:03}")]);
+        assert!(durable(&wal).await);
+        if segments(&fs).len() > before {
+            safe = i + 1;
+        }
+    }
+    assert!(safe >= 10, "segments were left: {safe}");
+    for seed in 0..4 {
+        let crashed = fs.after_crash(seed);
+        let (again, wal) = open(&crashed);
+        let got = payloads(queue(&again.dump().0, "q"));
+        let want: Vec<String> = (0..got.len()).map(|i| format!("{i:03}")).collect();
+        assert_eq!(got, want, "a prefix of what was put");
+        assert!(
+            got.len() >= safe,
+            "{} of {safe} left in closed segments",
+            got.len()
+        );
+        wal.close();
+    }
     wal.close();
 }
 

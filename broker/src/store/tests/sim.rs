@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::store::fs::{AppendFile, Fs};
 
@@ -33,6 +33,8 @@ struct State {
     /// Bytes the file system holds at most; appends past it fail as a full disk does.
     capacity: Option<usize>,
     locked: bool,
+    /// Holds the failing call: says when it is reached, fails once released.
+    stall: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
 }
 
 /// See the module doc.
@@ -59,6 +61,12 @@ impl SimFs {
     /// Makes the `n`th call (counting from 1) fail with `kind`.
     pub fn fail_call(&self, n: u64, kind: io::ErrorKind) {
         self.state.lock().unwrap().fail_at = Some((n, kind));
+    }
+
+    /// As [`SimFs::fail_call`], but the call first waits (up to a minute) for `release`, after
+    /// telling `reached`: what other threads do while a storage call hangs, before it fails.
+    pub fn stall_failing_call(&self, reached: mpsc::Sender<()>, release: mpsc::Receiver<()>) {
+        self.state.lock().unwrap().stall = Some((reached, release));
     }
 
     /// Limits the bytes the file system holds.
@@ -134,6 +142,11 @@ impl SimFs {
         }
         if let Some((n, kind)) = state.fail_at {
             if state.calls == n {
+                if let Some((reached, release)) = state.stall.take() {
+                    drop(state);
+                    let _ = reached.send(());
+                    let _ = release.recv_timeout(std::time::Duration::from_secs(60));
+                }
                 return Err(io::Error::new(kind, "simulated failure"));
             }
         }
