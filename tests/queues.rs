@@ -285,6 +285,7 @@ async fn pipelined_requests_are_answered_and_waiting_ones_are_bounded() {
             queue: "q".into(),
             items: vec![b("x"), b("y")],
             wait: Wait::No,
+            reply_to: None,
         },
     })
     .await

@@ -17,8 +17,8 @@ use tokio::time::{timeout, Instant};
 
 use taskmill_protocol::handshake::{self, ClientConnection};
 use taskmill_protocol::{
-    AuthKey, ClientMessage, Delivery, MasterMessage, Outcome, QueueStats, Reply, Request, Stats,
-    Stream, Task, TaskId, TlsClient, Wait,
+    AuthKey, ClientMessage, Delivery, MasterMessage, Outcome, Reply, Request, Stream, Task, TaskId,
+    TlsClient, Wait,
 };
 
 use crate::error::ClientError;
@@ -105,7 +105,7 @@ impl Worked {
 }
 
 impl Settled {
-    fn from_reply(reply: Reply) -> Result<Self, ClientError> {
+    pub(crate) fn from_reply(reply: Reply) -> Result<Self, ClientError> {
         match reply {
             Reply::Settled {
                 done,
@@ -335,6 +335,7 @@ impl Client {
             queue: queue.to_owned(),
             items,
             wait,
+            reply_to: None,
         };
         match self.request(request).await? {
             Reply::Put { first_id, accepted } => Ok(PutOutcome { first_id, accepted }),
@@ -346,13 +347,14 @@ impl Client {
     /// and `seq`, after a connection died before the reply, gets the first one's outcome
     /// instead of queueing the items twice (see [`Request::PutOnce`]). While the first is
     /// still waiting for room the master answers `InProgress`, a transient error: retry.
+    /// With `reply_to`, each task names that queue for its outcome ([`Task::reply_to`]).
     pub async fn put_once(
         &mut self,
         queue: &str,
         items: Vec<Bytes>,
         wait: Wait,
-        producer: u64,
-        seq: u64,
+        (producer, seq): (u64, u64),
+        reply_to: Option<&str>,
     ) -> Result<PutOutcome, ClientError> {
         let request = Request::PutOnce {
             queue: queue.to_owned(),
@@ -360,6 +362,7 @@ impl Client {
             wait,
             producer,
             seq,
+            reply_to: reply_to.map(str::to_owned),
         };
         match self.request(request).await? {
             Reply::Put { first_id, accepted } => Ok(PutOutcome { first_id, accepted }),
@@ -450,6 +453,25 @@ impl Client {
             tasks,
             delay_ms: delay.as_millis().try_into().unwrap_or(u64::MAX),
             reason: reason.to_owned(),
+            fatal: false,
+        };
+        self.settle(request).await
+    }
+
+    /// Gives leased tasks up for good: they go to the dead-letter queue at once, with
+    /// `reason`, whatever attempts they have left (and their reply queues are told).
+    pub async fn bury(
+        &mut self,
+        queue: &str,
+        tasks: Vec<TaskId>,
+        reason: &str,
+    ) -> Result<Settled, ClientError> {
+        let request = Request::Nack {
+            queue: queue.to_owned(),
+            tasks,
+            delay_ms: 0,
+            reason: reason.to_owned(),
+            fatal: true,
         };
         self.settle(request).await
     }
@@ -468,6 +490,27 @@ impl Client {
             results: results.to_owned(),
             outcomes,
             wait,
+            reply: false,
+        };
+        self.settle(request).await
+    }
+
+    /// [`Client::complete`] into the tasks' reply queue (`results` wrapped in
+    /// [`taskmill_protocol::TaskReply`]s): if that queue no longer exists, its producer has
+    /// gone, and the tasks are settled with their results dropped.
+    pub async fn complete_replies(
+        &mut self,
+        queue: &str,
+        reply_queue: &str,
+        outcomes: Vec<Outcome>,
+        wait: Wait,
+    ) -> Result<Settled, ClientError> {
+        let request = Request::Complete {
+            queue: queue.to_owned(),
+            results: reply_queue.to_owned(),
+            outcomes,
+            wait,
+            reply: true,
         };
         self.settle(request).await
     }
@@ -490,65 +533,24 @@ impl Client {
             max,
             wait,
             lease_ms: None,
+            reply: false,
         };
         Worked::from_reply(self.request(request).await?)
     }
 
-    async fn settle(&mut self, request: Request) -> Result<Settled, ClientError> {
+    pub(crate) async fn settle(&mut self, request: Request) -> Result<Settled, ClientError> {
         Settled::from_reply(self.request(request).await?)
-    }
-
-    /// Creates `queue` or sets its capacity (`None` or 0: unbounded).
-    pub async fn declare(
-        &mut self,
-        queue: &str,
-        capacity: Option<u64>,
-    ) -> Result<QueueStats, ClientError> {
-        let request = Request::Declare {
-            queue: queue.to_owned(),
-            capacity,
-        };
-        self.queue_reply(request).await
-    }
-
-    /// One queue's size, capacity and waiters (Python's `qsize`, `empty`, `full`).
-    pub async fn inspect(&mut self, queue: &str) -> Result<QueueStats, ClientError> {
-        let request = Request::Inspect {
-            queue: queue.to_owned(),
-        };
-        self.queue_reply(request).await
-    }
-
-    async fn queue_reply(&mut self, request: Request) -> Result<QueueStats, ClientError> {
-        match self.request(request).await? {
-            Reply::Queue(stats) => Ok(*stats),
-            other => Err(unexpected("Queue", &other)),
-        }
-    }
-
-    pub async fn stats(&mut self) -> Result<Stats, ClientError> {
-        match self.request(Request::Stats).await? {
-            Reply::Stats(stats) => Ok(*stats),
-            other => Err(unexpected("Stats", &other)),
-        }
-    }
-
-    pub async fn ping(&mut self) -> Result<(), ClientError> {
-        match self.request(Request::Ping).await? {
-            Reply::Pong => Ok(()),
-            other => Err(unexpected("Pong", &other)),
-        }
     }
 }
 
 /// `Reply::Error` as `ClientError::Server`, any other reply as it is.
-fn server_error(reply: Reply) -> Result<Reply, ClientError> {
+pub(crate) fn server_error(reply: Reply) -> Result<Reply, ClientError> {
     match reply {
         Reply::Error { kind, message } => Err(ClientError::Server { kind, message }),
         reply => Ok(reply),
     }
 }
 
-fn unexpected(wanted: &str, got: &Reply) -> ClientError {
+pub(crate) fn unexpected(wanted: &str, got: &Reply) -> ClientError {
     ClientError::Protocol(format!("expected a {wanted} reply, got {got:?}"))
 }

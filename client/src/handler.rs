@@ -1,6 +1,6 @@
 //! The seam where a task's work plugs into the worker runtime: a [`Handler`] turns a leased
-//! batch into one answer per task. The runtime does everything else (leasing, heartbeats while
-//! the handler works, completing, reconnecting, draining).
+//! batch into one answer per task. The runtime does everything else (leasing, keeping leases
+//! alive while the handler works, completing, retrying, reconnecting, draining).
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,12 +8,29 @@ use std::time::Duration;
 use bytes::Bytes;
 use taskmill_protocol::Task;
 
-/// Why a task produced no result.
+/// Why a task produced no result, and what becomes of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// The task can never succeed as it is (its payload does not decode, say): it is moved,
-    /// untouched, to `<tasks queue>.rejected` (see [`crate::REJECTED_SUFFIX`]).
-    Reject { reason: String },
+    /// Try again after `after`. Counts as an attempt: once the task has had the queue's
+    /// `--max-attempts` deliveries it goes to the dead-letter queue with `reason`.
+    Retry { after: Duration, reason: String },
+    /// This attempt failed (an error, a panic, a timeout): tried again after the worker's
+    /// backoff, until its attempts run out.
+    Failed { reason: String },
+    /// The task can never succeed as it is (its payload does not decode, say): to the
+    /// dead-letter queue at once, with `reason`.
+    Fatal { reason: String },
+}
+
+impl Failure {
+    /// The reason kept with the task (and its dead letter).
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Retry { reason, .. }
+            | Failure::Failed { reason }
+            | Failure::Fatal { reason } => reason,
+        }
+    }
 }
 
 /// One task's answer: its result, or why there is none.

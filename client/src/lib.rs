@@ -14,30 +14,40 @@
 //!
 //! # Layout
 //! - [`client`]: [`Client`], one authenticated connection with typed calls, sequential or
-//!   pipelined.
+//!   pipelined; [`admin`] has its calls for looking after queues.
 //! - [`error`]: [`ClientError`], and which errors a retry may cure.
 //! - [`reconnect`]: [`Backoff`], the one reconnect policy, and [`Reconnecting`], a connection
 //!   made again after transient failures.
-//! - [`handler`]: the [`Handler`] seam where a task's work plugs in.
-//! - [`worker`]: the worker runtime around a handler: leases, heartbeats, completions,
-//!   reconnects, drain.
+//! - [`handler`]: the [`Handler`] seam where a task's work plugs in, and how a task fails.
+//! - [`job`]: typed tasks ([`Job`]), their [`Codec`]s, and [`JobHandler`], an async fn per
+//!   task on the worker runtime.
+//! - [`producer`]: putting tasks with a reply queue and getting each outcome back
+//!   ([`Producer`], and its parts [`Submitter`] and [`Replies`]).
+//! - [`worker`]: the worker runtime around a handler: leases kept alive, completions routed
+//!   to reply queues, failures reported, reconnects, drain; and [`WorkerBuilder`].
 //!
 //! The wire format is the `taskmill-protocol` crate's; its types are re-exported here.
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod handler;
+pub mod job;
+pub mod producer;
 pub mod reconnect;
 pub mod worker;
 
 pub use client::{Client, ClientOptions, PutOutcome, Settled, Worked};
 pub use error::ClientError;
 pub use handler::{Answer, Failure, Handler, Sleep};
+pub use job::{Bincode, Codec, Job, JobHandler, Json, Raw};
+pub use producer::{Producer, ProducerConfig, Replies, Submitter, TaskError, TaskHandle};
 pub use reconnect::{Backoff, Reconnecting};
 pub use taskmill_protocol::{
-    AuthKey, Delivery, KeyError, Outcome, QueueStats, Stats, Task, TaskId, TlsClient, Wait,
+    AuthKey, Delivery, KeyError, Outcome, QueueStats, Stats, Task, TaskId, TaskOutcome, TaskReply,
+    TlsClient, Wait,
 };
-pub use worker::{Worker, WorkerConfig, WorkerError, WorkerReport};
+pub use worker::{Worker, WorkerBuilder, WorkerConfig, WorkerError, WorkerReport};
 
 /// The queue workers take tasks from unless told otherwise (the Python example's
 /// `get_task_queue`).
@@ -46,6 +56,3 @@ pub const TASKS_QUEUE: &str = "tasks";
 /// The queue workers put results on unless told otherwise (the Python example's
 /// `get_result_queue`).
 pub const RESULTS_QUEUE: &str = "results";
-
-/// A worker hands tasks its handler rejects to `<tasks queue>` + this suffix, untouched.
-pub const REJECTED_SUFFIX: &str = ".rejected";

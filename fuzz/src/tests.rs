@@ -148,6 +148,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 queue: q(),
                 items: vec![Bytes::from_static(b"abc"), Bytes::new()],
                 wait: Wait::Millis(250),
+                reply_to: None,
             },
         ),
         (
@@ -185,6 +186,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                     result: Bytes::from_static(b"49"),
                 }],
                 wait: Wait::Forever,
+                reply: false,
             },
         ),
         (
@@ -212,6 +214,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 tasks: vec![6],
                 delay_ms: 100,
                 reason: "flaky".into(),
+                fatal: false,
             },
         ),
         (
@@ -226,6 +229,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 max: 16,
                 wait: Wait::Millis(1000),
                 lease_ms: Some(500),
+                reply: false,
             },
         ),
         (
@@ -236,6 +240,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 wait: Wait::Millis(1000),
                 producer: 0x5eed,
                 seq: 42,
+                reply_to: None,
             },
         ),
     ]

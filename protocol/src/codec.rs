@@ -25,6 +25,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::error::CodecError;
 use crate::frame_bytes::FrameScope;
+use crate::message::{TaskOutcome, TaskReply};
 
 /// Frame cap before the peer has authenticated: the handshake's largest message is well under
 /// 100 bytes, so an unauthenticated peer can never make us buffer more than this.
@@ -259,6 +260,66 @@ impl PayloadBatch {
     }
 }
 
+impl TaskReply {
+    /// Appends the reply to `out`: a kind byte (0 done, 1 dead), the task id as a bincode
+    /// varint, then for `Done` the result's bytes to the end, for `Dead` the attempts as a
+    /// varint and the reason's UTF-8 bytes to the end. No length prefix: the item's own length
+    /// ends it.
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        let varint = |out: &mut BytesMut, n: u64| {
+            bincode::encode_into_std_write(n, &mut out.writer(), encode_config())
+                .expect("writing to memory cannot fail");
+        };
+        match &self.outcome {
+            TaskOutcome::Done(result) => {
+                out.put_u8(0);
+                varint(out, self.task);
+                out.extend_from_slice(result);
+            }
+            TaskOutcome::Dead { attempts, reason } => {
+                out.put_u8(1);
+                varint(out, self.task);
+                varint(out, u64::from(*attempts));
+                out.extend_from_slice(reason.as_bytes());
+            }
+        }
+    }
+
+    /// The reply as one payload.
+    pub fn encode(&self) -> bytes::Bytes {
+        let mut out = BytesMut::new();
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Reads a reply made by [`TaskReply::encode_into`]; a `Done` result is a view into
+    /// `payload`.
+    pub fn decode(payload: &bytes::Bytes) -> Result<Self, CodecError> {
+        let bad = |what: &str| CodecError::Decode(format!("not a task reply: {what}"));
+        let (&kind, rest) = payload.split_first().ok_or_else(|| bad("empty"))?;
+        let config = encode_config();
+        let (task, used): (u64, usize) =
+            bincode::decode_from_slice(rest, config).map_err(|e| bad(&e.to_string()))?;
+        let body = 1 + used;
+        let outcome = match kind {
+            0 => TaskOutcome::Done(payload.slice(body..)),
+            1 => {
+                let (attempts, used): (u32, usize) =
+                    bincode::decode_from_slice(&payload[body..], config)
+                        .map_err(|e| bad(&e.to_string()))?;
+                let reason = std::str::from_utf8(&payload[body + used..])
+                    .map_err(|_| bad("a reason that is not UTF-8"))?;
+                TaskOutcome::Dead {
+                    attempts,
+                    reason: reason.to_owned(),
+                }
+            }
+            _ => return Err(bad("an unknown kind")),
+        };
+        Ok(TaskReply { task, outcome })
+    }
+}
+
 /// Decodes a payload made by [`encode_payload`]; its allocations are bounded by its length.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
     decode_limited(payload, payload.len())
@@ -362,6 +423,7 @@ mod tests {
                 queue: "tasks".into(),
                 items: vec![Bytes::from_static(b"a"), Bytes::new()],
                 wait: Wait::Millis(250),
+                reply_to: None,
             },
             Request::Get {
                 queue: "tasks".into(),
@@ -389,6 +451,7 @@ mod tests {
                 tasks: vec![2],
                 delay_ms: 100,
                 reason: "flaky".into(),
+                fatal: false,
             },
             Request::Complete {
                 queue: "tasks".into(),
@@ -398,6 +461,7 @@ mod tests {
                     result: Bytes::from_static(b"49"),
                 }],
                 wait: Wait::Forever,
+                reply: false,
             },
             Request::Declare {
                 queue: "q".into(),
@@ -430,6 +494,7 @@ mod tests {
                 id: 1,
                 attempt: 2,
                 payload: Bytes::from_static(b"xyz"),
+                reply_to: Bytes::new(),
             }]),
             Reply::Tasks(vec![]),
             Reply::Settled {
@@ -624,6 +689,7 @@ mod tests {
                 queue: "tasks".into(),
                 items: payloads(10_000),
                 wait: Wait::No,
+                reply_to: None,
             },
         };
         decodes_in_place(&msg, |m| match m {
@@ -649,6 +715,7 @@ mod tests {
                 id,
                 attempt: 1,
                 payload,
+                reply_to: Bytes::new(),
             })
             .collect();
         let requests = [
@@ -657,6 +724,7 @@ mod tests {
                 results: "results".into(),
                 outcomes: outcomes.clone(),
                 wait: Wait::Forever,
+                reply: false,
             },
             Request::CompleteAndGet {
                 queue: "tasks".into(),
@@ -665,6 +733,7 @@ mod tests {
                 max: 8,
                 wait: Wait::Forever,
                 lease_ms: None,
+                reply: false,
             },
         ];
         for request in requests {
@@ -708,6 +777,7 @@ mod tests {
                         queue: "tasks".into(),
                         items: payloads(100),
                         wait: Wait::No,
+                        reply_to: None,
                     },
                 },
                 &mut buf,
@@ -749,6 +819,7 @@ mod tests {
                 queue: "q".into(),
                 items: vec![Bytes::from(vec![0u8; 1000])],
                 wait: Wait::No,
+                reply_to: None,
             },
         };
         assert!(matches!(
@@ -756,5 +827,43 @@ mod tests {
             Err(CodecError::FrameTooLarge { .. })
         ));
         assert!(buf.is_empty(), "a refused frame must leave nothing behind");
+    }
+
+    #[test]
+    fn an_error_kind_from_a_newer_master_reads_as_unknown() {
+        use crate::ErrorKind;
+        for index in [14u32, 99, 1_000_000] {
+            let kind: ErrorKind = decode_payload(&encode_payload(&index).unwrap()).unwrap();
+            assert_eq!(kind, ErrorKind::Unknown, "index {index}");
+        }
+        let known: ErrorKind = decode_payload(&encode_payload(&12u32).unwrap()).unwrap();
+        assert_eq!(known, ErrorKind::InUse);
+    }
+
+    #[test]
+    fn a_task_reply_round_trips_and_a_small_result_stays_small() {
+        use crate::{TaskOutcome, TaskReply};
+        let done = TaskReply {
+            task: 1_000_000,
+            outcome: TaskOutcome::Done(Bytes::from_static(b"eleven byte")),
+        };
+        let encoded = done.encode();
+        assert_eq!(
+            encoded.len(),
+            1 + 5 + 11,
+            "kind, varint id, the result itself"
+        );
+        assert_eq!(TaskReply::decode(&encoded).unwrap(), done);
+        let dead = TaskReply {
+            task: 7,
+            outcome: TaskOutcome::Dead {
+                attempts: 3,
+                reason: "lease expired".into(),
+            },
+        };
+        assert_eq!(TaskReply::decode(&dead.encode()).unwrap(), dead);
+        for bad in [&b""[..], &[9, 1][..], &[1, 7, 3, 0xff][..]] {
+            assert!(TaskReply::decode(&Bytes::copy_from_slice(bad)).is_err());
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::frame_bytes;
 pub const MAGIC: [u8; 4] = *b"TMIL";
 
 /// The protocol version this crate speaks. Both sides must agree exactly.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Random bytes each side contributes so that every handshake's MACs are fresh.
 pub type Nonce = [u8; 32];
@@ -146,6 +146,49 @@ pub struct Task {
     /// Decoded from a frame, a view into it: copy it to keep it long.
     #[serde(deserialize_with = "frame_bytes::payload")]
     pub payload: Bytes,
+    /// The queue the task's outcome goes to, as [`TaskReply`] items: the `reply_to` of the put
+    /// that queued it, as ASCII bytes; empty when it had none. See [`Task::reply_queue`].
+    #[serde(deserialize_with = "frame_bytes::payload")]
+    pub reply_to: Bytes,
+}
+
+impl Task {
+    /// A task with no reply queue.
+    pub fn new(id: TaskId, attempt: u32, payload: Bytes) -> Self {
+        Self {
+            id,
+            attempt,
+            payload,
+            reply_to: Bytes::new(),
+        }
+    }
+
+    /// The queue this task's outcome goes to, if its producer named one.
+    pub fn reply_queue(&self) -> Option<&str> {
+        std::str::from_utf8(&self.reply_to)
+            .ok()
+            .filter(|q| !q.is_empty())
+    }
+}
+
+/// What became of a task whose put named a reply queue: the item a worker (or the master, for
+/// a task it buries) appends to that queue. Its encoding is compact, so that a small result
+/// with its task id still fits the master's inline item: see [`TaskReply::encode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskReply {
+    /// The task's id, as the put's reply gave it.
+    pub task: TaskId,
+    pub outcome: TaskOutcome,
+}
+
+/// A task's end, as its [`TaskReply`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// Completed with this result.
+    Done(Bytes),
+    /// Moved to the dead-letter queue after `attempts` deliveries (or at once, by a fatal
+    /// nack), for `reason`.
+    Dead { attempts: u32, reason: String },
 }
 
 /// A worker's answer to one leased task.
@@ -160,13 +203,17 @@ pub struct Outcome {
 /// The operations a client can ask of the master.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// Append items, in order, waiting for room per `wait`. Answer: [`Reply::Put`].
+    /// Append items, in order, waiting for room per `wait`. With `reply_to`, each task is
+    /// handed out naming that queue ([`Task::reply_to`]), where its outcome is expected (and
+    /// where the master puts a [`TaskOutcome::Dead`] reply if it buries the task). Answer:
+    /// [`Reply::Put`].
     Put {
         queue: String,
         /// Decoded from a frame, views into it: copy one to keep it long.
         #[serde(deserialize_with = "frame_bytes::payloads")]
         items: Vec<Bytes>,
         wait: Wait,
+        reply_to: Option<String>,
     },
     /// Take up to `max` items (at least one unless the wait ends). Answer: [`Reply::Tasks`].
     Get {
@@ -179,12 +226,15 @@ pub enum Request {
     Ack { queue: String, tasks: Vec<TaskId> },
     /// For each outcome, in order and atomically per task: settle the lease on `queue` and
     /// append the result to `results`, waiting for room there per `wait`. A result whose lease
-    /// this connection no longer holds is dropped and reported stale. Answer: [`Reply::Settled`].
+    /// this connection no longer holds is dropped and reported stale. With `reply`, `results`
+    /// is the tasks' reply queue ([`Task::reply_to`]): if it no longer exists its producer has
+    /// gone, and the tasks are settled with their results dropped. Answer: [`Reply::Settled`].
     Complete {
         queue: String,
         results: String,
         outcomes: Vec<Outcome>,
         wait: Wait,
+        reply: bool,
     },
     /// Create a queue or change its capacity; `None` or `Some(0)` means unbounded.
     /// Answer: [`Reply::Queue`].
@@ -207,13 +257,16 @@ pub enum Request {
         millis: Option<u64>,
     },
     /// Give leased tasks back: they return to the front of the queue after `delay_ms`, or to
-    /// the dead-letter queue if they have used up their attempts. `reason` (cut to
+    /// the dead-letter queue if they have used up their attempts or `fatal` is set. `reason` (cut to
     /// [`MAX_REASON`] bytes) is kept with a dead letter. Answer: [`Reply::Settled`].
     Nack {
         queue: String,
         tasks: Vec<TaskId>,
         delay_ms: u64,
         reason: String,
+        /// The tasks can never succeed: bury them at once, whatever their attempts (and
+        /// `delay_ms`).
+        fatal: bool,
     },
     /// A worker's step in one round trip: [`Request::Complete`], then, once every outcome has
     /// been processed, a leasing [`Request::Get`] of up to `max` tasks from `queue` (lease
@@ -227,6 +280,7 @@ pub enum Request {
         max: u32,
         wait: Wait,
         lease_ms: Option<u64>,
+        reply: bool,
     },
     /// [`Request::Put`] carried out at most once: a put sent again with the same `producer`
     /// and `seq` (because the connection died before its reply) gets the first one's answer
@@ -242,7 +296,23 @@ pub enum Request {
         wait: Wait,
         producer: u64,
         seq: u64,
+        reply_to: Option<String>,
     },
+    /// Up to `max` queued items from the front, left where they are (attempt: the delivery
+    /// each would be). Answer: [`Reply::Tasks`].
+    Peek { queue: String, max: u32 },
+    /// Removes every queued and delayed item (leased ones stay, to be settled). Answer:
+    /// [`Reply::Count`], the items removed.
+    Purge { queue: String },
+    /// Moves up to `max` dead letters from `<queue>.dead` back to the end of `queue`, with
+    /// their original payloads and a fresh delivery count. Answer: [`Reply::Count`], the
+    /// tasks moved.
+    Kick { queue: String, max: u32 },
+    /// Removes a queue and what it holds (queued and delayed items). Refused with `InUse`
+    /// while tasks of it are leased or requests wait on it, and with `NotEmpty` if
+    /// `if_empty` and it holds items. The name is free again afterwards. Answer:
+    /// [`Reply::Count`], the items discarded.
+    Delete { queue: String, if_empty: bool },
 }
 
 impl Request {
@@ -257,6 +327,10 @@ impl Request {
             Request::Ack { .. }
             | Request::Touch { .. }
             | Request::Nack { .. }
+            | Request::Peek { .. }
+            | Request::Purge { .. }
+            | Request::Kick { .. }
+            | Request::Delete { .. }
             | Request::Declare { .. }
             | Request::Inspect { .. }
             | Request::Stats
@@ -304,6 +378,8 @@ pub enum Reply {
         pending: u32,
         tasks: Vec<Task>,
     },
+    /// How many items a [`Request::Purge`], [`Request::Kick`] or [`Request::Delete`] moved.
+    Count(u64),
 }
 
 /// Why a request failed. The connection stays open after any of these.
@@ -334,6 +410,14 @@ pub enum ErrorKind {
     StorageFailed,
     /// A put with this producer and sequence number is still waiting for room; retry later.
     InProgress,
+    /// `Delete` with `if_empty` of a queue that holds items.
+    NotEmpty,
+    /// `Delete` of a queue with leased tasks or waiting requests.
+    InUse,
+    /// A kind this client does not know, from a newer master of the same protocol version:
+    /// new kinds may be added within a version, and older clients read them as this.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Bytes a frame needs around one item: message tags, ids and lengths, and room to wrap the

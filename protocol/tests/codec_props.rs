@@ -52,11 +52,14 @@ fn delivery() -> impl Strategy<Value = Delivery> {
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (text(), vec(bytes(), 0..4), wait()).prop_map(|(queue, items, wait)| Request::Put {
-            queue,
-            items,
-            wait
-        }),
+        (text(), vec(bytes(), 0..4), wait(), option::of(text())).prop_map(
+            |(queue, items, wait, reply_to)| Request::Put {
+                queue,
+                items,
+                wait,
+                reply_to,
+            }
+        ),
         (text(), any::<u32>(), wait(), delivery()).prop_map(|(queue, max, wait, delivery)| {
             Request::Get {
                 queue,
@@ -75,6 +78,7 @@ fn request() -> impl Strategy<Value = Request> {
                     .map(|(task, result)| Outcome { task, result })
                     .collect(),
                 wait,
+                reply: false,
             }
         ),
         (text(), option::of(any::<u64>()))
@@ -89,14 +93,15 @@ fn request() -> impl Strategy<Value = Request> {
                 millis,
             }
         }),
-        (text(), task_ids(), any::<u64>(), text()).prop_map(|(queue, tasks, delay_ms, reason)| {
-            Request::Nack {
+        (text(), task_ids(), any::<u64>(), text(), any::<bool>()).prop_map(
+            |(queue, tasks, delay_ms, reason, fatal)| Request::Nack {
                 queue,
                 tasks,
                 delay_ms,
                 reason,
+                fatal,
             }
-        }),
+        ),
         (
             (text(), text()),
             vec((any::<u64>(), bytes()), 0..4),
@@ -115,6 +120,7 @@ fn request() -> impl Strategy<Value = Request> {
                     max,
                     wait,
                     lease_ms,
+                    reply: false,
                 }
             }),
         (
@@ -122,15 +128,23 @@ fn request() -> impl Strategy<Value = Request> {
             vec(bytes(), 0..4),
             wait(),
             any::<u64>(),
-            any::<u64>()
+            any::<u64>(),
+            option::of(text()),
         )
-            .prop_map(|(queue, items, wait, producer, seq)| Request::PutOnce {
-                queue,
-                items,
-                wait,
-                producer,
-                seq,
-            }),
+            .prop_map(
+                |(queue, items, wait, producer, seq, reply_to)| Request::PutOnce {
+                    queue,
+                    items,
+                    wait,
+                    producer,
+                    seq,
+                    reply_to,
+                }
+            ),
+        (text(), any::<u32>()).prop_map(|(queue, max)| Request::Peek { queue, max }),
+        text().prop_map(|queue| Request::Purge { queue }),
+        (text(), any::<u32>()).prop_map(|(queue, max)| Request::Kick { queue, max }),
+        (text(), any::<bool>()).prop_map(|(queue, if_empty)| Request::Delete { queue, if_empty }),
     ]
 }
 
@@ -147,6 +161,9 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         ErrorKind::StorageFull,
         ErrorKind::StorageFailed,
         ErrorKind::InProgress,
+        ErrorKind::NotEmpty,
+        ErrorKind::InUse,
+        ErrorKind::Unknown,
     ])
 }
 
@@ -197,20 +214,22 @@ fn queue_stats() -> impl Strategy<Value = QueueStats> {
         })
 }
 
+fn task() -> impl Strategy<Value = Task> {
+    (any::<u64>(), any::<u32>(), bytes(), bytes()).prop_map(|(id, attempt, payload, reply_to)| {
+        Task {
+            id,
+            attempt,
+            payload,
+            reply_to,
+        }
+    })
+}
+
 fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         (any::<u64>(), any::<u32>())
             .prop_map(|(first_id, accepted)| Reply::Put { first_id, accepted }),
-        vec((any::<u64>(), any::<u32>(), bytes()), 0..4).prop_map(|tasks| Reply::Tasks(
-            tasks
-                .into_iter()
-                .map(|(id, attempt, payload)| Task {
-                    id,
-                    attempt,
-                    payload
-                })
-                .collect()
-        )),
+        vec(task(), 0..4).prop_map(Reply::Tasks),
         (any::<u32>(), task_ids(), any::<u32>()).prop_map(|(done, stale, pending)| {
             Reply::Settled {
                 done,
@@ -235,25 +254,15 @@ fn reply() -> impl Strategy<Value = Reply> {
             }))),
         Just(Reply::Pong),
         (error_kind(), text()).prop_map(|(kind, message)| Reply::Error { kind, message }),
-        (
-            any::<u32>(),
-            task_ids(),
-            any::<u32>(),
-            vec((any::<u64>(), any::<u32>(), bytes()), 0..4)
-        )
-            .prop_map(|(done, stale, pending, tasks)| Reply::Worked {
+        (any::<u32>(), task_ids(), any::<u32>(), vec(task(), 0..4)).prop_map(
+            |(done, stale, pending, tasks)| Reply::Worked {
                 done,
                 stale,
                 pending,
-                tasks: tasks
-                    .into_iter()
-                    .map(|(id, attempt, payload)| Task {
-                        id,
-                        attempt,
-                        payload
-                    })
-                    .collect(),
-            }),
+                tasks,
+            }
+        ),
+        any::<u64>().prop_map(Reply::Count),
     ]
 }
 
@@ -328,7 +337,11 @@ fn every_request_has_a_strategy(request: &Request) {
         | Request::Touch { .. }
         | Request::Nack { .. }
         | Request::CompleteAndGet { .. }
-        | Request::PutOnce { .. } => {}
+        | Request::PutOnce { .. }
+        | Request::Peek { .. }
+        | Request::Purge { .. }
+        | Request::Kick { .. }
+        | Request::Delete { .. } => {}
     }
 }
 
@@ -342,7 +355,8 @@ fn every_reply_has_a_strategy(reply: &Reply, kind: ErrorKind) {
         | Reply::Stats(_)
         | Reply::Pong
         | Reply::Error { .. }
-        | Reply::Worked { .. } => {}
+        | Reply::Worked { .. }
+        | Reply::Count(_) => {}
     }
     match kind {
         ErrorKind::BadQueueName
@@ -355,7 +369,10 @@ fn every_reply_has_a_strategy(reply: &Reply, kind: ErrorKind) {
         | ErrorKind::ShuttingDown
         | ErrorKind::StorageFull
         | ErrorKind::StorageFailed
-        | ErrorKind::InProgress => {}
+        | ErrorKind::InProgress
+        | ErrorKind::NotEmpty
+        | ErrorKind::InUse
+        | ErrorKind::Unknown => {}
     }
 }
 

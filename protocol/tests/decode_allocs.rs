@@ -69,6 +69,7 @@ fn put() -> ClientMessage {
             queue: "tasks".into(),
             items: payloads(),
             wait: Wait::No,
+            reply_to: None,
         },
     }
 }
@@ -81,6 +82,7 @@ fn tasks() -> MasterMessage {
             id,
             attempt: 1,
             payload,
+            reply_to: Bytes::new(),
         })
         .collect();
     MasterMessage::Reply {

@@ -37,7 +37,7 @@ pub fn process(
 
 /// The squares job's handler: squares each task and stamps the result with this worker's id,
 /// so a collector can count the workers that took part. A task that does not decode is
-/// rejected.
+/// dead-lettered: it never will.
 #[derive(Debug, Clone)]
 pub struct Squares {
     id: u32,
@@ -69,7 +69,7 @@ impl Handler for Squares {
         for (at, task) in tasks.iter().enumerate() {
             if let Err(err) = process(&task.payload, task.attempt, self.id, &mut results) {
                 let reason = format!("undecodable task: {err}");
-                rejected.push((at, Failure::Reject { reason }));
+                rejected.push((at, Failure::Fatal { reason }));
             }
         }
         let mut encoded = results.finish().into_iter();
@@ -138,6 +138,7 @@ mod tests {
             id,
             attempt: 1,
             payload,
+            reply_to: Bytes::new(),
         };
         let good = |seq, input| encode_payload(&SquareTask { seq, input }).unwrap();
         let tasks = [
@@ -153,7 +154,7 @@ mod tests {
             (9, 7)
         );
         assert!(
-            matches!(&answers[1], Err(Failure::Reject { reason }) if reason.contains("undecodable"))
+            matches!(&answers[1], Err(Failure::Fatal { reason }) if reason.contains("undecodable"))
         );
         assert_eq!(square(&answers[2]).square, 16);
     }

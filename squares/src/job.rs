@@ -2,23 +2,28 @@
 //! square exactly once, and report throughput and latency; optionally with workers in this
 //! process.
 //!
-//! The job talks to its master over TCP through the public [`taskmill::Client`], exactly as an
-//! external producer and collector would. Inputs are derived from `(seed, seq)`, so checking
-//! a result needs no stored copy of the inputs: memory is one bit per task plus one timestamp
-//! per put batch.
+//! The job talks to its master over TCP through the public `taskmill` crate, exactly as an
+//! external producer and collector would: its tasks name a reply queue of its own (a
+//! [`Submitter`] puts them, [`Replies`] reads their results), so jobs sharing a master and its
+//! workers never see each other's results, and the queue goes with the job. Inputs are
+//! derived from `(seed, seq)`, so checking a result needs no stored copy of the inputs:
+//! memory is one bit per task plus one timestamp per put batch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use taskmill::{AuthKey, ClientError, ClientOptions, Reconnecting, Wait, Worker, WorkerConfig};
+use taskmill::{
+    AuthKey, ClientError, ClientOptions, Reconnecting, Replies, Submitter, TaskOutcome, Worker,
+    WorkerConfig,
+};
 use taskmill_protocol::PayloadBatch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::handler::Squares;
-use crate::payload::{SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
+use crate::payload::{SquareTask, TASKS_QUEUE};
 use crate::progress::Progress;
 use crate::report::{Ending, JobReport};
 use crate::tally::{input_for, splitmix64, Tally};
@@ -172,6 +177,11 @@ pub async fn drive(
     let producer = Reconnecting::new("producer", addr, key, &job.client, MAX_BACKOFF);
     let mut collector = Reconnecting::new("collector", addr, key, &job.client, MAX_BACKOFF);
     first_contact(&mut collector, shutdown).await?;
+    let reply_queue = format!("squares.reply.{:016x}", rand::random::<u64>());
+    if let Some(client) = collector.connected() {
+        client.declare(&reply_queue, None).await?;
+    }
+    let mut collector = Replies::new(collector, reply_queue.clone());
     let start = Instant::now();
     let batches = job.tasks.div_ceil(u64::from(job.batch)) as usize;
     let put_times: Arc<Vec<AtomicU64>> =
@@ -179,7 +189,7 @@ pub async fn drive(
 
     let stop_producer = CancellationToken::new();
     let producing = tokio::spawn(produce(
-        producer,
+        Submitter::new(producer, Some(reply_queue.clone())),
         job.clone(),
         start,
         put_times.clone(),
@@ -201,39 +211,27 @@ pub async fn drive(
         }
         // Leased, and acknowledged once recorded: results in flight when a connection drops
         // are redelivered, never lost, and the tally knows them again.
-        let wait = Wait::Millis(POLL.as_millis() as u64);
         let taken = tokio::select! {
             () = shutdown.cancelled() => break Ending::Interrupted,
-            r = async { collector.client().await?.get(RESULTS_QUEUE, COLLECT_BATCH, wait).await } => r,
+            r = collector.next(COLLECT_BATCH, POLL) => r,
         };
-        let results = match taken {
-            Ok(results) => results,
-            Err(err) => {
-                collector.failed(err).await?;
-                continue;
-            }
-        };
-        if results.is_empty() {
+        let replies = taken?;
+        if replies.is_empty() {
             continue;
         }
         last_result = Instant::now();
         let now_us = start.elapsed().as_micros() as u64;
-        let trickle = results.len() < LINGER_BELOW;
-        let ids: Vec<_> = results.iter().map(|r| r.id).collect();
-        for result in results {
-            tally.record(job, result.id, &result.payload, now_us, &put_times);
+        let trickle = replies.len() < LINGER_BELOW;
+        let ids: Vec<_> = replies.iter().map(|(id, _)| *id).collect();
+        for (id, reply) in replies {
+            match reply.outcome {
+                TaskOutcome::Done(result) => tally.record(job, id, &result, now_us, &put_times),
+                TaskOutcome::Dead { reason, .. } => tally.dead(reply.task, &reason),
+            }
         }
         progress.update(tally.seen);
-        let acked = async {
-            collector
-                .client()
-                .await?
-                .ack(RESULTS_QUEUE, ids.clone())
-                .await
-        };
-        if let Err(err) = acked.await {
+        if !collector.ack(ids.clone()).await? {
             tally.maybe_again.extend(ids);
-            collector.failed(err).await?;
         }
         if trickle {
             tokio::time::sleep(LINGER).await;
@@ -242,7 +240,7 @@ pub async fn drive(
     progress.finish();
     // A job that stalled because its master went away says so.
     let cause = (ending == Ending::Stalled)
-        .then(|| collector.last_error())
+        .then(|| collector.link().last_error())
         .flatten()
         .map(|err| format!("the master at {addr} went away: {err}"));
     stop_producer.cancel();
@@ -250,6 +248,19 @@ pub async fn drive(
         Ok(Ok(())) => {}
         Ok(Err(err)) => warn!(cause = %err, "producer failed"),
         Err(err) => warn!(cause = %err, "producer panicked"),
+    }
+    // The job's results go with it: a later job never sees them. Its tasks still queued (a
+    // stopped job) are settled by workers with their results dropped.
+    let deleted = async {
+        collector
+            .link()
+            .client()
+            .await?
+            .delete(&reply_queue, false)
+            .await
+    };
+    if let Err(err) = deleted.await {
+        warn!(queue = %reply_queue, cause = %err, "cannot delete the job's reply queue");
     }
     let elapsed = start.elapsed().as_secs_f64();
     Ok(JobReport {
@@ -261,6 +272,7 @@ pub async fn drive(
         duplicates: tally.duplicates,
         results_again: tally.results_again,
         redelivered: tally.redelivered,
+        dead: tally.dead,
         missing: job.tasks - tally.seen,
         workers_seen: tally.workers.len() as u64,
         seed: job.seed,
@@ -307,19 +319,15 @@ async fn first_contact(
 }
 
 /// Puts every task in order, waiting for room, recording when each batch was sent. Each put is
-/// carried out at most once: one whose reply was lost with the connection is sent again with
-/// its sequence number, and the master answers with what it achieved instead of queueing its
-/// tasks twice.
+/// carried out at most once (see [`Submitter`]).
 async fn produce(
-    mut link: Reconnecting,
+    mut submitter: Submitter,
     job: JobConfig,
     start: Instant,
     put_times: Arc<Vec<AtomicU64>>,
     stop: CancellationToken,
 ) -> Result<(), ClientError> {
     let batch = u64::from(job.batch);
-    let producer: u64 = rand::random();
-    let mut sequence = 0u64;
     for (index, first) in (0..job.tasks).step_by(batch as usize).enumerate() {
         let last = (first + batch).min(job.tasks);
         // One buffer for the batch, so a retry's clone of the items copies no payload either.
@@ -331,25 +339,10 @@ async fn produce(
             };
             tasks.push(&task).expect("a SquareTask always encodes");
         }
-        let mut items = tasks.finish();
         put_times[index].store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-        while !items.is_empty() {
-            let wait = Wait::Millis(POLL.as_millis() as u64);
-            let put = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                put = async {
-                    let client = link.client().await?;
-                    client.put_once(TASKS_QUEUE, items.clone(), wait, producer, sequence).await
-                } => put,
-            };
-            match put {
-                Ok(put) => {
-                    // What was not accepted goes again as a put of its own.
-                    items.drain(..put.accepted as usize);
-                    sequence += 1;
-                }
-                Err(err) => link.failed(err).await?,
-            }
+        submitter.put(TASKS_QUEUE, tasks.finish(), &stop).await?;
+        if stop.is_cancelled() {
+            break;
         }
     }
     Ok(())

@@ -36,6 +36,8 @@ pub struct JobReport {
     pub results_again: u64,
     /// Verified results that came from a redelivery (the task's first holder lost it).
     pub redelivered: u64,
+    /// Tasks dead-lettered instead of completed (their dead letters say why).
+    pub dead: u64,
     /// Tasks with no result.
     pub missing: u64,
     /// Distinct workers whose results were verified or counted during the job.
@@ -58,6 +60,7 @@ impl JobReport {
             && self.verified == self.tasks
             && self.wrong == 0
             && self.duplicates == 0
+            && self.dead == 0
     }
 }
 
@@ -75,6 +78,7 @@ pub fn render(r: &JobReport) -> String {
          verified:      {}\n\
          wrong:         {}\n\
          missing:       {}\n\
+         dead:          {} (tasks that failed for good: see tasks.dead)\n\
          duplicates:    {} (a second result for a task already verified)\n\
          again:         {} (results collected again after a lost ack)\n\
          redelivered:   {} (tasks completed on a later attempt)\n\
@@ -92,6 +96,7 @@ pub fn render(r: &JobReport) -> String {
         r.verified,
         r.wrong,
         r.missing,
+        r.dead,
         r.duplicates,
         r.results_again,
         r.redelivered,

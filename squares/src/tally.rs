@@ -19,6 +19,8 @@ pub(crate) struct Tally {
     pub wrong: u64,
     pub duplicates: u64,
     pub redelivered: u64,
+    /// Tasks that went to the dead-letter queue instead of coming back.
+    pub dead: u64,
     /// Results seen again because their ack was lost with a connection: not duplicates.
     pub results_again: u64,
     /// Ids of results whose ack failed, which may therefore come again.
@@ -36,6 +38,7 @@ impl Tally {
             wrong: 0,
             duplicates: 0,
             redelivered: 0,
+            dead: 0,
             results_again: 0,
             maybe_again: HashSet::new(),
             workers: HashSet::new(),
@@ -96,6 +99,17 @@ impl Tally {
         let put_at =
             put_times[(result.seq / u64::from(job.batch)) as usize].load(Ordering::Relaxed);
         let _ = self.latency.record(now_us.saturating_sub(put_at).max(1));
+    }
+}
+
+impl Tally {
+    /// Task `task` was dead-lettered (its reply says why): it will not come back.
+    pub fn dead(&mut self, task: u64, reason: &str) {
+        warn!(
+            task,
+            reason, "a task failed for good and went to the dead-letter queue"
+        );
+        self.dead += 1;
     }
 }
 

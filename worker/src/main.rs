@@ -96,7 +96,8 @@ fn main() -> ExitCode {
                     completed = report.completed,
                     stale = report.stale,
                     abandoned = report.abandoned,
-                    rejected = report.rejected,
+                    failed = report.failed,
+                    buried = report.buried,
                     connections = report.connections,
                     "worker finished"
                 );

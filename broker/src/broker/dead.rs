@@ -5,14 +5,18 @@ use std::cmp::Reverse;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLockReadGuard};
 
-use taskmill_protocol::{encode_payload, DeadLetter, DEAD_SUFFIX, MAX_REASON};
+use bytes::Bytes;
+
+use taskmill_protocol::{
+    decode_payload, encode_payload, DeadLetter, TaskOutcome, TaskReply, DEAD_SUFFIX, MAX_REASON,
+};
 
 use super::item::Item;
 use super::journal::{Change, QueueRank, Returned};
 use super::lease::GiveBack;
 use super::queue::Queue;
 use super::registry::Slot;
-use super::Broker;
+use super::{Broker, QueueError};
 
 /// An item on its way to its queue's dead-letter queue.
 #[derive(Debug)]
@@ -20,6 +24,8 @@ pub(super) struct Buried {
     pub(super) item: Item,
     pub(super) why: Returned,
     pub(super) reason: String,
+    /// The queue to tell, if the task's put named one.
+    pub(super) reply: Option<Bytes>,
 }
 
 impl Queue {
@@ -49,7 +55,8 @@ impl Queue {
     /// [`exhausted`](Queue::exhausted), returns it for the dead-letter queue, which the caller
     /// fills after unlocking.
     pub(super) fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
-        if !self.exhausted(&item, buries) {
+        let fatal = matches!(why, GiveBack::Fatal(_));
+        if !(self.exhausted(&item, buries) || fatal && buries) {
             let task = item.id;
             self.requeue(item, why.kind());
             self.journal.record(|queue| Change::Requeued {
@@ -69,10 +76,12 @@ impl Queue {
             }
             reason.truncate(cut);
         }
+        let reply = self.routes.left(item.id);
         Some(Buried {
             item,
             why: why.kind(),
             reason,
+            reply,
         })
     }
 
@@ -96,7 +105,8 @@ impl Queue {
 
 impl Broker {
     /// Take before locking a queue whose tasks may be buried, and hold until [`Broker::bury`]
-    /// is done (see `Shared::burials`).
+    /// is done (see `Shared::burials`). Deletes take it exclusively, so no queue a burial
+    /// uses goes meanwhile.
     pub(super) fn burying(&self) -> RwLockReadGuard<'_, ()> {
         self.shared
             .burials
@@ -104,11 +114,13 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends items that used up their attempts in `from` to its dead-letter queue.
+    /// Appends items that used up their attempts in `from` to its dead-letter queue, and
+    /// tells the reply queue of each that has one.
     pub(super) fn bury(&self, from: &Slot, buried: Vec<Buried>) {
         if buried.is_empty() {
             return;
         }
+        // (No delete runs meanwhile: it takes the burial gate our caller holds.)
         let dead = {
             let name = format!("{}{DEAD_SUFFIX}", from.name);
             let mut registry = self.registry_mut();
@@ -120,13 +132,28 @@ impl Broker {
             slot
         };
         let mut queue = self.lock(&dead);
+        let mut notices = Vec::new();
         let first = self.reserve(buried.len());
-        for (Buried { item, why, reason }, id) in buried.into_iter().zip(first..) {
+        for (buried, id) in buried.into_iter().zip(first..) {
+            let Buried {
+                item,
+                why,
+                reason,
+                reply,
+            } = buried;
             let task = item.id;
+            let attempts = item.deliveries();
+            if let Some(reply) = reply {
+                let outcome = TaskOutcome::Dead {
+                    attempts,
+                    reason: reason.clone(),
+                };
+                notices.push((reply, TaskReply { task, outcome }));
+            }
             let letter = DeadLetter {
-                task: item.id,
+                task,
                 queue: from.name.clone(),
-                attempts: item.deliveries(),
+                attempts,
                 reason,
                 payload: item.into_payload(),
             };
@@ -142,5 +169,67 @@ impl Broker {
             });
         }
         queue.pump();
+        drop(queue);
+        for (reply, notice) in notices {
+            self.tell(&reply, &notice.encode());
+        }
+    }
+
+    /// Appends `payload` to the reply queue named `reply`, if it still exists (one that does
+    /// not has lost its producer; the dead letter is kept either way). Called under the
+    /// burial gate, so no delete runs meanwhile.
+    fn tell(&self, reply: &[u8], payload: &[u8]) {
+        let Some(slot) = self.existing(&String::from_utf8_lossy(reply)) else {
+            return;
+        };
+        let mut queue = self.lock(&slot);
+        let id = self.reserve(1);
+        queue.push(id, payload);
+        queue.journal.record(|queue| Change::Put {
+            queue,
+            id,
+            payload,
+            origin: None,
+        });
+        queue.pump();
+    }
+
+    /// Moves up to `max` dead letters of `queue` (from `<queue>.dead`) back to its end, as
+    /// long as it has room: each with its original payload and no deliveries yet. An item of
+    /// the dead-letter queue that is not a dead letter (a client put it there) moves as it
+    /// is. Returns how many moved.
+    pub fn kick(&self, queue: &str, max: u32) -> Result<u64, QueueError> {
+        let name = format!("{queue}{DEAD_SUFFIX}");
+        loop {
+            let Some(dead) = self.existing(&name) else {
+                return Ok(0);
+            };
+            let target = self.queue(queue)?;
+            let (mut to, from) = self.lock_pair(&target, Some(&dead));
+            let mut from = from.expect("two queues");
+            if to.deleted || from.deleted {
+                continue;
+            }
+            let mut moved = 0;
+            while moved < u64::from(max) && to.has_room() && !from.items.is_empty() {
+                let small = from.items[0].inline().map_or(0, <[u8]>::len);
+                let taken = from.take_front(1, small, 0, None);
+                let letter = &taken[0].payload;
+                let payload =
+                    decode_payload::<DeadLetter>(letter).map_or(letter.clone(), |d| d.payload);
+                let id = self.reserve(1);
+                to.push(id, &payload);
+                to.journal.record(|queue| Change::Put {
+                    queue,
+                    id,
+                    payload: &payload,
+                    origin: None,
+                });
+                moved += 1;
+            }
+            to.pump();
+            from.pump();
+            return Ok(moved);
+        }
     }
 }

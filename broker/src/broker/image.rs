@@ -15,6 +15,7 @@ use super::journal::{Change, QueueRank, Returned};
 use super::lease::{instant, Delayed, Leased};
 use super::origin;
 use super::replay::ReplayError;
+use super::route::Route;
 use super::{Broker, SessionId};
 
 /// A task as an image holds it.
@@ -52,6 +53,8 @@ pub struct QueueImage {
     pub delayed: Vec<(ImageItem, Deadline)>,
     /// What recent puts to be carried out at most once achieved, by producer.
     pub origins: Vec<(u64, origin::Outcome)>,
+    /// Reply routes, by first task id.
+    pub routes: Vec<(TaskId, Route)>,
 }
 
 fn image_item(item: &Item) -> ImageItem {
@@ -67,9 +70,18 @@ fn item(image: &ImageItem) -> Item {
 }
 
 impl Broker {
-    /// How many queues there are; their ranks are `0..queue_count()`.
+    /// How many ranks queues have taken (deleted ones included); live queues have ranks in
+    /// `0..queue_count()`.
     pub fn queue_count(&self) -> usize {
         self.registry().all.len()
+    }
+
+    /// Ranks below `count` that no restored queue took were deleted queues': they stay taken.
+    pub fn reserve_ranks(&self, count: usize) {
+        let mut registry = self.registry_mut();
+        while registry.all.len() < count {
+            registry.all.push(None);
+        }
     }
 
     /// The next task id this broker would hand out.
@@ -82,9 +94,10 @@ impl Broker {
         self.shared.next_task.fetch_max(next, Relaxed);
     }
 
-    /// The state of queue `rank`, and `position()` read while its lock is held.
+    /// The state of queue `rank`, and `position()` read while its lock is held; `None` for a
+    /// deleted queue.
     pub fn capture(&self, rank: QueueRank, position: impl FnOnce() -> u64) -> Option<QueueImage> {
-        let slot = self.registry().all.get(rank as usize).cloned()?;
+        let slot = self.registry().all.get(rank as usize)?.clone()?;
         // No burial half done: see `Shared::burials`.
         let _no_burial = self
             .shared
@@ -92,6 +105,9 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         let q = self.lock(&slot);
+        if q.deleted {
+            return None;
+        }
         let position = position();
         let mut leased: Vec<_> = q
             .leased
@@ -108,7 +124,7 @@ impl Broker {
             rank,
             name: slot.name.clone(),
             capacity: q.capacity,
-            dead_letters: !slot.buries(),
+            dead_letters: slot.dead_letters.load(Relaxed),
             position,
             totals: [
                 q.put_total,
@@ -126,12 +142,14 @@ impl Broker {
                 .map(|d| (image_item(&d.0.item), instant(q.epoch, d.0.at)))
                 .collect(),
             origins: q.origins.all(),
+            routes: q.routes.all(),
         })
     }
 
     /// Makes the queue an image describes, as it was; queues must be restored in rank order
-    /// and before any change is replayed.
+    /// (ranks skipped were deleted queues') and before any change is replayed.
     pub fn restore(&self, image: &QueueImage) -> Result<(), ReplayError> {
+        self.reserve_ranks(image.rank as usize);
         let slot = {
             let mut registry = self.registry_mut();
             let existing = registry.all.len();
@@ -177,6 +195,9 @@ impl Broker {
         }
         for &(producer, outcome) in &image.origins {
             q.origins.restore(producer, outcome);
+        }
+        for (first, route) in &image.routes {
+            q.routes.restore(*first, route.clone());
         }
         for (image, until) in &image.delayed {
             let at = q.stamp(*until);

@@ -122,6 +122,19 @@ pub enum Change<'a> {
         id: TaskId,
         letter: &'a [u8],
     },
+    /// The `count` tasks from `first` on, just put, name `reply` (a queue name) for their
+    /// outcomes.
+    Routed {
+        queue: QueueRank,
+        first: TaskId,
+        count: u32,
+        reply: &'a [u8],
+    },
+    /// Every queued and delayed item was removed.
+    Purged { queue: QueueRank },
+    /// The queue was deleted, with what it held; its name is free again, its rank never
+    /// reused.
+    Deleted { queue: QueueRank },
 }
 
 impl Change<'_> {
@@ -140,7 +153,10 @@ impl Change<'_> {
             | Change::Requeued { queue, .. }
             | Change::Delayed { queue, .. }
             | Change::Undelayed { queue, .. }
-            | Change::Buried { queue, .. } => queue,
+            | Change::Buried { queue, .. }
+            | Change::Routed { queue, .. }
+            | Change::Purged { queue }
+            | Change::Deleted { queue } => queue,
         }
     }
 

@@ -80,6 +80,8 @@ pub(super) enum GiveBack {
     ConnectionClosed,
     Expired(Duration),
     Nacked(String),
+    /// A nack saying the task can never succeed: buried at once.
+    Fatal(String),
 }
 
 impl GiveBack {
@@ -87,7 +89,7 @@ impl GiveBack {
         match self {
             GiveBack::ConnectionClosed => Returned::Closed,
             GiveBack::Expired(_) => Returned::Expired,
-            GiveBack::Nacked(_) => Returned::Nacked,
+            GiveBack::Nacked(_) | GiveBack::Fatal(_) => Returned::Nacked,
         }
     }
 
@@ -96,6 +98,7 @@ impl GiveBack {
             GiveBack::ConnectionClosed => "connection closed while holding the lease".into(),
             GiveBack::Expired(d) => format!("lease expired after {d:?}"),
             GiveBack::Nacked(reason) => format!("nacked: {reason}"),
+            GiveBack::Fatal(reason) => format!("failed for good: {reason}"),
         }
     }
 }
@@ -155,6 +158,7 @@ impl Queue {
         if self.unlease(task, Some(session)).is_none() {
             return false;
         }
+        self.routes.left(task);
         self.settled_total += 1;
         true
     }
@@ -234,7 +238,9 @@ impl Broker {
         tasks: &[TaskId],
         millis: Option<u64>,
     ) -> Result<Progress, QueueError> {
-        let slot = self.queue(queue)?;
+        let Some(slot) = self.existing(queue) else {
+            return Ok(settled(tasks.len(), tasks.to_vec()));
+        };
         let mut queue = self.lock(&slot);
         let now = queue.stamp(Deadline::now());
         let mut stale = Vec::new();
@@ -262,7 +268,7 @@ impl Broker {
     }
 
     /// Gives back leases `session` holds on `tasks`: to the front of the queue after `delay`,
-    /// or to the dead-letter queue if they have had all their deliveries.
+    /// or to the dead-letter queue if they have had all their deliveries or are `fatal`.
     pub fn nack(
         &self,
         session: SessionId,
@@ -270,8 +276,11 @@ impl Broker {
         tasks: &[TaskId],
         delay: Duration,
         reason: &str,
+        fatal: bool,
     ) -> Result<Progress, QueueError> {
-        let slot = self.queue(queue)?;
+        let Some(slot) = self.existing(queue) else {
+            return Ok(settled(tasks.len(), tasks.to_vec()));
+        };
         let _burying = self.burying();
         let mut queue = self.lock(&slot);
         let buries = slot.buries();
@@ -282,7 +291,9 @@ impl Broker {
                 stale.push(task);
                 continue;
             };
-            if delay.is_zero() || queue.exhausted(&item, buries) {
+            if fatal {
+                now_back.push((item, GiveBack::Fatal(reason.to_owned())));
+            } else if delay.is_zero() || queue.exhausted(&item, buries) {
                 now_back.push((item, GiveBack::Nacked(reason.to_owned())));
             } else {
                 let until = Deadline::now() + delay.min(MAX_LEASE);

@@ -35,9 +35,13 @@
 //! - `lease`: leases, their expiry, touch and nack, and each session's list.
 //! - `waiter`: waiting gets, puts and completions, and the futures that hold their place.
 //! - `progress`: how far a put or completion got.
-//! - `dead`: dead-lettering tasks that used up their attempts.
+//! - `dead`: dead-lettering tasks that used up their attempts, telling their reply queues,
+//!   and kicking dead letters back.
+//! - `route`: which reply queue each task's outcome goes to.
+//! - `admin`: operations for people and scripts: peek, purge, delete.
 //! - `timer`: the timer task that expires leases and returns delayed tasks.
 
+mod admin;
 mod dead;
 mod image;
 mod item;
@@ -48,6 +52,7 @@ mod progress;
 mod queue;
 mod registry;
 mod replay;
+mod route;
 mod timer;
 mod waiter;
 
@@ -68,6 +73,7 @@ pub use progress::{Progress, Step};
 #[cfg(test)]
 pub(crate) use replay::QueueDump;
 pub use replay::ReplayError;
+pub use route::Route;
 pub use waiter::{GetWaiting, PutWaiting};
 
 use crate::store::{Store, StoreError};
@@ -75,7 +81,7 @@ use journal::Change;
 use lease::GiveBack;
 use progress::{settled, Batch};
 use queue::normalise_capacity;
-use registry::{lock_unpoisoned, Registry, Slot, NEVER};
+use registry::{lock_unpoisoned, valid_name, Registry, Slot, NEVER};
 use waiter::{CrossQueue, GetWaiter, PutWaiter};
 
 /// Longest queue name accepted.
@@ -100,7 +106,10 @@ pub struct QueueLimits {
 /// Why a queue operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
-    #[error("bad queue name {0:?}: 1 to {MAX_QUEUE_NAME} bytes of A-Z a-z 0-9 . _ : -")]
+    #[error(
+        "bad queue name {0:?}: 1 to {MAX_QUEUE_NAME} bytes of A-Z a-z 0-9 . _ : -, then \
+         perhaps `.dead`"
+    )]
     BadName(String),
     #[error("cannot create queue {name:?}: the master already has {max} queues")]
     TooManyQueues { name: String, max: usize },
@@ -108,6 +117,17 @@ pub enum QueueError {
     NoSuchQueue(String),
     #[error("a put from this producer with this sequence number is still waiting for room")]
     InProgress,
+    #[error("queue {0:?} holds items")]
+    NotEmpty(String),
+    #[error("queue {0:?} is in use: tasks of it are leased, or requests wait on it")]
+    InUse(String),
+}
+
+/// What [`Broker::insert`] did: its step, or nothing, because the queue was deleted after it
+/// was looked up (the batch comes back to be tried on the queue by that name now).
+enum Inserted {
+    Done(Step<Progress, PutWaiting>),
+    Deleted(Batch),
 }
 
 /// A cloneable handle to all queues.
@@ -258,9 +278,13 @@ impl Broker {
         queues.iter().map(|q| q.leased.len() as u64).sum()
     }
     /// Creates `queue` if needed and sets its capacity.
-    pub fn declare(&self, queue: &str, capacity: Option<u64>) -> Result<QueueStats, QueueError> {
-        let slot = self.queue(queue)?;
+    pub fn declare(&self, name: &str, capacity: Option<u64>) -> Result<QueueStats, QueueError> {
+        let slot = self.queue(name)?;
         let mut queue = self.lock(&slot);
+        if queue.deleted {
+            drop(queue);
+            return self.declare(name, capacity);
+        }
         let capacity = normalise_capacity(capacity);
         queue.capacity = capacity;
         queue
@@ -297,12 +321,13 @@ impl Broker {
         items: Vec<Bytes>,
         wait: bool,
     ) -> Result<Step<Progress, PutWaiting>, QueueError> {
-        self.put_once(session, queue, items, wait, None)
+        self.put_once(session, queue, items, wait, None, None)
     }
 
     /// [`Broker::put`] carried out at most once per `origin`: a put with an origin already
     /// seen gets what that one achieved (its ids, and how many of its items were queued)
     /// without queueing anything, or [`QueueError::InProgress`] while that one still waits.
+    /// With `reply`, the tasks name that queue for their outcomes when handed out.
     pub fn put_once(
         &self,
         session: SessionId,
@@ -310,14 +335,31 @@ impl Broker {
         items: Vec<Bytes>,
         wait: bool,
         origin: Option<Origin>,
+        reply: Option<&str>,
     ) -> Result<Step<Progress, PutWaiting>, QueueError> {
-        let slot = self.queue(queue)?;
-        let batch = Batch::Items(items.into(), origin);
-        self.insert(slot, None, session, batch, wait)
+        let reply = match reply {
+            Some(name) if !valid_name(name) => return Err(QueueError::BadName(name.to_owned())),
+            Some(name) => Some(Bytes::copy_from_slice(name.as_bytes())),
+            None => None,
+        };
+        let mut batch = Batch::Items {
+            items: items.into(),
+            origin,
+            reply,
+        };
+        loop {
+            let slot = self.queue(queue)?;
+            match self.insert(slot, None, session, batch, wait)? {
+                Inserted::Done(step) => return Ok(step),
+                Inserted::Deleted(back) => batch = back,
+            }
+        }
     }
 
     /// Settles each outcome's lease on `queue` and appends its result to `results`, atomically
-    /// per task, as far as there is room in `results`.
+    /// per task, as far as there is room in `results`. With `reply`, `results` is the tasks'
+    /// reply queue: if it does not exist (its producer deleted it and left), the tasks are
+    /// settled and their results dropped.
     pub fn complete(
         &self,
         session: SessionId,
@@ -325,13 +367,26 @@ impl Broker {
         results: &str,
         outcomes: Vec<Outcome>,
         wait: bool,
+        reply: bool,
     ) -> Result<Step<Progress, PutWaiting>, QueueError> {
-        let tasks = self.queue(queue)?;
-        let target = self.queue(results)?;
-        // Settling in the results queue itself needs no second lock.
-        let source = (tasks.rank != target.rank).then_some(tasks);
-        let batch = Batch::Outcomes(outcomes.into());
-        self.insert(target, source, session, batch, wait)
+        let mut batch = Batch::Outcomes(outcomes.into());
+        loop {
+            let tasks = self.queue(queue)?;
+            let target = match self.existing(results) {
+                Some(target) => target,
+                None if reply => {
+                    let ids = batch.settles();
+                    return Ok(Step::Ready(self.ack(session, queue, &ids)?));
+                }
+                None => self.queue(results)?,
+            };
+            // Settling in the results queue itself needs no second lock.
+            let source = (tasks.rank != target.rank).then_some(tasks);
+            match self.insert(target, source, session, batch, wait)? {
+                Inserted::Done(step) => return Ok(step),
+                Inserted::Deleted(back) => batch = back,
+            }
+        }
     }
 
     fn insert(
@@ -341,20 +396,23 @@ impl Broker {
         session: SessionId,
         mut pending: Batch,
         wait: bool,
-    ) -> Result<Step<Progress, PutWaiting>, QueueError> {
+    ) -> Result<Inserted, QueueError> {
         let (mut queue, mut leases) = self.lock_pair(&target, source.as_deref());
+        if queue.deleted || leases.as_ref().is_some_and(|l| l.deleted) {
+            return Ok(Inserted::Deleted(pending));
+        }
         let total = pending.len() as u32;
         let origin = pending.origin();
         if let Some(seen) = origin.and_then(|o| queue.origins.get(o)) {
             if !seen.done {
                 return Err(QueueError::InProgress);
             }
-            return Ok(Step::Ready(Progress {
+            return Ok(Inserted::Done(Step::Ready(Progress {
                 first_id: seen.first_id,
                 total,
                 processed: seen.accepted,
                 stale: Vec::new(),
-            }));
+            })));
         }
         let first_id = self.reserve(pending.len());
         if let Some(origin) = origin {
@@ -408,7 +466,7 @@ impl Broker {
         drop(leases);
         queue.pump();
         drop(queue);
-        Ok(match step {
+        Ok(Inserted::Done(match step {
             Step::Ready(progress) => Step::Ready(progress),
             Step::Wait((id, rx, turn)) => Step::Wait(PutWaiting {
                 broker: self.clone(),
@@ -418,7 +476,7 @@ impl Broker {
                 rx: Some(rx),
                 turn,
             }),
-        })
+        }))
     }
 
     /// Takes up to `max` items (their reply within `max_bytes`). If there are none and `wait`
@@ -426,14 +484,18 @@ impl Broker {
     pub fn get(
         &self,
         session: SessionId,
-        queue: &str,
+        name: &str,
         max: u32,
         max_bytes: usize,
         delivery: Delivery,
         wait: bool,
     ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
-        let slot = self.queue(queue)?;
+        let slot = self.queue(name)?;
         let mut queue = self.lock(&slot);
+        if queue.deleted {
+            drop(queue);
+            return self.get(session, name, max, max_bytes, delivery, wait);
+        }
         let tasks = queue.take(session, max, max_bytes, delivery);
         if !tasks.is_empty() {
             queue.pump();
@@ -470,7 +532,10 @@ impl Broker {
         queue: &str,
         tasks: &[TaskId],
     ) -> Result<Progress, QueueError> {
-        let slot = self.queue(queue)?;
+        // A queue that does not exist holds no lease: all are stale, and none is created.
+        let Some(slot) = self.existing(queue) else {
+            return Ok(settled(tasks.len(), tasks.to_vec()));
+        };
         let mut queue = self.lock(&slot);
         let mut stale = Vec::new();
         for &task in tasks {

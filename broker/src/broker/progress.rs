@@ -13,8 +13,13 @@ use super::origin::Origin;
 /// the batch gets the id `first_id + processed` (see [`Progress`]).
 #[derive(Debug)]
 pub(super) enum Batch {
-    /// A put's items, and where it comes from when it must be carried out at most once.
-    Items(VecDeque<Bytes>, Option<Origin>),
+    /// A put's items, where it comes from when it must be carried out at most once, and the
+    /// queue its tasks' outcomes go to.
+    Items {
+        items: VecDeque<Bytes>,
+        origin: Option<Origin>,
+        reply: Option<Bytes>,
+    },
     Outcomes(VecDeque<Outcome>),
 }
 
@@ -22,7 +27,7 @@ impl Batch {
     /// The put this batch is, when it is to be carried out at most once.
     pub(super) fn origin(&self) -> Option<Origin> {
         match self {
-            Batch::Items(_, origin) => *origin,
+            Batch::Items { origin, .. } => *origin,
             Batch::Outcomes(_) => None,
         }
     }
@@ -30,21 +35,37 @@ impl Batch {
     /// The next payload, and the lease it settles.
     pub(super) fn front(&self) -> Option<(&Bytes, Option<TaskId>)> {
         match self {
-            Batch::Items(items, _) => items.front().map(|item| (item, None)),
+            Batch::Items { items, .. } => items.front().map(|item| (item, None)),
             Batch::Outcomes(outcomes) => outcomes.front().map(|o| (&o.result, Some(o.task))),
         }
     }
 
     pub(super) fn pop_front(&mut self) {
         match self {
-            Batch::Items(items, _) => drop(items.pop_front()),
+            Batch::Items { items, .. } => drop(items.pop_front()),
             Batch::Outcomes(outcomes) => drop(outcomes.pop_front()),
+        }
+    }
+
+    /// The tasks whose leases a completion's outcomes settle.
+    pub(super) fn settles(&self) -> Vec<TaskId> {
+        match self {
+            Batch::Items { .. } => Vec::new(),
+            Batch::Outcomes(outcomes) => outcomes.iter().map(|o| o.task).collect(),
+        }
+    }
+
+    /// The queue a put's tasks name for their outcomes.
+    pub(super) fn reply(&self) -> Option<&Bytes> {
+        match self {
+            Batch::Items { reply, .. } => reply.as_ref(),
+            Batch::Outcomes(_) => None,
         }
     }
 
     pub(super) fn len(&self) -> usize {
         match self {
-            Batch::Items(items, _) => items.len(),
+            Batch::Items { items, .. } => items.len(),
             Batch::Outcomes(outcomes) => outcomes.len(),
         }
     }

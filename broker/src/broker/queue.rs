@@ -16,6 +16,7 @@ use super::journal::{Change, Journal, LeaseTerms};
 use super::lease::{instant, stamp, Delayed, Leased, SessionLeases, Stamp, DEAD_SLACK, MAX_LEASE};
 use super::origin::Origins;
 use super::progress::{Batch, Progress};
+use super::route::Routes;
 use super::waiter::{GetWaiter, PutWaiter, WaiterId};
 use super::{QueueLimits, SessionId};
 
@@ -31,6 +32,11 @@ pub(super) struct Queue {
     pub(super) journal: Journal,
     /// What recent puts to be carried out at most once achieved.
     pub(super) origins: Origins,
+    /// Where the outcomes of tasks whose put named a reply queue go.
+    pub(super) routes: Routes,
+    /// Deleted: an operation that finds its queue so (having looked it up just before the
+    /// delete) looks the name up again.
+    pub(super) deleted: bool,
     pub(super) items: VecDeque<Item>,
     pub(super) capacity: Option<u64>,
     pub(super) leased: FxHashMap<TaskId, Leased>,
@@ -66,6 +72,8 @@ impl Queue {
             epoch,
             journal,
             origins: Origins::default(),
+            routes: Routes::default(),
+            deleted: false,
             items: VecDeque::new(),
             capacity: normalise_capacity(limits.default_capacity),
             leased: FxHashMap::default(),
@@ -193,10 +201,16 @@ impl Queue {
                 Stored::Inline { len, .. } => buffer.split_to(usize::from(*len)),
                 Stored::Boxed { bytes, .. } => Bytes::clone(bytes),
             };
+            let reply_to = if lease.is_some() {
+                self.routes.reply(item.id).cloned()
+            } else {
+                self.routes.left(item.id)
+            };
             tasks.push(Task {
                 id: item.id,
                 attempt: item.deliveries(),
                 payload,
+                reply_to: reply_to.unwrap_or_default(),
             });
             if let Some((length_ms, deadline)) = lease {
                 let leased = Leased {
@@ -253,7 +267,10 @@ impl Queue {
                     // perhaps it went to someone else since): nothing to give back.
                     None => continue,
                 },
-                Delivery::Remove => Item::new(task.id, task.attempt, &task.payload),
+                Delivery::Remove => {
+                    self.routes.returned(task.id, &task.reply_to);
+                    Item::new(task.id, task.attempt, &task.payload)
+                }
             };
             self.delivered_total -= 1;
             *item.deliveries_mut() -= 1;
@@ -283,6 +300,25 @@ impl Queue {
         let source_rank = source
             .as_ref()
             .map_or(self.journal.rank, |q| q.journal.rank);
+        // A put's items all go in while there is room (none is ever stale), so their route is
+        // known before the first: recorded ahead of their puts, no recovered item ever lacks it
+        // (a crash between the two would leave tasks whose results go astray).
+        if let Some(reply) = pending.reply() {
+            let room = self.capacity.map_or(usize::MAX, |cap| {
+                cap.saturating_sub(self.items.len() as u64) as usize
+            });
+            let count = pending.len().min(room) as u32;
+            if count > 0 {
+                let first = progress.first_id + u64::from(before);
+                self.routes.add(first, count, reply);
+                self.journal.record(|queue| Change::Routed {
+                    queue,
+                    first,
+                    count,
+                    reply,
+                });
+            }
+        }
         while let Some((payload, settles)) = pending.front() {
             let room = self.has_room();
             if let Some(task) = settles {
@@ -330,8 +366,8 @@ impl Queue {
         }
         // A put's items (never stale) went in one after another: count them once.
         let accepted = progress.processed - before;
+        let first = progress.first_id + u64::from(before);
         if let Some(origin) = origin.filter(|_| accepted > 0) {
-            let first = progress.first_id + u64::from(before);
             self.origins.accepted(origin, first, accepted);
         }
         if settled_any {

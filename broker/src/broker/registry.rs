@@ -19,8 +19,9 @@ pub(super) const NEVER: u64 = u64::MAX;
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     pub(super) by_name: HashMap<String, Arc<Slot>>,
-    /// In creation order: a queue's index here is its `rank`.
-    pub(super) all: Vec<Arc<Slot>>,
+    /// In creation order: a queue's index here is its `rank`. A deleted queue leaves `None`:
+    /// ranks are never reused, as records name queues by rank.
+    pub(super) all: Vec<Option<Arc<Slot>>>,
 }
 
 /// One queue and what may be read of it without its lock.
@@ -29,8 +30,8 @@ pub(super) struct Slot {
     pub(super) name: String,
     /// Creation order; two queue locks are always taken lowest rank first.
     pub(super) rank: usize,
-    /// Holds another queue's dead letters: exempt from the queue limit, never dead-letters.
-    /// A client may create `x.dead` itself; it becomes a dead-letter queue with x's first one.
+    /// Holds dead letters a burial put there: exempt from the queue limit. (A `x.dead` a
+    /// client created counts until x's first burial.)
     pub(super) dead_letters: AtomicBool,
     /// When the queue next has a lease to expire or a delayed item to return ([`NEVER`] for
     /// nothing). Written on every unlock, so the timer can skip idle queues without locking
@@ -39,11 +40,14 @@ pub(super) struct Slot {
     pub(super) queue: Mutex<Queue>,
 }
 
-/// 1 to [`MAX_QUEUE_NAME`] bytes of `[A-Za-z0-9._:-]`, plus room for [`DEAD_SUFFIX`] so that
-/// every queue's dead-letter queue can be named too.
+/// The grammar: `name = base [".dead"]`, where `base` is 1 to [`MAX_QUEUE_NAME`] bytes of
+/// `[A-Za-z0-9._:-]` not itself ending in `.dead`. `base.dead` is `base`'s dead-letter
+/// queue (which never buries: there is no `.dead.dead`). Whether a name is valid never
+/// depends on which queues exist.
 pub(super) fn valid_name(name: &str) -> bool {
     let base = name.strip_suffix(DEAD_SUFFIX).unwrap_or(name);
     (1..=MAX_QUEUE_NAME).contains(&base.len())
+        && !base.ends_with(DEAD_SUFFIX)
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
@@ -113,16 +117,17 @@ impl Registry {
             due: AtomicU64::new(NEVER),
             queue: Mutex::new(queue),
         });
-        self.all.push(Arc::clone(&slot));
+        self.all.push(Some(Arc::clone(&slot)));
         self.by_name.insert(name.to_owned(), Arc::clone(&slot));
         slot
     }
 }
 
 impl Slot {
-    /// Whether tasks that used up their attempts here go to a dead-letter queue.
+    /// Whether tasks that used up their attempts here go to a dead-letter queue: all but the
+    /// `.dead` queues do.
     pub(super) fn buries(&self) -> bool {
-        !self.dead_letters.load(Relaxed)
+        !self.name.ends_with(DEAD_SUFFIX)
     }
 }
 
@@ -174,7 +179,7 @@ impl Broker {
 
     /// Every queue, in rank order.
     pub(super) fn slots(&self) -> Vec<Arc<Slot>> {
-        self.registry().all.clone()
+        self.registry().all.iter().flatten().cloned().collect()
     }
 
     /// The queue named `name`, created on first use.
@@ -190,7 +195,12 @@ impl Broker {
             return Ok(Arc::clone(slot)); // created since we looked
         }
         let limits = self.shared.limits;
-        let user_queues = registry.all.iter().filter(|c| c.buries()).count();
+        let user_queues = registry
+            .all
+            .iter()
+            .flatten()
+            .filter(|c| !c.dead_letters.load(Relaxed))
+            .count();
         if user_queues >= limits.max_queues {
             return Err(QueueError::TooManyQueues {
                 name: name.to_owned(),

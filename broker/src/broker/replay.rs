@@ -163,6 +163,7 @@ impl Broker {
                         .ok_or_else(|| misplaced(queue, task.id, "leased"))?
                         .item
                 } else {
+                    q.routes.returned(task.id, &task.reply_to);
                     Item::new(task.id, task.attempt, &task.payload)
                 };
                 q.delivered_total -= 1;
@@ -229,6 +230,7 @@ impl Broker {
                     let mut q = self.lock(&source);
                     q.unlease(task, None)
                         .ok_or_else(|| misplaced(queue, task, "leased"))?;
+                    q.routes.left(task);
                     q.count_buried(why);
                 }
                 if applies(dead) {
@@ -236,6 +238,30 @@ impl Broker {
                     self.lock(&dead_slot).push(id, letter);
                 }
                 self.seen_id(id);
+            }
+            Change::Routed {
+                queue,
+                first,
+                count,
+                reply,
+            } => {
+                let slot = self.slot(queue)?;
+                let reply = bytes::Bytes::copy_from_slice(reply);
+                self.lock(&slot).routes.add(first, count, &reply);
+            }
+            Change::Purged { queue } => {
+                let slot = self.slot(queue)?;
+                self.lock(&slot).purge();
+            }
+            Change::Deleted { queue } => {
+                let slot = self.slot(queue)?;
+                let mut q = self.lock(&slot);
+                q.purge();
+                q.deleted = true;
+                drop(q);
+                let mut registry = self.registry_mut();
+                registry.by_name.remove(&slot.name);
+                registry.all[slot.rank] = None;
             }
         }
         Ok(())
@@ -247,6 +273,7 @@ impl Broker {
             .all
             .get(queue as usize)
             .cloned()
+            .flatten()
             .ok_or(ReplayError::NoSuchQueue(queue))
     }
 
@@ -285,6 +312,8 @@ pub(crate) struct QueueDump {
     pub delayed: Vec<(tokio::time::Instant, TaskId, u32, Vec<u8>)>,
     /// Live leases per session holding any.
     pub live: Vec<(u64, usize)>,
+    /// Reply routes by first id.
+    pub routes: Vec<(TaskId, super::route::Route)>,
 }
 
 #[cfg(test)]
@@ -328,7 +357,7 @@ impl Broker {
                 live.sort_unstable();
                 QueueDump {
                     name: slot.name.clone(),
-                    dead_letters: !slot.buries(),
+                    dead_letters: slot.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
                     stats,
                     items: q
                         .items
@@ -338,6 +367,7 @@ impl Broker {
                     leased,
                     delayed,
                     live,
+                    routes: q.routes.all(),
                 }
             })
             .collect();

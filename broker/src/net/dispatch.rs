@@ -37,25 +37,28 @@ pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Rep
     let answer = match request {
         Request::Put { .. }
         | Request::PutOnce { .. }
+        | Request::Kick { .. }
         | Request::Get {
             delivery: Delivery::Lease { .. },
             ..
         } if draining => Err(shutting_down()),
-        Request::Put { queue, items, wait } => put(caller, id, &queue, items, wait, None),
+        Request::Put {
+            queue,
+            items,
+            wait,
+            reply_to,
+        } => put(caller, id, &queue, items, wait, None, reply_to),
         Request::PutOnce {
             queue,
             items,
             wait,
             producer,
             seq,
-        } => put(
-            caller,
-            id,
-            &queue,
-            items,
-            wait,
-            Some(Origin { producer, seq }),
-        ),
+            reply_to,
+        } => {
+            let origin = Some(Origin { producer, seq });
+            put(caller, id, &queue, items, wait, origin, reply_to)
+        }
         Request::Get {
             queue,
             max,
@@ -67,7 +70,8 @@ pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Rep
             results,
             outcomes,
             wait,
-        } => complete(caller, id, &queue, &results, outcomes, wait),
+            reply,
+        } => complete(caller, id, &queue, (&results, reply), outcomes, wait),
         Request::CompleteAndGet {
             queue,
             results,
@@ -75,7 +79,11 @@ pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Rep
             max,
             wait,
             lease_ms,
-        } => complete_and_get(caller, id, queue, &results, outcomes, max, wait, lease_ms),
+            reply,
+        } => {
+            let results = (results.as_str(), reply);
+            complete_and_get(caller, id, queue, results, outcomes, max, wait, lease_ms)
+        }
         Request::Ack { queue, tasks } => ack(caller, &queue, &tasks),
         Request::Touch {
             queue,
@@ -87,7 +95,12 @@ pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Rep
             tasks,
             delay_ms,
             reason,
-        } => nack(caller, &queue, &tasks, delay_ms, &reason),
+            fatal,
+        } => nack(caller, &queue, &tasks, delay_ms, &reason, fatal),
+        Request::Peek { queue, max } => peek(caller, &queue, max),
+        Request::Purge { queue } => count(broker(caller).purge(&queue)),
+        Request::Kick { queue, max } => kick(caller, &queue, max),
+        Request::Delete { queue, if_empty } => count(broker(caller).delete(&queue, if_empty)),
         Request::Declare { queue, capacity } => declare(caller, &queue, capacity),
         Request::Inspect { queue } => inspect(caller, &queue),
         Request::Stats => Ok(Step::Ready(Reply::Stats(Box::new(caller.ctx.stats())))),
@@ -107,11 +120,13 @@ fn put(
     items: Vec<Bytes>,
     wait: Wait,
     origin: Option<Origin>,
+    reply_to: Option<String>,
 ) -> Answer {
     check_payloads(caller, items.iter())?;
     check_room(caller)?;
     let waits = wait != Wait::No;
-    let step = broker(caller).put_once(caller.session, queue, items, waits, origin)?;
+    let reply = reply_to.as_deref();
+    let step = broker(caller).put_once(caller.session, queue, items, waits, origin, reply)?;
     let drain = caller.ctx.phases.drain.clone();
     Ok(later(id, step, wait, drain, put_reply))
 }
@@ -148,17 +163,20 @@ fn get(
     })
 }
 
+/// Where a completion's results go: a queue, and whether it is the tasks' reply queue.
+type Results<'a> = (&'a str, bool);
+
 fn complete(
     caller: &Caller<'_>,
     id: u64,
     queue: &str,
-    results: &str,
+    (results, reply): Results<'_>,
     outcomes: Vec<Outcome>,
     wait: Wait,
 ) -> Answer {
     check_payloads(caller, outcomes.iter().map(|o| &o.result))?;
-    let step =
-        broker(caller).complete(caller.session, queue, results, outcomes, wait != Wait::No)?;
+    let waits = wait != Wait::No;
+    let step = broker(caller).complete(caller.session, queue, results, outcomes, waits, reply)?;
     let stop = caller.ctx.phases.stop.clone();
     Ok(later(id, step, wait, stop, settled_reply))
 }
@@ -168,7 +186,7 @@ fn complete_and_get(
     caller: &Caller<'_>,
     id: u64,
     queue: String,
-    results: &str,
+    (results, reply): Results<'_>,
     outcomes: Vec<Outcome>,
     max: u32,
     wait: Wait,
@@ -194,6 +212,7 @@ fn complete_and_get(
         results,
         outcomes,
         wait != Wait::No,
+        reply,
     )?;
     let stop = phases.stop.clone();
     Ok(match step {
@@ -218,10 +237,32 @@ fn touch(caller: &Caller<'_>, queue: &str, tasks: &[TaskId], millis: Option<u64>
     Ok(Step::Ready(settled_reply(p)))
 }
 
-fn nack(caller: &Caller<'_>, queue: &str, tasks: &[TaskId], delay_ms: u64, reason: &str) -> Answer {
+fn nack(
+    caller: &Caller<'_>,
+    queue: &str,
+    tasks: &[TaskId],
+    delay_ms: u64,
+    reason: &str,
+    fatal: bool,
+) -> Answer {
     let delay = Duration::from_millis(delay_ms);
-    let p = broker(caller).nack(caller.session, queue, tasks, delay, reason)?;
+    let p = broker(caller).nack(caller.session, queue, tasks, delay, reason, fatal)?;
     Ok(Step::Ready(settled_reply(p)))
+}
+
+fn peek(caller: &Caller<'_>, queue: &str, max: u32) -> Answer {
+    check_max(max)?;
+    let tasks = broker(caller).peek(queue, max, max_payload(caller.max_frame))?;
+    Ok(Step::Ready(Reply::Tasks(tasks)))
+}
+
+fn kick(caller: &Caller<'_>, queue: &str, max: u32) -> Answer {
+    check_room(caller)?;
+    count(broker(caller).kick(queue, max))
+}
+
+fn count(done: Result<u64, QueueError>) -> Answer {
+    Ok(Step::Ready(Reply::Count(done?)))
 }
 
 fn declare(caller: &Caller<'_>, queue: &str, capacity: Option<u64>) -> Answer {
@@ -378,6 +419,8 @@ impl From<QueueError> for Reply {
             QueueError::TooManyQueues { .. } => ErrorKind::TooManyQueues,
             QueueError::NoSuchQueue(_) => ErrorKind::NoSuchQueue,
             QueueError::InProgress => ErrorKind::InProgress,
+            QueueError::NotEmpty(_) => ErrorKind::NotEmpty,
+            QueueError::InUse(_) => ErrorKind::InUse,
         };
         error_reply(kind, err.to_string())
     }

@@ -17,7 +17,8 @@ use crate::broker::Broker;
 
 /// The first bytes of every log segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TMILLLOG";
-pub const SEGMENT_VERSION: u32 = 1;
+/// The log format written; format 1 (before reply routes, purges and deletes) is read too.
+pub const SEGMENT_VERSION: u32 = 2;
 /// Magic, version, flags, the position of the segment's first record.
 pub const SEGMENT_HEADER: usize = 8 + 4 + 4 + 8;
 
@@ -147,10 +148,10 @@ pub fn replay(
             return Err(corrupt(0, "not a taskmill log segment (bad header)".into()));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != SEGMENT_VERSION {
+        if !(1..=SEGMENT_VERSION).contains(&version) {
             return Err(corrupt(
                 8,
-                format!("log format {version}, this master reads {SEGMENT_VERSION}"),
+                format!("log format {version}, this master reads 1 to {SEGMENT_VERSION}"),
             ));
         }
         let named = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));

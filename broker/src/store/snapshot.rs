@@ -3,8 +3,9 @@
 //!
 //! A snapshot starts with a header (magic, version, the log position it was begun at), then
 //! framed records like the log's (length, CRC-32C, body): per queue a `QUEUE` record, then its
-//! queued, leased and delayed tasks in chunks; last an `END` record with the number of queues
-//! and the next task id, so a snapshot cut short is never mistaken for a whole one.
+//! queued, leased and delayed tasks in chunks; last an `END` record with the number of queue
+//! ranks and the next task id, so a snapshot cut short is never mistaken for a whole one. A
+//! rank without a `QUEUE` record was a deleted queue's.
 
 use std::io::{self, Read};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,11 +14,12 @@ use bytes::Bytes;
 use tokio::time::Instant as Deadline;
 
 use super::record::{FRAME_HEADER, MAX_BODY};
-use crate::broker::{ImageItem, ImageLease, PutOutcome, QueueImage};
+use crate::broker::{ImageItem, ImageLease, PutOutcome, QueueImage, Route};
 
 /// The first bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"TMILSNAP";
-pub const VERSION: u32 = 1;
+/// The format written; format 1 (no routes, no deleted queues) is read too.
+pub const VERSION: u32 = 2;
 /// Magic, version, flags, base position.
 pub const HEADER: usize = 8 + 4 + 4 + 8;
 
@@ -33,6 +35,7 @@ mod kind {
     pub const DELAYED: u8 = 104;
     pub const END: u8 = 105;
     pub const ORIGINS: u8 = 106;
+    pub const ROUTES: u8 = 107;
 }
 
 /// The header of a snapshot begun at log position `base`: the log it needs starts there.
@@ -73,6 +76,12 @@ pub fn encode_queue(image: &QueueImage, out: &mut Vec<u8>) {
             b.extend_from_slice(&field.to_le_bytes());
         }
         b.extend_from_slice(&put.accepted.to_le_bytes());
+    });
+    chunked(out, kind::ROUTES, &image.routes, |b, (first, route)| {
+        b.extend_from_slice(&first.to_le_bytes());
+        b.extend_from_slice(&route.end.to_le_bytes());
+        b.extend_from_slice(&route.live.to_le_bytes());
+        put_bytes(b, &route.reply);
     });
 }
 
@@ -138,6 +147,8 @@ pub struct Snapshot {
     pub base: u64,
     /// No task id below this had been handed out.
     pub next_task: u64,
+    /// Queue ranks taken when it was begun: `queues` holds those not deleted, by rank.
+    pub ranks: u32,
     pub queues: Vec<QueueImage>,
 }
 
@@ -162,7 +173,7 @@ pub fn read(mut src: impl Read) -> Result<Snapshot, SnapshotError> {
         return Err(corrupt(0, "not a taskmill snapshot (bad magic)"));
     }
     let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(corrupt(
             8,
             &format!("snapshot format {version}, this master reads {VERSION}"),
@@ -204,7 +215,7 @@ pub fn read(mut src: impl Read) -> Result<Snapshot, SnapshotError> {
                 for total in &mut totals {
                     *total = r.u64().ok_or_else(|| bad("a short queue record"))?;
                 }
-                if rank as usize != queues.len() {
+                if queues.last().is_some_and(|q| q.rank >= rank) {
                     return Err(bad("queues out of order"));
                 }
                 queues.push(QueueImage {
@@ -218,6 +229,7 @@ pub fn read(mut src: impl Read) -> Result<Snapshot, SnapshotError> {
                     leased: Vec::new(),
                     delayed: Vec::new(),
                     origins: Vec::new(),
+                    routes: Vec::new(),
                 });
             }
             kind::ORIGINS => {
@@ -236,6 +248,19 @@ pub fn read(mut src: impl Read) -> Result<Snapshot, SnapshotError> {
                         done: true,
                     };
                     image.origins.push((producer, put));
+                }
+            }
+            kind::ROUTES => {
+                let image = queues
+                    .last_mut()
+                    .ok_or_else(|| bad("routes before any queue"))?;
+                let count = r.u32().ok_or_else(|| bad("a short chunk"))?;
+                for _ in 0..count {
+                    let mut field = || r.u64().ok_or_else(|| bad("a short chunk"));
+                    let (first, end) = (field()?, field()?);
+                    let live = r.u32().ok_or_else(|| bad("a short chunk"))?;
+                    let reply = r.bytes().ok_or_else(|| bad("a short chunk"))?;
+                    image.routes.push((first, Route { end, reply, live }));
                 }
             }
             kind::ITEMS | kind::LEASED | kind::DELAYED => {
@@ -266,14 +291,15 @@ pub fn read(mut src: impl Read) -> Result<Snapshot, SnapshotError> {
             kind::END => {
                 let count = r.u32().ok_or_else(|| bad("a short end record"))?;
                 let next_task = r.u64().ok_or_else(|| bad("a short end record"))?;
-                if count as usize != queues.len() {
+                if queues.last().is_some_and(|q| q.rank >= count) {
                     return Err(bad(
-                        "the end record counts other queues than the snapshot holds",
+                        "the end record counts fewer queues than the snapshot holds",
                     ));
                 }
                 return Ok(Snapshot {
                     base,
                     next_task,
+                    ranks: count,
                     queues,
                 });
             }

@@ -68,6 +68,9 @@ impl Default for WalOptions {
 /// a full disk refuses new puts while what is queued can still be settled.
 const SETTLE_RESERVE: i64 = 64;
 
+/// The image position of a queue deleted before a snapshot: no record of it applies.
+const DELETED: u64 = u64::MAX;
+
 /// The durable log of one data directory.
 #[derive(Debug)]
 pub struct Wal {
@@ -373,7 +376,13 @@ impl Inner {
                 broker.advance_ids(snapshot.next_task);
                 let bytes = file_size(fs, &name)?;
                 disk.snapshot = Some((base, bytes, Instant::now()));
-                (base, snapshot.queues.iter().map(|q| q.position).collect())
+                broker.reserve_ranks(snapshot.ranks as usize);
+                // A rank with no image was deleted: every record of it is behind it.
+                let mut positions = vec![DELETED; snapshot.ranks as usize];
+                for image in &snapshot.queues {
+                    positions[image.rank as usize] = image.position;
+                }
+                (base, positions)
             }
             None => (0, Vec::new()),
         };
@@ -389,7 +398,8 @@ impl Inner {
         let end = recover::replay(fs, dir, &segments, base, &positions, broker, repair)?;
         // A snapshot is written only once the log is durable past it: a log that ends before
         // it lost synced data, and continuing would reuse positions the snapshot counts as seen.
-        if let Some(&ahead) = positions.iter().max().filter(|&&p| p > end.end) {
+        let taken = positions.iter().filter(|&&p| p != DELETED);
+        if let Some(&ahead) = taken.max().filter(|&&p| p > end.end) {
             return Err(StoreError::Corrupt {
                 file: dir.join(recover::snapshot_name(base)),
                 offset: 0,

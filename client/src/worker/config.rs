@@ -22,6 +22,13 @@ pub struct WorkerConfig {
     pub idle_exit: Option<Duration>,
     /// Longest single wait for tasks, so idleness and shutdown are noticed promptly.
     pub poll: Duration,
+    /// Lease asked for each task. While the handler works on a batch the runtime extends
+    /// its leases every third of this, so a long task is never taken back from a live worker.
+    pub lease: Duration,
+    /// Delay before a failed attempt (an error, a panic, a timeout) is tried again, doubled
+    /// for each attempt the task has had, up to `max_retry_delay`.
+    pub retry_delay: Duration,
+    pub max_retry_delay: Duration,
     /// Cap on the delay between reconnect attempts.
     pub max_backoff: Duration,
     /// After a shutdown signal, how long the worker may still spend handing in the results
@@ -29,11 +36,13 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     pub client: ClientOptions,
     pub tasks_queue: String,
+    /// Where results go for tasks whose put named no reply queue.
     pub results_queue: String,
 }
 
 impl WorkerConfig {
-    /// Defaults for everything but the address and key: the `tasks` and `results` queues.
+    /// Defaults for everything but the address and key: the `tasks` and `results` queues (a
+    /// task whose put named a reply queue has its outcome go there instead).
     pub fn new(master: impl Into<String>, key: AuthKey) -> Self {
         Self {
             master: master.into(),
@@ -42,6 +51,9 @@ impl WorkerConfig {
             prefetch: 2,
             idle_exit: None,
             poll: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            retry_delay: Duration::from_secs(1),
+            max_retry_delay: Duration::from_secs(60),
             max_backoff: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             client: ClientOptions::default(),

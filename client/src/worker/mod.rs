@@ -1,5 +1,6 @@
 //! The worker runtime: connect (retrying with [`crate::Backoff`]), lease a batch, have the
-//! [`Handler`] answer it (heartbeating meanwhile), complete it, repeat; drain on shutdown.
+//! [`Handler`] answer it (keeping its leases alive meanwhile), complete it (each result to its
+//! task's reply queue, or the results queue), report failures, repeat; drain on shutdown.
 //!
 //! Tasks are leased, so a worker that dies loses nothing: the master requeues whatever its
 //! connection held. Results computed when the connection drops are kept and handed in after
@@ -7,23 +8,27 @@
 //! after a reconnect it is not, so they are counted stale and the tasks are redone elsewhere
 //! (never counted twice).
 
+mod builder;
 mod config;
+mod pipeline;
+mod unsent;
 
 use std::collections::HashMap;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use taskmill_protocol::{Delivery, ErrorKind, Outcome, Request, Task, Wait};
+use taskmill_protocol::{Task, Wait};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
+pub use builder::WorkerBuilder;
 pub use config::WorkerConfig;
 
-use crate::client::{Client, Settled, Worked};
+use crate::client::Client;
 use crate::error::ClientError;
-use crate::handler::{Answer, Failure, Handler};
+use crate::handler::{Answer, Handler};
 use crate::reconnect::Reconnecting;
-use crate::REJECTED_SUFFIX;
+use unsent::{nack_terms, tally_failure, Unsent};
 
 /// What one worker did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,8 +37,10 @@ pub struct WorkerReport {
     pub completed: u64,
     /// Completions the master had already taken back (the lease was lost).
     pub stale: u64,
-    /// Tasks the handler rejected, moved to `<tasks queue>.rejected` untouched.
-    pub rejected: u64,
+    /// Failed attempts given back to be tried again (or dead-lettered once out of attempts).
+    pub failed: u64,
+    /// Tasks the handler found could never succeed, dead-lettered at once.
+    pub buried: u64,
     /// Successful connections (1 + reconnects).
     pub connections: u64,
     /// Results still undelivered when the worker stopped (their tasks are redone elsewhere).
@@ -53,20 +60,6 @@ enum Stop {
     Shutdown,
     /// The master announced it is stopping: reconnect (with backoff) once it is back.
     MasterDraining,
-}
-
-/// Answers waiting to be handed in, kept across reconnects.
-#[derive(Debug, Default)]
-struct Unsent {
-    results: Vec<Outcome>,
-    /// Rejected tasks, handed in untouched to `<tasks>.rejected`.
-    rejected: Vec<Outcome>,
-}
-
-impl Unsent {
-    fn len(&self) -> usize {
-        self.results.len() + self.rejected.len()
-    }
 }
 
 /// A worker: the runtime around one [`Handler`].
@@ -197,126 +190,15 @@ impl<H: Handler> Worker<H> {
         hand_in(&self.config, client, shutdown, &self.abort, state).await?;
         let mut sent = HashMap::new();
         let result = self.pipeline(client, shutdown, state, &mut sent).await;
-        // Results whose completion got no answer are kept, like any other unsent result.
-        for (_, outcomes) in sent {
-            state.unsent.results.extend(outcomes);
+        // Results whose completion got no answer are kept, like any other unsent result; an
+        // unanswered failure needs nothing: the task comes back to someone anyway.
+        for (_, sent) in sent {
+            if let pipeline::Sent::Results(target, outcomes) = sent {
+                let back = outcomes.into_iter().map(|o| (target.clone(), o));
+                state.unsent.results.extend(back);
+            }
         }
         result
-    }
-
-    /// Keeps `config.prefetch` requests for tasks in flight, so a batch is already on its way
-    /// while the previous one is computed, and hands each batch's results in with the request for
-    /// the next one (one round trip per batch). Stops asking for tasks on shutdown, idleness or
-    /// the master's drain, then settles what is still in flight. `sent` holds the results of
-    /// each completion until its reply says what became of them.
-    async fn pipeline(
-        &self,
-        client: &mut Client,
-        shutdown: &CancellationToken,
-        state: &mut State,
-        sent: &mut HashMap<u64, Vec<Outcome>>,
-    ) -> Result<Stop, ClientError> {
-        let config = &self.config;
-        let window = config.prefetch.max(1) as usize;
-        let mut stop = None;
-        loop {
-            let idle_left = idle_for(config, state.last_task);
-            if stop.is_none() {
-                stop = if shutdown.is_cancelled() {
-                    Some(Stop::Shutdown)
-                } else if client.master_shutting_down() {
-                    Some(Stop::MasterDraining)
-                } else {
-                    idle_left.is_none().then_some(Stop::Idle)
-                };
-            }
-            if let (None, Some(idle_left)) = (stop, idle_left) {
-                let wait = Wait::Millis(config.poll.min(idle_left).as_millis() as u64);
-                while client.in_flight() < window {
-                    client
-                        .submit(Request::Get {
-                            queue: config.tasks_queue.clone(),
-                            max: config.concurrency,
-                            wait,
-                            delivery: Delivery::Lease { millis: None },
-                        })
-                        .await?;
-                }
-            }
-            if let Some(ending) = stop {
-                // Once stopped, only completions are worth waiting for: tasks that a get still
-                // in flight may bring are left to go back when this connection closes.
-                let nothing_to_hand_in = sent.is_empty() && state.unsent.len() == 0;
-                let shutting_down = matches!(ending, Stop::Shutdown);
-                if client.in_flight() == 0 || (shutting_down && nothing_to_hand_in) {
-                    return Ok(ending);
-                }
-            }
-            let (id, reply) = tokio::select! {
-                () = shutdown.cancelled(), if stop.is_none() => continue,
-                () = self.abort.cancelled() => return Ok(Stop::Shutdown),
-                reply = client.next_reply() => reply?,
-            };
-            let worked = match Worked::from_reply(reply) {
-                Err(ClientError::Server {
-                    kind: ErrorKind::ShuttingDown,
-                    ..
-                }) => {
-                    stop.get_or_insert(Stop::MasterDraining);
-                    continue;
-                }
-                worked => worked?,
-            };
-            settled(state, sent.remove(&id), worked.settled);
-            if !worked.tasks.is_empty() && matches!(stop, Some(Stop::Shutdown)) {
-                debug!(
-                    tasks = worked.tasks.len(),
-                    "not starting tasks leased after the stop signal; they go back when this \
-                     connection closes"
-                );
-            } else if !worked.tasks.is_empty() {
-                state.last_task = Instant::now();
-                // Aborted mid-batch: its tasks go back when the connection closes.
-                let answers = tokio::select! {
-                    answers = answer(&self.handler, client, &worked.tasks) => answers?,
-                    () = self.abort.cancelled() => return Ok(Stop::Shutdown),
-                };
-                file(worked.tasks, answers, &mut state.unsent);
-            }
-            if !state.unsent.rejected.is_empty() {
-                hand_in(config, client, shutdown, &self.abort, state).await?;
-            }
-            if state.unsent.results.is_empty() || drain_over(config, shutdown, state) {
-                continue;
-            }
-            // A stop signal that came while the batch was worked on: no more tasks after it.
-            if stop.is_none() && shutdown.is_cancelled() {
-                stop = Some(Stop::Shutdown);
-            }
-            let outcomes = std::mem::take(&mut state.unsent.results);
-            let (queue, results) = (config.tasks_queue.clone(), config.results_queue.clone());
-            let wait = Wait::Millis(config.poll.as_millis() as u64);
-            // Kept in `sent` until answered: the results share one buffer, so the copy is cheap.
-            let sending = outcomes.clone();
-            let request = match stop {
-                None => Request::CompleteAndGet {
-                    queue,
-                    results,
-                    outcomes: sending,
-                    max: config.concurrency,
-                    wait,
-                    lease_ms: None,
-                },
-                Some(_) => Request::Complete {
-                    queue,
-                    results,
-                    outcomes: sending,
-                    wait,
-                },
-            };
-            let id = client.submit(request).await?;
-            sent.insert(id, outcomes);
-        }
     }
 }
 
@@ -339,34 +221,6 @@ fn idle_for(config: &WorkerConfig, last_task: Instant) -> Option<Duration> {
     }
 }
 
-/// Counts a completion's reply; results it left pending (the results queue stayed full) go
-/// back to be handed in again.
-fn settled(state: &mut State, outcomes: Option<Vec<Outcome>>, settled: Settled) {
-    tally(&mut state.report, &settled, false);
-    if let Some(mut outcomes) = outcomes {
-        let pending = outcomes.len().saturating_sub(settled.pending as usize);
-        state.unsent.results.extend(outcomes.drain(pending..));
-    }
-}
-
-/// Counts what a completion settled (as rejected tasks, for the rejected queue) and what the
-/// master had already taken back.
-fn tally(report: &mut WorkerReport, settled: &Settled, rejected: bool) {
-    let done = u64::from(settled.done);
-    if rejected {
-        report.rejected += done;
-    } else {
-        report.completed += done;
-    }
-    report.stale += settled.stale.len() as u64;
-    if !settled.stale.is_empty() {
-        debug!(
-            stale = settled.stale.len(),
-            "some leases were taken back before completion"
-        );
-    }
-}
-
 /// True once a shutdown's drain timeout has passed: results still held are given up.
 fn drain_over(config: &WorkerConfig, shutdown: &CancellationToken, state: &mut State) -> bool {
     if !shutdown.is_cancelled() {
@@ -376,11 +230,12 @@ fn drain_over(config: &WorkerConfig, shutdown: &CancellationToken, state: &mut S
     since.elapsed() >= config.drain_timeout
 }
 
-/// Has `handler` answer a leased batch, heartbeating while it works so the master does not
-/// presume us dead.
+/// Has `handler` answer a leased batch, extending the batch's leases every third of their
+/// length while it works (which also tells the master we are alive).
 async fn answer<H: Handler>(
     handler: &H,
     client: &mut Client,
+    config: &WorkerConfig,
     tasks: &[Task],
 ) -> Result<Vec<Answer>, ClientError> {
     let work = handler.handle(tasks);
@@ -389,43 +244,20 @@ async fn answer<H: Handler>(
     if let Poll::Ready(answers) = futures::poll!(&mut work) {
         return Ok(answers);
     }
-    let beat = client.heartbeat_interval() / 2;
+    let every = (config.lease / 3).max(Duration::from_millis(10));
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
     loop {
         tokio::select! {
             answers = &mut work => return Ok(answers),
-            () = tokio::time::sleep(beat) => client.heartbeat().await?,
-        }
-    }
-}
-
-/// Files a batch's answers to be handed in: results for the results queue, rejected tasks
-/// (with their payload) for the rejected queue.
-fn file(tasks: Vec<Task>, answers: Vec<Answer>, unsent: &mut Unsent) {
-    if answers.len() < tasks.len() {
-        warn!(
-            unanswered = tasks.len() - answers.len(),
-            "the handler answered only part of a batch; the rest is redelivered when its leases run out"
-        );
-    }
-    for (task, answer) in tasks.into_iter().zip(answers) {
-        match answer {
-            Ok(result) => unsent.results.push(Outcome {
-                task: task.id,
-                result,
-            }),
-            Err(Failure::Reject { reason }) => {
-                warn!(task = task.id, cause = %reason, "task rejected; moving it to the rejected queue");
-                unsent.rejected.push(Outcome {
-                    task: task.id,
-                    result: task.payload,
-                });
+            () = tokio::time::sleep(every) => {
+                client.touch(&config.tasks_queue, ids.clone(), None).await?;
             }
         }
     }
 }
 
-/// Completes every unsent answer, waiting for room in the results queue as needed. After a
-/// shutdown signal it gives up once the drain timeout has passed.
+/// Hands in every unsent answer: results to their queues, waiting for room as needed, and
+/// failures as nacks. After a shutdown signal it gives up once the drain timeout has passed.
 async fn hand_in(
     config: &WorkerConfig,
     client: &mut Client,
@@ -434,35 +266,36 @@ async fn hand_in(
     state: &mut State,
 ) -> Result<(), ClientError> {
     let wait = Wait::Millis(config.poll.as_millis() as u64);
-    let rejected_queue = format!("{}{REJECTED_SUFFIX}", config.tasks_queue);
-    for rejected in [false, true] {
-        loop {
-            let unsent = if rejected {
-                state.unsent.rejected.len()
-            } else {
-                state.unsent.results.len()
+    for (task, attempt, failure) in std::mem::take(&mut state.unsent.failures) {
+        let (delay, fatal) = nack_terms(config, attempt, &failure);
+        let queue = &config.tasks_queue;
+        let settled = if fatal {
+            client.bury(queue, vec![task], failure.reason()).await?
+        } else {
+            client
+                .nack(queue, vec![task], delay, failure.reason())
+                .await?
+        };
+        tally_failure(&mut state.report, &failure, &settled);
+    }
+    loop {
+        if state.unsent.results.is_empty() {
+            return Ok(());
+        }
+        if abort.is_cancelled() || drain_over(config, shutdown, state) {
+            return Ok(());
+        }
+        for (target, batch) in state.unsent.take_groups() {
+            let to = pipeline::target_queue(config, &target).to_owned();
+            let (queue, outcomes) = (&config.tasks_queue, batch.clone());
+            let settled = match target {
+                Some(_) => client.complete_replies(queue, &to, outcomes, wait).await?,
+                None => client.complete(queue, &to, outcomes, wait).await?,
             };
-            if unsent == 0 {
-                break;
-            }
-            if abort.is_cancelled() || drain_over(config, shutdown, state) {
-                return Ok(());
-            }
-            let (target, batch) = if rejected {
-                (&rejected_queue, &mut state.unsent.rejected)
-            } else {
-                (&config.results_queue, &mut state.unsent.results)
-            };
-            let settled = client
-                .complete(&config.tasks_queue, target, batch.clone(), wait)
-                .await?;
-            let processed = batch.len() - settled.pending as usize;
-            batch.drain(..processed);
-            tally(&mut state.report, &settled, rejected);
+            unsent::settled(state, Some((target, batch)), settled.clone());
             if settled.pending > 0 {
-                debug!(pending = settled.pending, queue = %target, "results queue full; waiting for room");
+                tracing::debug!(pending = settled.pending, queue = %to, "results queue full; waiting for room");
             }
         }
     }
-    Ok(())
 }

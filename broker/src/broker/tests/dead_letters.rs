@@ -16,6 +16,7 @@ async fn a_task_that_fails_every_attempt_is_dead_lettered_with_its_last_reason()
             &[task.id],
             Duration::ZERO,
             &format!("crash {attempt}"),
+            false,
         )
         .unwrap();
     }
@@ -73,9 +74,10 @@ fn dead_letter_queues_do_not_count_against_the_queue_limit_nor_chain() {
     let s = br.open_session();
     ready(br.put(s, "q", vec![b("x")], false).unwrap());
     let t = ready(br.get(s, "q", 1, MB, LEASE, false).unwrap()).remove(0);
-    br.nack(s, "q", &[t.id], Duration::ZERO, "no").unwrap();
+    br.nack(s, "q", &[t.id], Duration::ZERO, "no", false)
+        .unwrap();
     let d = ready(br.get(s, "q.dead", 1, MB, LEASE, false).unwrap()).remove(0);
-    br.nack(s, "q.dead", &[d.id], Duration::ZERO, "still no")
+    br.nack(s, "q.dead", &[d.id], Duration::ZERO, "still no", false)
         .unwrap();
     assert_eq!(
         br.inspect("q.dead").unwrap().len,
@@ -93,9 +95,10 @@ async fn a_nack_in_a_dead_letter_queue_still_honours_its_delay() {
     let s = br.open_session();
     ready(br.put(s, "q", vec![b("x")], false).unwrap());
     let t = ready(br.get(s, "q", 1, MB, LEASE, false).unwrap()).remove(0);
-    br.nack(s, "q", &[t.id], Duration::ZERO, "dead").unwrap();
+    br.nack(s, "q", &[t.id], Duration::ZERO, "dead", false)
+        .unwrap();
     let d = ready(br.get(s, "q.dead", 1, MB, LEASE, false).unwrap()).remove(0);
-    br.nack(s, "q.dead", &[d.id], Duration::from_secs(5), "wait")
+    br.nack(s, "q.dead", &[d.id], Duration::from_secs(5), "wait", false)
         .unwrap();
     assert_eq!(br.inspect("q.dead").unwrap().delayed, 1);
     assert!(ready(br.get(s, "q.dead", 1, MB, LEASE, false).unwrap()).is_empty());

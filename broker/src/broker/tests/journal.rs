@@ -100,6 +100,19 @@ impl Store for Recorder {
             Change::Requeued { queue, task, why } => Change::Requeued { queue, task, why },
             Change::Delayed { queue, task, until } => Change::Delayed { queue, task, until },
             Change::Undelayed { queue, task } => Change::Undelayed { queue, task },
+            Change::Routed {
+                queue,
+                first,
+                count,
+                reply,
+            } => Change::Routed {
+                queue,
+                first,
+                count,
+                reply: leak(reply),
+            },
+            Change::Purged { queue } => Change::Purged { queue },
+            Change::Deleted { queue } => Change::Deleted { queue },
         };
         self.0.lock().unwrap().push(owned);
     }
@@ -147,6 +160,9 @@ fn kind(change: &Change<'_>) -> &'static str {
         Change::Delayed { .. } => "delayed",
         Change::Undelayed { .. } => "undelayed",
         Change::Buried { .. } => "buried",
+        Change::Routed { .. } => "routed",
+        Change::Purged { .. } => "purged",
+        Change::Deleted { .. } => "deleted",
     }
 }
 
@@ -183,6 +199,7 @@ async fn replaying_the_journal_of_a_mixed_scenario_rebuilds_the_same_queues() {
             "results",
             vec![outcome(&leased[0], "one")],
             false,
+            false,
         )
         .unwrap(),
     );
@@ -195,6 +212,7 @@ async fn replaying_the_journal_of_a_mixed_scenario_rebuilds_the_same_queues() {
         &ids(&leased[1..2]),
         Duration::from_secs(5),
         "later",
+        false,
     )
     .unwrap();
     br.nack(
@@ -203,6 +221,7 @@ async fn replaying_the_journal_of_a_mixed_scenario_rebuilds_the_same_queues() {
         &ids(&leased[2..3]),
         Duration::ZERO,
         "again",
+        false,
     )
     .unwrap();
 
@@ -215,7 +234,7 @@ async fn replaying_the_journal_of_a_mixed_scenario_rebuilds_the_same_queues() {
     assert_eq!(br.ack(other, "wanted", &ids(&served)).unwrap().done(), 1);
     let result = answer_for_a_full_results_queue(&br, worker, other, false);
     let completion = waiting(
-        br.complete(worker, "tasks", "results", result, true)
+        br.complete(worker, "tasks", "results", result, true, false)
             .unwrap(),
     );
     let completion = tokio::spawn(completion.wait(None, never.clone()));
@@ -247,6 +266,28 @@ async fn replaying_the_journal_of_a_mixed_scenario_rebuilds_the_same_queues() {
     assert_eq!(br.inspect("doomed.dead").unwrap().len, 1, "a dead letter");
     assert!(br.inspect("tasks").unwrap().expired_total > 0, "an expiry");
 
+    // Puts that name a reply queue: one task buried at once by a fatal nack (its reply queue
+    // is told), kicked back, then a purge and a delete.
+    let routed = vec![b("r1"), b("r2"), b("r3")];
+    let reply = Some("replies");
+    br.declare("replies", None).unwrap();
+    ready(
+        br.put_once(producer, "routed", routed, false, None, reply)
+            .unwrap(),
+    );
+    let first = ready(br.get(worker, "routed", 1, MB, LEASE, false).unwrap());
+    assert_eq!(first[0].reply_queue(), Some("replies"));
+    br.nack(worker, "routed", &ids(&first), Duration::ZERO, "bad", true)
+        .unwrap();
+    assert_eq!(
+        br.inspect("replies").unwrap().len,
+        1,
+        "the reply queue was told"
+    );
+    assert_eq!(br.kick("routed", 10).unwrap(), 1);
+    assert_eq!(br.purge("routed").unwrap(), 3);
+    assert_eq!(br.delete("replies", false).unwrap(), 1);
+
     // What the worker still holds stays leased in the replay too.
     let held = ready(br.get(worker, "tasks", 2, MB, LEASE, false).unwrap());
     assert!(!held.is_empty());
@@ -256,7 +297,7 @@ async fn replaying_the_journal_of_a_mixed_scenario_rebuilds_the_same_queues() {
         recorder.0.lock().unwrap().iter().map(kind).collect();
     assert_eq!(
         kinds.len(),
-        12,
+        15,
         "the scenario makes every kind of change: {kinds:?}"
     );
 

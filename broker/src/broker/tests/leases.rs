@@ -35,7 +35,7 @@ fn complete_settles_and_queues_the_result_atomically_and_rejects_stale_leases() 
         },
     ];
     let p = ready(
-        br.complete(worker, "tasks", "results", outcomes, false)
+        br.complete(worker, "tasks", "results", outcomes, false, false)
             .unwrap(),
     );
     assert_eq!((p.done(), p.stale.clone(), p.pending()), (1, vec![999], 0));
@@ -45,7 +45,7 @@ fn complete_settles_and_queues_the_result_atomically_and_rejects_stale_leases() 
         result: b("64"),
     }];
     let p = ready(
-        br.complete(other, "tasks", "results", stolen, false)
+        br.complete(other, "tasks", "results", stolen, false, false)
             .unwrap(),
     );
     assert_eq!(p.stale, vec![got[1].id]);
@@ -65,7 +65,7 @@ async fn complete_into_a_full_queue_waits_and_keeps_the_lease_until_then() {
     let (worker, other) = (br.open_session(), br.open_session());
     let outcome = answer_for_a_full_results_queue(&br, worker, other, false);
     let w = waiting(
-        br.complete(worker, "tasks", "results", outcome, true)
+        br.complete(worker, "tasks", "results", outcome, true, false)
             .unwrap(),
     );
     assert_eq!(
@@ -121,7 +121,10 @@ async fn an_expired_lease_goes_back_to_the_front_and_a_late_completion_is_stale(
         task: got[0].id,
         result: b("late"),
     }];
-    let p = ready(br.complete(slow, "tasks", "results", late, false).unwrap());
+    let p = ready(
+        br.complete(slow, "tasks", "results", late, false, false)
+            .unwrap(),
+    );
     assert_eq!(
         p.stale,
         vec![got[0].id],
@@ -167,7 +170,14 @@ async fn nack_returns_a_task_after_its_delay() {
     ready(br.put(s, "tasks", vec![b("a"), b("b")], false).unwrap());
     let a = ready(br.get(s, "tasks", 1, MB, LEASE, false).unwrap()).remove(0);
     let p = br
-        .nack(s, "tasks", &[a.id, 999], Duration::from_secs(2), "busy")
+        .nack(
+            s,
+            "tasks",
+            &[a.id, 999],
+            Duration::from_secs(2),
+            "busy",
+            false,
+        )
         .unwrap();
     assert_eq!((p.done(), p.stale.clone()), (1, vec![999]));
     let stats = br.inspect("tasks").unwrap();
@@ -209,8 +219,9 @@ async fn batches_given_back_keep_their_put_order() {
     assert_eq!(payloads(&after_expiry), [b"1", b"2", b"3", b"4"]);
 
     let ids: Vec<_> = after_expiry.iter().map(|t| t.id).collect();
-    br.nack(s, "q", &ids[..2], Duration::ZERO, "now").unwrap();
-    br.nack(s, "q", &ids[2..], Duration::from_secs(1), "later")
+    br.nack(s, "q", &ids[..2], Duration::ZERO, "now", false)
+        .unwrap();
+    br.nack(s, "q", &ids[2..], Duration::from_secs(1), "later", false)
         .unwrap();
     let at_once = ready(br.get(s, "q", 4, MB, LEASE, false).unwrap());
     assert_eq!(payloads(&at_once), [b"1", b"2"]);
@@ -235,7 +246,10 @@ fn a_session_counts_as_completing_once_and_only_for_completions_that_settle() {
         task: acked[0].id,
         result: b("x"),
     };
-    ready(br.complete(worker, "q", "r", vec![stale], false).unwrap());
+    ready(
+        br.complete(worker, "q", "r", vec![stale], false, false)
+            .unwrap(),
+    );
     assert_eq!(
         br.snapshot().1,
         0,
@@ -247,7 +261,10 @@ fn a_session_counts_as_completing_once_and_only_for_completions_that_settle() {
             task: task.id,
             result: b("y"),
         };
-        ready(br.complete(worker, "q", "r", vec![done], false).unwrap());
+        ready(
+            br.complete(worker, "q", "r", vec![done], false, false)
+                .unwrap(),
+        );
     }
     assert_eq!(br.snapshot().1, 1, "one completing session, counted once");
 }

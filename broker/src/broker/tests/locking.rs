@@ -18,7 +18,11 @@ fn a_locked_queue_does_not_hold_up_work_on_other_queues() {
             task: task.id,
             result: b("1"),
         };
-        let p = ready(other.complete(s, "free", "out", vec![done], false).unwrap());
+        let p = ready(
+            other
+                .complete(s, "free", "out", vec![done], false, false)
+                .unwrap(),
+        );
         done_tx.send(p.done()).unwrap();
     });
     let done = done_rx.recv_timeout(Duration::from_secs(10));
@@ -40,7 +44,7 @@ async fn a_waiting_completion_keeps_its_place_among_plain_puts_whichever_queue_c
         let first = waiting(br.put(other, "results", vec![b("a")], true).unwrap());
         let first = tokio::spawn(first.wait(None, stop()));
         let completion = waiting(
-            br.complete(worker, "tasks", "results", outcome, true)
+            br.complete(worker, "tasks", "results", outcome, true, false)
                 .unwrap(),
         );
         let completion = tokio::spawn(completion.wait(None, stop()));
@@ -111,7 +115,7 @@ async fn complete_across_queues_in_both_lock_orders(br: Broker) {
                             result: t.payload,
                         })
                         .collect();
-                    let p = match br.complete(s, q, results, outcomes, true).unwrap() {
+                    let p = match br.complete(s, q, results, outcomes, true, false).unwrap() {
                         Step::Ready(p) => p,
                         Step::Wait(w) => w.wait(None, CancellationToken::new()).await,
                     };
@@ -154,7 +158,7 @@ async fn room_goes_to_a_waiting_completion_even_while_its_own_task_is_busy() {
     let outcome = answer_for_a_full_results_queue(&br, worker, other, true);
     // The completion waits, but its future is not polled: its session could be busy writing.
     let w = waiting(
-        br.complete(worker, "tasks", "results", outcome, true)
+        br.complete(worker, "tasks", "results", outcome, true, false)
             .unwrap(),
     );
     ready(

@@ -11,6 +11,7 @@ use super::*;
 use taskmill_protocol::{DeadLetter, DEAD_SUFFIX};
 use tokio_util::sync::CancellationToken;
 
+mod admin;
 mod dead_letters;
 mod journal;
 mod leases;

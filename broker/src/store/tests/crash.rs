@@ -1,6 +1,7 @@
 //! A power cut at every file-system call of a scripted run, each followed by recovery: what
 //! was acknowledged is never lost, a result never stands without its task settled nor a
-//! settled task without its result, nothing is queued twice, order and delivery counts hold.
+//! settled task without its result, nothing is queued twice, order and delivery counts hold,
+//! and a task whose put named a reply queue still names it.
 //!
 //! A step counts as acknowledged once the log is durable past it, as a reply would wait for.
 //! A step that was tried but not acknowledged may or may not have happened; the checks allow
@@ -54,7 +55,7 @@ async fn run(br: &Broker, wal: &Wal, m: &mut Model) {
             seq: round,
         });
         ready(
-            br.put_once(producer, "tasks", items, false, origin)
+            br.put_once(producer, "tasks", items, false, origin, Some("replies"))
                 .unwrap(),
         );
         acked!();
@@ -77,7 +78,7 @@ async fn run(br: &Broker, wal: &Wal, m: &mut Model) {
         m.may_be_gone
             .extend(done.iter().map(|t| number(&t.payload)));
         ready(
-            br.complete(worker, "tasks", "results", outcomes, false)
+            br.complete(worker, "tasks", "results", outcomes, false, false)
                 .unwrap(),
         );
         acked!();
@@ -88,7 +89,7 @@ async fn run(br: &Broker, wal: &Wal, m: &mut Model) {
             br.ack(worker, "tasks", &[acked.id]).unwrap();
             acked!();
             m.gone.insert(number(&acked.payload));
-            br.nack(worker, "tasks", &ids(rest), Duration::ZERO, "again")
+            br.nack(worker, "tasks", &ids(rest), Duration::ZERO, "again", false)
                 .unwrap();
             acked!();
         }
@@ -140,6 +141,22 @@ fn check(dump: &[QueueDump], m: &Model, at: u64) {
         .map(|p| number(p.as_bytes()))
         .collect();
     let unique: BTreeSet<u32> = present.iter().copied().collect();
+    // The rounds' tasks (not the doomed one, put plainly) keep their reply queue.
+    if let Some(q) = tasks {
+        let waiting = q.items.iter().map(|(id, _, p)| (*id, p));
+        let waiting = waiting.chain(q.delayed.iter().map(|(_, id, _, p)| (*id, p)));
+        for (id, payload) in waiting.filter(|(_, p)| number(p) < 18) {
+            let routed = q
+                .routes
+                .iter()
+                .any(|(first, r)| (*first..r.end).contains(&id));
+            assert!(
+                routed,
+                "crash at call {at}: t{} lost its reply queue",
+                number(payload)
+            );
+        }
+    }
     assert_eq!(
         unique.len(),
         present.len(),

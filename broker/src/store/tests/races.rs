@@ -33,7 +33,7 @@ async fn changes_that_span_two_queues_survive_snapshots_taken_in_the_middle_of_t
                             br.close_session(s);
                         }
                         1 => {
-                            br.nack(s, &queue, &ids(&leased), Duration::ZERO, "no")
+                            br.nack(s, &queue, &ids(&leased), Duration::ZERO, "no", false)
                                 .unwrap();
                         }
                         _ => {
@@ -44,7 +44,10 @@ async fn changes_that_span_two_queues_survive_snapshots_taken_in_the_middle_of_t
                                     result: t.payload.clone(),
                                 })
                                 .collect();
-                            ready(br.complete(s, &queue, "results", outcomes, false).unwrap());
+                            ready(
+                                br.complete(s, &queue, "results", outcomes, false, false)
+                                    .unwrap(),
+                            );
                         }
                     }
                 }
@@ -142,7 +145,7 @@ async fn a_snapshot_never_gets_ahead_of_the_synced_log() {
             .collect();
         ready(
             worker
-                .complete(s, "tasks", "results", outcomes, false)
+                .complete(s, "tasks", "results", outcomes, false, false)
                 .unwrap(),
         );
     }

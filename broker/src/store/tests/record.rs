@@ -12,6 +12,7 @@ fn task(id: TaskId, attempt: u32, payload: &'static [u8]) -> Task {
         id,
         attempt,
         payload: Bytes::from_static(payload),
+        reply_to: Bytes::from_static(b"replies"),
     }
 }
 
@@ -87,6 +88,14 @@ fn one_of_each<'a>(tasks: &'a [Task], later: Instant) -> Vec<Change<'a>> {
             id: 5,
             letter: b"letter",
         },
+        Change::Routed {
+            queue: 0,
+            first: 7,
+            count: 3,
+            reply: b"replies",
+        },
+        Change::Purged { queue: 0 },
+        Change::Deleted { queue: 1 },
     ]
 }
 
