@@ -87,3 +87,25 @@ async fn every_scenario_reports_parseable_sane_figures() {
     assert_eq!(client.inspect("bench.produce").await.unwrap().len, 1_000);
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_latency_run_lasts_count_over_rate_not_a_worker_poll_more() {
+    let master = TestMaster::start(ServerConfig::new(key())).await;
+    let target = Target {
+        addr: master.addr.clone(),
+        key: key(),
+        client: ClientOptions::default(),
+    };
+    let mut open_loop = plan(Scenario::Latency, 1, 200);
+    open_loop.rate = Some(500.0);
+    let report = taskmill_bench::run(&target, &open_loop, Arc::new(Counter::default()));
+    let report = within("a bench run", report).await.unwrap();
+    // 200 round trips due over 0.4 s; stopping the scenario's worker must not add its
+    // one-second poll to the measured time.
+    assert!(
+        (0.39..0.9).contains(&report.elapsed_secs),
+        "{} s",
+        report.elapsed_secs
+    );
+    master.stop().await;
+}
