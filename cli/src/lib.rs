@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 /// Where the shared authkey comes from, for every binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyArgs {
-    /// File holding the shared authkey (at least 16 bytes; one trailing newline is ignored).
-    /// Without it the key is read from TASKMILL_AUTHKEY.
+    /// File holding the shared authkey (one trailing newline is ignored). Without it the key
+    /// is read from TASKMILL_AUTHKEY; with both, the file wins (and a warning says so).
     #[arg(long, env = "TASKMILL_AUTHKEY_FILE")]
     pub authkey_file: Option<PathBuf>,
 }
 
 impl KeyArgs {
-    /// The key, logging a warning about loose file permissions.
+    /// The key, logging a warning about loose file permissions or a key set twice.
     pub fn load(&self) -> Result<AuthKey, KeyError> {
         load_key(self.authkey_file.as_deref())
     }
@@ -164,10 +164,10 @@ pub fn say(text: impl std::fmt::Display) {
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
-/// The authkey from `file` or `TASKMILL_AUTHKEY`, logging a warning about loose permissions.
+/// The authkey from `file` or `TASKMILL_AUTHKEY`, logging what [`AuthKey::load`] warns of.
 fn load_key(file: Option<&Path>) -> Result<AuthKey, KeyError> {
-    let (key, warning) = AuthKey::load(file)?;
-    if let Some(warning) = warning {
+    let (key, warnings) = AuthKey::load(file)?;
+    for warning in warnings {
         tracing::warn!("{warning}");
     }
     Ok(key)

@@ -32,6 +32,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print a running master's queues and connection counters.
     Stats(StatsArgs),
+    /// Print a fresh random authkey (64 hex characters) for TASKMILL_AUTHKEY or a key file,
+    /// e.g. `(umask 077; taskmill-master keygen > taskmill.key)`.
+    Keygen,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 //! - `cmd::serve`: the long-running master.
 //! - `cmd::run`: the squares job, on this master's own queues or against another master.
 //! - `cmd::stats`: a running master's queues and counters, as a table or JSON.
+//! - `keygen`, here: a fresh random authkey.
 
 mod cli;
 mod cmd;
@@ -27,6 +28,10 @@ fn main() -> ExitCode {
             Command::Serve(args) => cmd::serve::serve(args).await,
             Command::Run(args) => cmd::run::run(args).await,
             Command::Stats(args) => cmd::stats::show(args).await,
+            Command::Keygen => {
+                taskmill_cli::say(taskmill::AuthKey::generate_text());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     })
 }

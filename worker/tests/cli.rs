@@ -35,6 +35,20 @@ fn refuses_a_short_key_and_a_missing_key_file() {
 }
 
 #[test]
+fn refuses_the_example_key_from_env_example() {
+    let out = worker()
+        .env("TASKMILL_AUTHKEY", "change-me-to-a-long-random-secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("placeholder") && err.contains("keygen"),
+        "{err}"
+    );
+}
+
+#[test]
 fn help_documents_the_flags_and_their_variables() {
     let out = worker().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
