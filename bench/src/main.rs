@@ -8,7 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskmill::ClientOptions;
 use taskmill_bench::{Counter, Plan, Scenario, Target};
-use taskmill_cli::{init_tracing, parse_duration, run_main, say, ConnectArgs};
+use taskmill_cli::{init_tracing, parse_duration, run_main, say, usage, ConnectArgs};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,7 +21,14 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// --connections authenticated idle connections), latency (one task at a time, put to
 /// result). The authkey comes from TASKMILL_AUTHKEY or --authkey-file.
 #[derive(Debug, Parser)]
-#[command(name = "taskmill-bench", version)]
+#[command(
+    name = "taskmill-bench",
+    version,
+    after_help = "Exit codes: 0 success (no errors during the run); 1 a failure at run time (no \
+                  master, a wrong key, errors during the run); 2 a mistake in the flags, the \
+                  environment or a file they name, found before starting. SIGINT/SIGTERM end a \
+                  run at once, without a report."
+)]
 struct Cli {
     scenario: Scenario,
     #[command(flatten)]
@@ -62,9 +69,9 @@ fn main() -> ExitCode {
 
 async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
     let target = Target {
-        key: cli.connect.key.load()?,
+        key: cli.connect.key.load().map_err(usage)?,
         client: ClientOptions {
-            tls: cli.connect.tls_client()?,
+            tls: cli.connect.tls_client().map_err(usage)?,
             ..ClientOptions::default()
         },
         addr: cli.connect.master,

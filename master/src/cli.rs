@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use taskmill_broker::store::Fsync;
 use taskmill_broker::{GuardLimits, QueueLimits, ServerConfig, MIN_MAX_FRAME};
-use taskmill_cli::{parse_bytes, parse_duration, ConnectArgs, KeyArgs, TlsClientArgs};
+use taskmill_cli::{
+    parse_bytes, parse_count, parse_duration, parse_listen_addr, parse_master_addr,
+    parse_positive_duration, ConnectArgs, KeyArgs, TlsClientArgs,
+};
 use taskmill_protocol::codec::MAX_FRAME_CEILING;
 use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
 
@@ -17,7 +20,7 @@ use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
 /// and push results back. The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never
 /// from the command line. Logging level: RUST_LOG (default info).
 #[derive(Debug, Parser)]
-#[command(name = "taskmill-master", version)]
+#[command(name = "taskmill-master", version, after_help = taskmill_cli::exit_codes_help!())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,11 +29,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the queues until SIGINT/SIGTERM (the long-running broker).
+    #[command(after_help = taskmill_cli::exit_codes_help!())]
     Serve(ServeArgs),
     /// The squares job: serve the queues, put N random integers on `tasks`, collect and verify
     /// every square from `results`, print a summary. Exits 0 only if all N came back correct.
+    #[command(after_help = taskmill_cli::exit_codes_help!())]
     Run(RunArgs),
     /// Print a running master's queues and connection counters.
+    #[command(after_help = taskmill_cli::exit_codes_help!())]
     Stats(StatsArgs),
     /// Print a fresh random authkey (64 hex characters) for TASKMILL_AUTHKEY or a key file,
     /// e.g. `(umask 077; taskmill-master keygen > taskmill.key)`.
@@ -39,8 +45,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "TASKMILL_LISTEN", default_value = "0.0.0.0:5000")]
+    /// Address to listen on (port 0: a free port, printed).
+    #[arg(long, env = "TASKMILL_LISTEN", default_value = "0.0.0.0:5000", value_parser = parse_listen_addr)]
     pub listen: String,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -48,12 +54,13 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// How many integers to square.
-    #[arg(long, env = "TASKMILL_TASKS")]
+    /// How many integers to square (1 or more).
+    #[arg(long, env = "TASKMILL_TASKS", value_parser = parse_count)]
     pub tasks: u64,
-    /// Also run K workers inside this process, against this master's own port.
-    #[arg(long, env = "TASKMILL_LOCAL_WORKERS", default_value_t = 0)]
-    pub local_workers: usize,
+    /// Also run K workers inside this process, against this master's own port (at most 1024:
+    /// each is a connection, and more than the machine has cores gains nothing).
+    #[arg(long, env = "TASKMILL_LOCAL_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub local_workers: u32,
     /// Tasks each local worker leases at once.
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub concurrency: u32,
@@ -62,11 +69,12 @@ pub struct RunArgs {
     pub prefetch: u32,
     /// Address to listen on. Default: 0.0.0.0:5000, or a free loopback port when the job
     /// uses only --local-workers.
-    #[arg(long, env = "TASKMILL_LISTEN", conflicts_with = "master")]
+    #[arg(long, env = "TASKMILL_LISTEN", value_parser = parse_listen_addr)]
     pub listen: Option<String>,
     /// Run the job against an already running master (host:port) instead of serving the
-    /// queues in this process (e.g. a `serve` master in docker compose).
-    #[arg(long, env = "TASKMILL_MASTER")]
+    /// queues in this process (e.g. a `serve` master in docker compose). The flags that
+    /// shape a master of its own (listen, limits, storage, --tls-cert) are refused with it.
+    #[arg(long, env = "TASKMILL_MASTER", value_parser = parse_master_addr, conflicts_with_all = MASTER_ONLY)]
     pub master: Option<String>,
     /// Smallest random input.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -81,10 +89,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
     /// Give up when the whole job takes longer than this (e.g. 90s, 10m). Default: no limit.
-    #[arg(long, env = "TASKMILL_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_TIMEOUT", value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
     /// Give up when no new result has arrived for this long.
-    #[arg(long, env = "TASKMILL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub stall_timeout: Duration,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
@@ -105,9 +113,37 @@ pub struct StatsArgs {
     #[arg(long)]
     pub json: bool,
     /// Bound on connecting, authenticating and the request.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
 }
+
+/// The flags of a master's own (its address, limits, storage and TLS certificate), which
+/// `run --master` refuses: the master it names was configured where it runs.
+const MASTER_ONLY: [&str; 23] = [
+    "listen",
+    "handshake_timeout",
+    "max_frame",
+    "max_connections",
+    "max_handshakes",
+    "max_handshakes_per_ip",
+    "auth_failures_per_minute",
+    "max_queues",
+    "queue_capacity",
+    "max_waiting",
+    "write_timeout",
+    "shutdown_grace",
+    "lease_timeout",
+    "heartbeat_interval",
+    "max_attempts",
+    "tls_cert",
+    "tls_key",
+    "data_dir",
+    "fsync",
+    "max_disk",
+    "repair",
+    "segment_bytes",
+    "snapshot_after",
+];
 
 /// Flags shared by `serve` and `run`.
 #[derive(Debug, Args)]
@@ -212,6 +248,19 @@ fn parse_fsync(s: &str) -> Result<Fsync, String> {
             every if every.is_zero() => Err("use `always`, or an interval above 0".into()),
             every => Ok(Fsync::Every(every)),
         },
+    }
+}
+
+impl RunArgs {
+    /// What clap cannot check alone, checked before anything starts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.min > self.max {
+            return Err(ConfigError {
+                flag: "min",
+                problem: format!("{} is greater than --max {}", self.min, self.max),
+            });
+        }
+        Ok(())
     }
 }
 

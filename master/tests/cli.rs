@@ -1,5 +1,5 @@
 //! The master binary's command line: the key it accepts, `keygen`, and the inputs it refuses
-//! before starting anything.
+//! before starting anything (exit code 2, as clap's own).
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
@@ -89,4 +89,95 @@ fn keygen_prints_a_fresh_key_that_the_binaries_accept() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `taskmill-master args` with a usable key and expects it to refuse to start: exit 2,
+/// within seconds, having started nothing, with `says` in its message.
+fn refused(args: &[&str], says: &str) {
+    let started = std::time::Instant::now();
+    let out = master()
+        .args(args)
+        .env("TASKMILL_AUTHKEY", taskmill_testkit::KEY)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(says), "{args:?}: {err}");
+    assert!(
+        !err.contains("listening on"),
+        "{args:?} started a master: {err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn inputs_that_can_never_work_exit_2_before_anything_starts() {
+    refused(
+        &["run", "--tasks", "10", "--min", "10", "--max", "5"],
+        "--min",
+    );
+    refused(
+        &["run", "--tasks", "0", "--local-workers", "1"],
+        "at least 1",
+    );
+    refused(
+        &["run", "--tasks", "10", "--local-workers", "100000"],
+        "0..=1024",
+    );
+    refused(
+        &["run", "--tasks", "10", "--stall-timeout", "0"],
+        "more than 0",
+    );
+    refused(
+        &["run", "--tasks", "10", "--master", "127.0.0.1"],
+        "no port",
+    );
+    refused(&["stats", "--master", "127.0.0.1"], "no port");
+    refused(&["stats", "--master", "::1:5000"], "brackets");
+    refused(&["serve", "--listen", "0.0.0.0"], "no port");
+    refused(
+        &["serve", "--listen", "127.0.0.1:0", "--max-frame", "1"],
+        "--max-frame",
+    );
+    // `run --master` uses a master configured elsewhere: its own flags would be ignored.
+    for flag in [
+        ["--lease-timeout", "3s"],
+        ["--data-dir", "/tmp"],
+        ["--listen", "127.0.0.1:0"],
+    ] {
+        let mut args = vec!["run", "--tasks", "10", "--master", "127.0.0.1:5000"];
+        args.extend(flag);
+        refused(&args, "cannot be used with");
+    }
+    // Key mistakes are found before starting too, by every command that needs the key.
+    for args in [&["serve"][..], &["stats"], &["run", "--tasks", "10"]] {
+        let out = master()
+            .args(args)
+            .env("TASKMILL_AUTHKEY", "short")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn every_command_documents_the_exit_codes() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["run", "--help"],
+        &["stats", "--help"],
+    ] {
+        let out = master().args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Exit codes: 0 success; 1 ")
+                && help.contains("; 2 ")
+                && help.contains("130"),
+            "{args:?}: {help}"
+        );
+    }
 }

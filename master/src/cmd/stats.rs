@@ -6,17 +6,17 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde_json::json;
 use taskmill::{Client, ClientOptions, QueueStats, Stats};
-use taskmill_cli::say;
+use taskmill_cli::{say, usage};
 
 use crate::cli::StatsArgs;
 
 pub async fn show(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let connect = &args.connect;
-    let key = connect.key.load()?;
+    let key = connect.key.load().map_err(usage)?;
     let options = ClientOptions {
         connect_timeout: args.timeout,
         request_timeout: args.timeout,
-        tls: connect.tls_client()?,
+        tls: connect.tls_client().map_err(usage)?,
     };
     let mut client = Client::connect_with(&connect.master, &key, &options).await?;
     let stats = client.stats().await.context("stats request failed")?;
