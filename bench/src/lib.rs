@@ -81,14 +81,19 @@ pub struct Percentiles {
 pub struct Report {
     pub scenario: Scenario,
     pub connections: usize,
-    pub batch: u32,
+    /// Items per request; none for `connections`, which sends no items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
     /// Requests for tasks each worker kept in flight (`squares` and `latency`; 0 for others).
     pub prefetch: u32,
     /// Items moved (tasks verified, items put or consumed, connections held).
     pub items: u64,
     pub elapsed_secs: f64,
-    pub items_per_sec: f64,
-    /// Per request (per task for `squares` and `latency`).
+    /// None for `connections`: connections held for a set time are not a rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items_per_sec: Option<f64>,
+    /// Per request (per task for `squares` and `latency`; per connect and handshake for
+    /// `connections`).
     pub latency_us: Percentiles,
     pub errors: u64,
 }
@@ -157,8 +162,9 @@ pub async fn run(
     let elapsed = started.elapsed().as_secs_f64();
     // The latency scenario is one task at a time on one connection, whatever the flags say.
     let (connections, batch) = match plan.scenario {
-        Scenario::Latency => (1, 1),
-        _ => (plan.connections, plan.batch),
+        Scenario::Latency => (1, Some(1)),
+        Scenario::Connections => (plan.connections, None),
+        _ => (plan.connections, Some(plan.batch)),
     };
     let prefetch = match plan.scenario {
         Scenario::Squares | Scenario::Latency => plan.prefetch,
@@ -171,7 +177,8 @@ pub async fn run(
         prefetch,
         items,
         elapsed_secs: elapsed,
-        items_per_sec: items as f64 / elapsed.max(f64::EPSILON),
+        items_per_sec: (plan.scenario != Scenario::Connections)
+            .then(|| items as f64 / elapsed.max(f64::EPSILON)),
         latency_us: latency,
         errors,
     })

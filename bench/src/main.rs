@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskmill::ClientOptions;
-use taskmill_bench::{Counter, Plan, Scenario, Target};
+use taskmill_bench::{Counter, Plan, Report, Scenario, Target};
 use taskmill_cli::{init_tracing, parse_duration, run_main, say, usage, ConnectArgs};
+use taskmill_squares::micros;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -92,13 +93,16 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("the template is valid"),
     );
     let ticker = {
-        let (bar, progress) = (bar.clone(), progress.clone());
+        let (bar, progress, scenario) = (bar.clone(), progress.clone(), cli.scenario);
         tokio::spawn(async move {
             let mut last = 0;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let now = progress.get();
-                bar.set_message(format!("{now} items, {} /s", (now - last) * 2));
+                bar.set_message(match scenario {
+                    Scenario::Connections => format!("{now} connections open"),
+                    _ => format!("{now} items, {} /s", (now - last) * 2),
+                });
                 bar.tick();
                 last = now;
             }
@@ -111,27 +115,85 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.json {
         say(serde_json::to_string_pretty(&report)?);
     } else {
-        let l = &report.latency_us;
-        say(format!(
-            "{:?}: {} items in {:.2} s = {:.0} items/s over {} connections (batch {}); \
-             latency us p50 {} p90 {} p99 {} p99.9 {} max {}; errors {}",
-            report.scenario,
-            report.items,
-            report.elapsed_secs,
-            report.items_per_sec,
-            report.connections,
-            report.batch,
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            report.errors
-        ));
+        say(summary(&report));
     }
     Ok(if report.errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The line a person reads: rate and batch where they mean something, latencies in units.
+fn summary(report: &Report) -> String {
+    let l = &report.latency_us;
+    let latency = format!(
+        "p50 {} p90 {} p99 {} p99.9 {} max {}",
+        micros(l.p50),
+        micros(l.p90),
+        micros(l.p99),
+        micros(l.p999),
+        micros(l.max)
+    );
+    match (report.items_per_sec, report.batch) {
+        (Some(rate), Some(batch)) => format!(
+            "{:?}: {} items in {:.2} s = {rate:.0} items/s over {} connections (batch {batch}); \
+             latency {latency}; errors {}",
+            report.scenario, report.items, report.elapsed_secs, report.connections, report.errors
+        ),
+        _ => format!(
+            "{:?}: {} of {} connections held for {:.2} s, each answering a ping at the end; \
+             connect and handshake {latency}; errors {}",
+            report.scenario, report.items, report.connections, report.elapsed_secs, report.errors
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskmill_bench::Percentiles;
+
+    fn report(scenario: Scenario, batch: Option<u32>, items_per_sec: Option<f64>) -> Report {
+        Report {
+            scenario,
+            connections: 50,
+            batch,
+            prefetch: 0,
+            items: 50,
+            elapsed_secs: 2.0,
+            items_per_sec,
+            latency_us: Percentiles {
+                p50: 412,
+                p90: 3_100,
+                p99: 45_678,
+                p999: 412_345,
+                max: 9_936_895,
+                samples: 50,
+            },
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn connections_report_no_rate_or_batch_and_latencies_read_in_units() {
+        let held = summary(&report(Scenario::Connections, None, None));
+        assert!(
+            !held.contains("items/s") && !held.contains("batch"),
+            "{held}"
+        );
+        assert!(
+            held.contains("50 of 50 connections held for 2.00 s"),
+            "{held}"
+        );
+        let put = summary(&report(Scenario::Produce, Some(256), Some(25.0)));
+        assert!(
+            put.contains("25 items/s") && put.contains("(batch 256)"),
+            "{put}"
+        );
+        assert!(
+            put.contains("p50 412 µs p90 3.10 ms p99 45.7 ms p99.9 412 ms max 9.94 s"),
+            "{put}"
+        );
+    }
 }

@@ -266,6 +266,7 @@ pub async fn drive(
         tasks: job.tasks,
         verified: tally.verified,
         wrong: tally.wrong,
+        foreign: tally.foreign,
         duplicates: tally.duplicates,
         results_again: tally.results_again,
         redelivered: tally.redelivered,
