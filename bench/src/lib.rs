@@ -9,7 +9,9 @@
 //! slow response (no coordinated omission).
 //!
 //! # Layout
-//! One file: the plan and report types, one function per scenario; `main.rs` parses flags.
+//! - [`plan`]: where the load goes and what a run is ([`Target`], [`Scenario`], [`Plan`],
+//!   [`bounds`]).
+//! - this file: the report types, then one function per scenario; `main.rs` parses flags.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use taskmill::{AuthKey, Client, ClientError, ClientOptions, Wait, Worker, WorkerConfig};
+use taskmill::{Client, ClientError, Wait, Worker, WorkerConfig};
 use taskmill_protocol::encode_payload;
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_squares::{SquareTask, Squares};
@@ -26,44 +28,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Where to send the load.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub addr: String,
-    pub key: AuthKey,
-    pub client: ClientOptions,
-}
-
-/// What to run. Every scenario also stops at its duration and count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Scenario {
-    Squares,
-    Produce,
-    Consume,
-    Connections,
-    Latency,
-}
-
-/// Shape and bounds of a run.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub scenario: Scenario,
-    /// Connections (workers for `squares`, idle connections for `connections`).
-    pub connections: usize,
-    /// Items per request.
-    pub batch: u32,
-    /// Requests for tasks each `squares` worker keeps in flight.
-    pub prefetch: u32,
-    /// Stop after this long.
-    pub duration: Duration,
-    /// Stop after this many items (tasks, puts, connections).
-    pub count: u64,
-    /// Open loop: this many items per second in all, spread over the connections.
-    pub rate: Option<f64>,
-    /// `produce` leaves its items queued instead of draining them at the end.
-    pub keep: bool,
-}
+pub mod plan;
+pub use plan::{bounds, Plan, Scenario, Target};
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Serialize)]

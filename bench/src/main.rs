@@ -7,8 +7,10 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskmill::ClientOptions;
-use taskmill_bench::{Counter, Plan, Report, Scenario, Target};
-use taskmill_cli::{init_tracing, parse_duration, run_main, say, usage, ConnectArgs};
+use taskmill_bench::{bounds, Counter, Plan, Report, Scenario, Target};
+use taskmill_cli::{
+    init_tracing, parse_count, parse_positive_duration, run_main, say, usage, ConnectArgs,
+};
 use taskmill_squares::micros;
 
 #[global_allocator]
@@ -35,30 +37,32 @@ struct Cli {
     #[command(flatten)]
     connect: ConnectArgs,
     /// Connections (workers for squares).
-    #[arg(long, short = 'c', default_value_t = 4)]
-    connections: usize,
+    #[arg(long, short = 'c', env = "TASKMILL_BENCH_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    connections: u32,
     /// Items per request (tasks leased at once for squares).
-    #[arg(long, short = 'b', default_value_t = 256)]
+    #[arg(long, short = 'b', env = "TASKMILL_BENCH_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     batch: u32,
     /// Requests for tasks each squares worker keeps in flight (1: the simple loop, one round
     /// trip per batch).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, env = "TASKMILL_BENCH_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     prefetch: u32,
-    /// Stop after this long.
-    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Stop after this many items (tasks for squares).
-    #[arg(long, short = 'n', default_value_t = 1_000_000)]
-    count: u64,
+    /// Stop after this long (for squares: the job's timeout). Default: 10s.
+    #[arg(long, short = 'd', env = "TASKMILL_BENCH_DURATION", value_parser = parse_positive_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many items (tasks for squares, the pre-filled queue for consume).
+    /// Default: 1000000, except that produce, latency and connections given a --duration
+    /// run for all of it.
+    #[arg(long, short = 'n', env = "TASKMILL_BENCH_COUNT", value_parser = parse_count)]
+    count: Option<u64>,
     /// Open loop: items per second in all (produce, latency). Default: as fast as possible.
-    #[arg(long)]
+    #[arg(long, env = "TASKMILL_BENCH_RATE", value_parser = parse_rate)]
     rate: Option<f64>,
     /// produce: leave the items queued when the run ends instead of taking them back out, to
     /// measure the master's memory with them queued.
-    #[arg(long)]
+    #[arg(long, env = "TASKMILL_BENCH_KEEP", value_parser = clap::builder::BoolishValueParser::new())]
     keep: bool,
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     json: bool,
 }
 
@@ -77,13 +81,14 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         addr: cli.connect.master,
     };
+    let (count, duration) = bounds(cli.scenario, cli.count, cli.duration);
     let plan = Plan {
         scenario: cli.scenario,
-        connections: cli.connections,
+        connections: cli.connections as usize,
         batch: cli.batch,
         prefetch: cli.prefetch,
-        duration: cli.duration,
-        count: cli.count,
+        duration,
+        count,
         rate: cli.rate,
         keep: cli.keep,
     };
@@ -122,6 +127,14 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--rate`: a number of items per second above 0.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("{s:?}: items per second, a number above 0")),
+    }
 }
 
 /// The line a person reads: rate and batch where they mean something, latencies in units.
@@ -173,6 +186,15 @@ mod tests {
             },
             errors: 0,
         }
+    }
+
+    #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        use clap::CommandFactory;
+        assert_eq!(
+            taskmill_cli::flags_without_env(&Cli::command()),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

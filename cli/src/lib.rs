@@ -182,6 +182,23 @@ fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
+/// The long flags of `cmd` and its subcommands that no environment variable sets, as
+/// `command --flag`: the README promises every flag has one, and each binary's tests hold it
+/// to that (help and version aside).
+pub fn flags_without_env(cmd: &clap::Command) -> Vec<String> {
+    let mut missing: Vec<String> = cmd
+        .get_arguments()
+        .filter(|arg| !arg.is_positional() && arg.get_env().is_none())
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !matches!(*long, "help" | "version"))
+        .map(|long| format!("{} --{long}", cmd.get_name()))
+        .collect();
+    for sub in cmd.get_subcommands() {
+        missing.extend(flags_without_env(sub));
+    }
+    missing
+}
+
 /// Logs to stderr at the level `RUST_LOG` sets (default `info`). A log line that cannot be
 /// written (stderr closed, a pipe whose reader left) is dropped, never a panic: logging must
 /// not take a process down.

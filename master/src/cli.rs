@@ -77,16 +77,26 @@ pub struct RunArgs {
     #[arg(long, env = "TASKMILL_MASTER", value_parser = parse_master_addr, conflicts_with_all = MASTER_ONLY)]
     pub master: Option<String>,
     /// Smallest random input.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "TASKMILL_MIN",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub min: i64,
     /// Largest random input.
-    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "TASKMILL_MAX",
+        default_value_t = 10_000,
+        allow_negative_numbers = true
+    )]
     pub max: i64,
     /// Seed for the inputs, to repeat a run exactly. Default: random.
     #[arg(long, env = "TASKMILL_SEED")]
     pub seed: Option<u64>,
     /// Tasks per put request.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, env = "TASKMILL_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
     /// Give up when the whole job takes longer than this (e.g. 90s, 10m). Default: no limit.
     #[arg(long, env = "TASKMILL_TIMEOUT", value_parser = parse_positive_duration)]
@@ -94,8 +104,8 @@ pub struct RunArgs {
     /// Give up when no new result has arrived for this long.
     #[arg(long, env = "TASKMILL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub stall_timeout: Duration,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
+    /// Print the summary as JSON on stdout (alone: other lines go to stderr).
+    #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -110,10 +120,10 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// Bound on connecting, authenticating and the request.
-    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "TASKMILL_STATS_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
 }
 
@@ -230,14 +240,16 @@ pub struct StorageArgs {
     pub max_disk: Option<u64>,
     /// With --data-dir: start on a damaged log by cutting it at the damage (what follows it is
     /// lost, and logged). Without it, a damaged log stops the master with the file and offset.
+    /// The one flag with no environment variable: a variable left set would go on cutting
+    /// logs on every restart without anyone deciding to.
     #[arg(long, requires = "data_dir")]
     pub repair: bool,
     /// With --data-dir: close a log segment past this size (tuning; docs/storage.md).
-    #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
+    #[arg(long, hide = true, env = "TASKMILL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
     pub segment_bytes: u64,
     /// With --data-dir: take a snapshot once the log since the last one passes this, or the
     /// last snapshot's size if larger (tuning; docs/storage.md).
-    #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
+    #[arg(long, hide = true, env = "TASKMILL_SNAPSHOT_AFTER", default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
     pub snapshot_after: u64,
 }
 
@@ -347,5 +359,18 @@ impl ServerArgs {
             },
             tls,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_flag_but_repair_can_be_set_from_the_environment() {
+        let missing = taskmill_cli::flags_without_env(&Cli::command());
+        assert_eq!(missing, ["serve --repair", "run --repair"]);
     }
 }

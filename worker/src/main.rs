@@ -93,3 +93,18 @@ async fn work(cli: Cli) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        assert_eq!(
+            taskmill_cli::flags_without_env(&Cli::command()),
+            Vec::<String>::new()
+        );
+    }
+}
