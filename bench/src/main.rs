@@ -4,38 +4,45 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use taskmill::ClientOptions;
 use taskmill_bench::{bounds, Counter, Plan, Report, Scenario, Target};
 use taskmill_cli::{
-    init_tracing, parse_count, parse_positive_duration, run_main, say, usage, ConnectArgs,
+    init_tracing, parse_count, parse_positive_duration, run_main, say, usage, write_docs,
+    ConnectArgs, Docs,
 };
 use taskmill_squares::micros;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Load generator for a taskmill master. Talks only to the address it is given, and every run
-/// is bounded by --duration and --count.
-///
-/// Scenarios: squares (the whole job with --connections in-process workers), produce (put
-/// rate), consume (lease + ack rate over a pre-filled queue), connections (open and hold
-/// --connections authenticated idle connections), latency (one task at a time, put to
-/// result). The authkey comes from TASKMILL_AUTHKEY or --authkey-file.
+/// Load generator for a taskmill master: talks only to the address it is given, and every
+/// run is bounded by --duration and --count.
 #[derive(Debug, Parser)]
 #[command(
     name = "taskmill-bench",
     version,
-    after_help = "Exit codes: 0 success (no errors during the run); 1 a failure at run time (no \
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true,
+    next_help_heading = "Run",
+    after_help = "Scenarios: squares (the whole job with --connections in-process workers), \
+                  produce (put rate), consume (lease + ack rate over a pre-filled queue), \
+                  connections (open and hold --connections authenticated idle connections), \
+                  latency (one task at a time, put to result). The authkey comes from \
+                  TASKMILL_AUTHKEY or --authkey-file.\n\n\
+                  Exit codes: 0 success (no errors during the run); 1 a failure at run time (no \
                   master, a wrong key, errors during the run); 2 a mistake in the flags, the \
                   environment or a file they name, found before starting. SIGINT/SIGTERM end a \
                   run at once, without a report."
 )]
 struct Cli {
-    scenario: Scenario,
-    #[command(flatten)]
-    connect: ConnectArgs,
+    #[command(subcommand)]
+    docs: Option<Docs>,
+    /// What to measure.
+    #[arg(required = true, help_heading = "Arguments")]
+    scenario: Option<Scenario>,
     /// Connections (workers for squares).
     #[arg(long, short = 'c', env = "TASKMILL_BENCH_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     connections: u32,
@@ -64,15 +71,23 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     json: bool,
+    #[command(flatten, next_help_heading = "Connection")]
+    connect: ConnectArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(docs) = &cli.docs {
+        return write_docs(docs, Cli::command());
+    }
     init_tracing();
     run_main("taskmill-bench", bench(cli))
 }
 
 async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
+    let scenario = cli
+        .scenario
+        .expect("clap requires a scenario without a subcommand");
     let target = Target {
         key: cli.connect.key.load().map_err(usage)?,
         client: ClientOptions {
@@ -81,9 +96,9 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         addr: cli.connect.master,
     };
-    let (count, duration) = bounds(cli.scenario, cli.count, cli.duration);
+    let (count, duration) = bounds(scenario, cli.count, cli.duration);
     let plan = Plan {
-        scenario: cli.scenario,
+        scenario,
         connections: cli.connections as usize,
         batch: cli.batch,
         prefetch: cli.prefetch,
@@ -98,7 +113,7 @@ async fn bench(cli: Cli) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("the template is valid"),
     );
     let ticker = {
-        let (bar, progress, scenario) = (bar.clone(), progress.clone(), cli.scenario);
+        let (bar, progress, scenario) = (bar.clone(), progress.clone(), scenario);
         tokio::spawn(async move {
             let mut last = 0;
             loop {
@@ -190,7 +205,6 @@ mod tests {
 
     #[test]
     fn every_flag_can_be_set_from_the_environment() {
-        use clap::CommandFactory;
         assert_eq!(
             taskmill_cli::flags_without_env(&Cli::command()),
             Vec::<String>::new()

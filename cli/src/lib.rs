@@ -11,9 +11,14 @@
 //! which stops at once.
 //!
 //! # Layout
-//! One file: the flag groups ([`KeyArgs`], [`ConnectArgs`], [`TlsClientArgs`]), then the
-//! value parsers ([`parse_duration`], [`parse_bytes`], [`parse_master_addr`], ...), logging
-//! and [`say`], [`Usage`] and [`run_main`], and [`signals`].
+//! - this file: the flag groups ([`KeyArgs`], [`ConnectArgs`], [`TlsClientArgs`]), then the
+//!   value parsers ([`parse_duration`], [`parse_bytes`], [`parse_master_addr`], ...), logging
+//!   and [`say`], [`Usage`] and [`run_main`], and [`signals`].
+//! - [`docs`]: the hidden `completions` and `man` subcommands ([`Docs`]).
+
+pub mod docs;
+
+pub use docs::Docs;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -312,6 +317,18 @@ where
         Err(err) => {
             tell(format!("{name}: {err:#}"));
             exit_code(&err)
+        }
+    }
+}
+
+/// Writes `docs` about `cmd` for a binary whose `main` has no runtime yet; a failure to write
+/// (a closed stdout) exits 1.
+pub fn write_docs(docs: &Docs, cmd: clap::Command) -> ExitCode {
+    match docs.write(cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tell(format!("cannot write: {err}"));
+            ExitCode::FAILURE
         }
     }
 }

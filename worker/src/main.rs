@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use taskmill::{Sleep, Worker, WorkerConfig};
 use taskmill_cli::{
-    init_tracing, parse_duration, parse_positive_duration, run_main, signals, usage, ConnectArgs,
-    EXIT_STOPPED_AT_ONCE,
+    init_tracing, parse_duration, parse_positive_duration, run_main, signals, usage, write_docs,
+    ConnectArgs, Docs, EXIT_STOPPED_AT_ONCE,
 };
 use taskmill_squares::Squares;
 
@@ -16,19 +16,26 @@ use taskmill_squares::Squares;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Pulls integer tasks from a taskmill master, squares them and pushes the results back.
-///
-/// Tasks are leased: if this worker dies, the master gives its tasks to another worker.
-/// If the master is not up yet or goes away, the worker retries with capped exponential
-/// backoff. SIGINT/SIGTERM finish the batch in hand, push its results and exit 0 (tasks
-/// leased after the signal are not started: they go back to the master); a second signal
-/// stops at once.
-///
-/// The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never from the command line.
 #[derive(Debug, Parser)]
-#[command(name = "taskmill-worker", version, after_help = taskmill_cli::exit_codes_help!())]
+#[command(
+    name = "taskmill-worker",
+    version,
+    after_help = concat!(
+        "Tasks are leased: if this worker dies, the master gives its tasks to another worker. \
+         If the master is not up yet or goes away, the worker retries with capped exponential \
+         backoff. SIGINT/SIGTERM finish the batch in hand, push its results and exit 0 (tasks \
+         leased after the signal are not started: they go back to the master); a second \
+         signal stops at once. The authkey comes from TASKMILL_AUTHKEY or --authkey-file, \
+         never from the command line.\n\n",
+        taskmill_cli::exit_codes_help!()
+    ),
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
+    next_help_heading = "Work"
+)]
 struct Cli {
-    #[command(flatten)]
-    connect: ConnectArgs,
+    #[command(subcommand)]
+    docs: Option<Docs>,
     /// Tasks leased and worked on at once (like Python's Pool(K)).
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     concurrency: u32,
@@ -54,10 +61,15 @@ struct Cli {
     /// Bound on connecting plus authenticating.
     #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     connect_timeout: Duration,
+    #[command(flatten, next_help_heading = "Connection")]
+    connect: ConnectArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(docs) = &cli.docs {
+        return write_docs(docs, Cli::command());
+    }
     init_tracing();
     run_main("taskmill-worker", work(cli))
 }
@@ -96,8 +108,6 @@ async fn work(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     #[test]

@@ -15,7 +15,7 @@ use crate::cli::RunArgs;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     args.check().map_err(usage)?;
-    let key = match args.server.key.load() {
+    let key = match args.key.load() {
         Ok(key) => key,
         // Nobody else needs the key when every worker runs in this process.
         Err(KeyError::Missing)
@@ -25,7 +25,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => return Err(usage(err)),
     };
-    let serves_tls = args.server.tls_cert.is_some();
+    let serves_tls = args.tls_server.tls_cert.is_some();
     if serves_tls && args.tls_client.tls_ca.is_none() {
         return Err(usage(anyhow!("--tls-cert also needs --tls-ca (and --tls-server-name if the certificate does not name 127.0.0.1): the job's own clients connect over TLS too")));
     }
@@ -61,8 +61,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "0.0.0.0:5000".to_owned()
             }
         });
-        let config = args.server.to_config(key.clone()).map_err(usage)?;
-        let master = super::open(config, &args.server.storage)?;
+        let config = args
+            .server
+            .to_config(key.clone(), &args.tls_server)
+            .map_err(usage)?;
+        let master = super::open(config, &args.storage)?;
         let listener = super::bind(&listen).await?;
         let addr = listener.local_addr()?;
         // With --json, stdout holds the report alone.
