@@ -116,16 +116,21 @@ pub async fn run(
         ));
     }
     let started = Instant::now();
-    let measured =
-        |(items, h, errors): (u64, Histogram<u64>, u64)| (items, percentiles(&h), errors);
-    let (items, latency, errors) = match plan.scenario {
-        Scenario::Squares => squares(target, plan).await?,
+    let measured = |(items, h, errors, took): (u64, Histogram<u64>, u64, Duration)| {
+        (items, percentiles(&h), errors, took.as_secs_f64())
+    };
+    let (items, latency, errors, elapsed) = match plan.scenario {
+        // The whole job, its workers' start and stop included (a complete job drops its
+        // workers at once).
+        Scenario::Squares => {
+            let (items, latency, errors) = squares(target, plan).await?;
+            (items, latency, errors, started.elapsed().as_secs_f64())
+        }
         Scenario::Produce => measured(produce(target, plan, &progress).await?),
         Scenario::Consume => measured(consume(target, plan, &progress).await?),
         Scenario::Connections => measured(connections(target, plan, &progress).await?),
         Scenario::Latency => measured(latency(target, plan, &progress).await?),
     };
-    let elapsed = started.elapsed().as_secs_f64();
     // The latency scenario is one task at a time on one connection, whatever the flags say.
     let (connections, batch) = match plan.scenario {
         Scenario::Latency => (1, Some(1)),
@@ -150,7 +155,10 @@ pub async fn run(
     })
 }
 
-type Outcome = Result<(u64, Histogram<u64>, u64), BenchError>;
+/// Items, latencies and errors, and the time the measured part took: without what a scenario
+/// does before it (filling the queue `consume` empties) or after it (draining what `produce`
+/// put, stopping the `latency` worker), which would otherwise lower the rate.
+type Outcome = Result<(u64, Histogram<u64>, u64, Duration), BenchError>;
 
 /// In open loop (`per_conn` requests per second), waits until request `n` of one connection
 /// is due and returns that moment; in closed loop, returns now. The timer's millisecond
@@ -191,7 +199,7 @@ where
         latency.add(h).expect("histograms with the same bounds");
         errors += e;
     }
-    Ok((items, latency, errors))
+    Ok((items, latency, errors, start.elapsed()))
 }
 
 async fn squares(target: &Target, plan: &Plan) -> Result<(u64, Percentiles, u64), BenchError> {
@@ -369,6 +377,7 @@ async fn connections(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> O
     }
     // Hold them for the rest of the run, then check every one still answers.
     tokio::time::sleep_until(started + plan.duration).await;
+    let held_for = started.elapsed();
     let mut alive = 0;
     for client in &mut held {
         if client.ping().await.is_ok() {
@@ -377,7 +386,7 @@ async fn connections(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> O
             errors += 1;
         }
     }
-    Ok((alive, latency, errors))
+    Ok((alive, latency, errors, held_for))
 }
 
 async fn latency(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outcome {
@@ -420,10 +429,11 @@ async fn latency(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
             _ => errors += 1,
         }
     }
+    let took = start.elapsed();
     // Each round trip ended with its result in hand (or was counted as an error): the worker
     // holds nothing worth draining for, and a graceful stop would wait out its get for the
     // next task (its poll, a second) inside the measured time.
     worker.abort();
     let _ = worker.await;
-    Ok((items, latency, errors))
+    Ok((items, latency, errors, took))
 }

@@ -114,3 +114,40 @@ async fn an_open_loop_latency_run_lasts_count_over_rate_not_a_worker_poll_more()
     );
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_produce_run_counts_its_puts_not_the_drain_after_them() {
+    let master = TestMaster::start(ServerConfig::new(key())).await;
+    let target = Target {
+        addr: master.addr.clone(),
+        key: key(),
+        client: ClientOptions::default(),
+    };
+    let mut timed = plan(Scenario::Produce, 1, u64::MAX);
+    timed.duration = Duration::from_millis(500);
+    timed.batch = 4096;
+    let started = std::time::Instant::now();
+    let report = taskmill_bench::run(&target, &timed, Arc::new(Counter::default()));
+    let report = within("a bench run", report).await.unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    // Taking the items back out afterwards is clean-up: counted, it made the put rate look
+    // lower the more was put.
+    let drain = wall - report.elapsed_secs;
+    assert!(
+        report.elapsed_secs < 0.5 + 0.2 && drain > 0.0,
+        "measured {} s of {wall} s",
+        report.elapsed_secs
+    );
+    let rate = report.items as f64 / report.elapsed_secs;
+    assert!(
+        (report.items_per_sec.unwrap() - rate).abs() < 1.0,
+        "{report:?}"
+    );
+    let mut client = Client::connect(&target.addr, &target.key).await.unwrap();
+    assert_eq!(
+        client.inspect("bench.produce").await.unwrap().len,
+        0,
+        "drained"
+    );
+    master.stop().await;
+}
