@@ -3,6 +3,8 @@
 # registry needed), starts docker-compose.yml (the file users run, unchanged, parameterised
 # through environment variables) under a project name of its own, and checks:
 #
+#   6. a key that cannot work (too short): master and worker exit 2 and restart in a loop,
+#      the master's log says why, its healthcheck fails and the job refuses to start at once
 #   5. a worker started before the master waits, then joins; it reaches master:5000 by name
 #   1. master + 3 workers: the squares job, run as the README says, completes and verifies
 #   2. a worker killed (docker kill) mid-job: the job still completes, nothing lost; and a
@@ -16,7 +18,8 @@
 #      job completes; the worker, reconnected, adds no wrong or double-counted result and
 #      completes a job on its own
 #
-# One cluster serves all five, in that order. Workers run with --simulated-work, so a batch
+# Scenario 6 runs on a cluster of its own, removed before the others; one cluster serves the
+# other five, in that order. Workers run with --simulated-work, so a batch
 # is in hand most of the time and job lengths do not depend on the machine's speed. Every
 # step is bounded by `timeout`, everything is logged with a timestamp, and a trap removes the
 # project's containers, networks and volumes and the image it built, whatever happens.
@@ -127,7 +130,7 @@ teardown() {
     if [ -n "$left" ]; then log "WARNING: could not remove all of $project: $left"; fi
     rm -rf "$tmp"
     local passed=0 failed=0 skipped=0 s
-    for s in 5 1 2 4 3; do
+    for s in 6 5 1 2 4 3; do
         if [ -n "${result[$s]:-}" ]; then
             passed=$((passed + 1))
         elif [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ] && [[ "$scenarios" == *" $s "* ]]; then
@@ -144,7 +147,7 @@ teardown() {
     echo "compose-test: $passed passed, $failed failed, $skipped skipped"
     exit "$rc"
 }
-scenarios=" ${TASKMILL_TEST_SCENARIOS:-5 1 2 4 3} "
+scenarios=" ${TASKMILL_TEST_SCENARIOS:-6 5 1 2 4 3} "
 declare -A result=() # scenario -> what it showed, once it passed
 trap teardown EXIT
 trap 'log "interrupted"; exit 130' INT
@@ -347,6 +350,36 @@ log "image runs as user $user"
 compose 60 config -q || fail "docker-compose.yml does not validate"
 
 # ---------------------------------------------------------------------------------------------
+scenario_6() {
+    log "== scenario 6: a key too short: the services restart in a loop, and it shows"
+    local cid state deadline t0 ok=0
+    TASKMILL_AUTHKEY=short compose 120 up -d --scale worker=1 master worker >"$tmp/up.log" 2>&1 ||
+        { cat "$tmp/up.log"; fail "compose up"; }
+    cid="$(compose 30 ps -q master)"
+    [ -n "$cid" ] || fail "no master container"
+    # Code 2 (a mistake found before starting), and Docker starting it again and again.
+    deadline=$((SECONDS + 60))
+    until state="$(dk 10 inspect -f '{{.State.ExitCode}} {{.RestartCount}}' "$cid")" &&
+        [ "${state%% *}" = 2 ] && [ "${state##* }" -ge 2 ]; do
+        [ "$SECONDS" -ge "$deadline" ] && fail "the master did not exit 2 and restart (exit code, restarts: $state)"
+        sleep 0.5
+    done
+    log "master $(short "$cid"): exit code ${state%% *}, ${state##* } restarts"
+    compose 30 logs --no-color master >"$tmp/s6.log" 2>&1 || true
+    grep -q 'authkey is 5 bytes; at least 16 are required' "$tmp/s6.log" ||
+        { tail -5 "$tmp/s6.log"; fail "docker-compose logs master does not say why"; }
+    log "docker-compose logs master: $(grep -m1 'authkey is' "$tmp/s6.log" | sed 's/.*| //')"
+    # The job, which waits for a healthy master, refuses at once instead of running.
+    t0=$SECONDS
+    TASKMILL_AUTHKEY=short compose 90 run --rm -T job </dev/null >"$tmp/s6.out" 2>"$tmp/s6.err" || ok=$?
+    [ "$ok" -ne 0 ] || fail "the job ran against a master that cannot start"
+    grep -qi unhealthy "$tmp/s6.err" || { cat "$tmp/s6.err"; fail "the job's refusal does not name the unhealthy master"; }
+    [ $((SECONDS - t0)) -lt 60 ] || fail "the job took $((SECONDS - t0)) s to refuse"
+    log "docker-compose run --rm job: exit $ok after $((SECONDS - t0)) s: $(grep -im1 unhealthy "$tmp/s6.err")"
+    compose 90 down -v --remove-orphans -t 5 >"$tmp/down.log" 2>&1 || { cat "$tmp/down.log"; fail "compose down"; }
+    result[6]="PASS: exit 2 and ${state##* } restarts, the reason in the master's log, the job refused at once (exit $ok)"
+}
+
 scenario_5() {
     log "== scenario 5: a worker started before the master waits, then joins by service name"
     local t0 worker wip tasks=10000 deadline published host_bin
@@ -597,7 +630,7 @@ scenario_3() {
     result[3]="PASS: cut at ~$settled/$tasks settled; detected after $detect s; the connection gave back ${gave_back:-requeued=?}; $(summary s3); then the reconnected worker alone: $(summary s3b)"
 }
 
-for s in 5 1 2 4 3; do
+for s in 6 5 1 2 4 3; do
     if [[ "$scenarios" == *" $s "* ]]; then "scenario_$s"; fi
 done
 
@@ -605,6 +638,6 @@ log "== stop: SIGTERM to every container"
 for cid in $(service_cids worker) $(service_cids master); do stop_gracefully "$cid"; done
 
 log "== summary"
-for s in 5 1 2 4 3; do
+for s in 6 5 1 2 4 3; do
     if [ -n "${result[$s]:-}" ]; then log "scenario $s: ${result[$s]}"; fi
 done

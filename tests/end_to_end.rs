@@ -1,6 +1,6 @@
 //! The squares job end to end in one process: real sockets, the real worker loop.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use taskmill::{Worker, WorkerConfig, WorkerReport};
 use taskmill_squares::job::{self, JobConfig};
@@ -146,4 +146,18 @@ async fn a_worker_with_idle_exit_stops_once_the_queue_stays_empty() {
         .unwrap()
         .unwrap();
     assert_eq!((report.completed, report.connections), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_job_ends_with_its_last_result_not_a_worker_poll_later() {
+    let master = TestMaster::start(config()).await;
+    let mut job_config = JobConfig::new(10);
+    job_config.local_workers = 1;
+    let started = Instant::now();
+    let report = run_job(&master.addr, job_config).await;
+    assert!(report.success(), "{report:?}");
+    // Beyond the job's own time: connecting, and stopping its worker. A worker drained
+    // instead of dropped waits out its get for more tasks, a one-second poll.
+    let around = started.elapsed().as_secs_f64() - report.elapsed_secs;
+    assert!(around < 0.5, "{around:.3} s outside the job's own time");
 }

@@ -9,7 +9,9 @@
 //! slow response (no coordinated omission).
 //!
 //! # Layout
-//! One file: the plan and report types, one function per scenario; `main.rs` parses flags.
+//! - [`plan`]: where the load goes and what a run is ([`Target`], [`Scenario`], [`Plan`],
+//!   [`bounds`]).
+//! - this file: the report types, then one function per scenario; `main.rs` parses flags.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use taskmill::{AuthKey, Client, ClientError, ClientOptions, Wait, Worker, WorkerConfig};
+use taskmill::{Client, ClientError, Wait, Worker, WorkerConfig};
 use taskmill_protocol::encode_payload;
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_squares::{SquareTask, Squares};
@@ -26,44 +28,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Where to send the load.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub addr: String,
-    pub key: AuthKey,
-    pub client: ClientOptions,
-}
-
-/// What to run. Every scenario also stops at its duration and count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Scenario {
-    Squares,
-    Produce,
-    Consume,
-    Connections,
-    Latency,
-}
-
-/// Shape and bounds of a run.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub scenario: Scenario,
-    /// Connections (workers for `squares`, idle connections for `connections`).
-    pub connections: usize,
-    /// Items per request.
-    pub batch: u32,
-    /// Requests for tasks each `squares` worker keeps in flight.
-    pub prefetch: u32,
-    /// Stop after this long.
-    pub duration: Duration,
-    /// Stop after this many items (tasks, puts, connections).
-    pub count: u64,
-    /// Open loop: this many items per second in all, spread over the connections.
-    pub rate: Option<f64>,
-    /// `produce` leaves its items queued instead of draining them at the end.
-    pub keep: bool,
-}
+pub mod plan;
+pub use plan::{bounds, Plan, Scenario, Target};
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -81,14 +47,19 @@ pub struct Percentiles {
 pub struct Report {
     pub scenario: Scenario,
     pub connections: usize,
-    pub batch: u32,
+    /// Items per request; none for `connections`, which sends no items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
     /// Requests for tasks each worker kept in flight (`squares` and `latency`; 0 for others).
     pub prefetch: u32,
     /// Items moved (tasks verified, items put or consumed, connections held).
     pub items: u64,
     pub elapsed_secs: f64,
-    pub items_per_sec: f64,
-    /// Per request (per task for `squares` and `latency`).
+    /// None for `connections`: connections held for a set time are not a rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items_per_sec: Option<f64>,
+    /// Per request (per task for `squares` and `latency`; per connect and handshake for
+    /// `connections`).
     pub latency_us: Percentiles,
     pub errors: u64,
 }
@@ -145,20 +116,26 @@ pub async fn run(
         ));
     }
     let started = Instant::now();
-    let measured =
-        |(items, h, errors): (u64, Histogram<u64>, u64)| (items, percentiles(&h), errors);
-    let (items, latency, errors) = match plan.scenario {
-        Scenario::Squares => squares(target, plan).await?,
+    let measured = |(items, h, errors, took): (u64, Histogram<u64>, u64, Duration)| {
+        (items, percentiles(&h), errors, took.as_secs_f64())
+    };
+    let (items, latency, errors, elapsed) = match plan.scenario {
+        // The whole job, its workers' start and stop included (a complete job drops its
+        // workers at once).
+        Scenario::Squares => {
+            let (items, latency, errors) = squares(target, plan).await?;
+            (items, latency, errors, started.elapsed().as_secs_f64())
+        }
         Scenario::Produce => measured(produce(target, plan, &progress).await?),
         Scenario::Consume => measured(consume(target, plan, &progress).await?),
         Scenario::Connections => measured(connections(target, plan, &progress).await?),
         Scenario::Latency => measured(latency(target, plan, &progress).await?),
     };
-    let elapsed = started.elapsed().as_secs_f64();
     // The latency scenario is one task at a time on one connection, whatever the flags say.
     let (connections, batch) = match plan.scenario {
-        Scenario::Latency => (1, 1),
-        _ => (plan.connections, plan.batch),
+        Scenario::Latency => (1, Some(1)),
+        Scenario::Connections => (plan.connections, None),
+        _ => (plan.connections, Some(plan.batch)),
     };
     let prefetch = match plan.scenario {
         Scenario::Squares | Scenario::Latency => plan.prefetch,
@@ -171,13 +148,17 @@ pub async fn run(
         prefetch,
         items,
         elapsed_secs: elapsed,
-        items_per_sec: items as f64 / elapsed.max(f64::EPSILON),
+        items_per_sec: (plan.scenario != Scenario::Connections)
+            .then(|| items as f64 / elapsed.max(f64::EPSILON)),
         latency_us: latency,
         errors,
     })
 }
 
-type Outcome = Result<(u64, Histogram<u64>, u64), BenchError>;
+/// Items, latencies and errors, and the time the measured part took: without what a scenario
+/// does before it (filling the queue `consume` empties) or after it (draining what `produce`
+/// put, stopping the `latency` worker), which would otherwise lower the rate.
+type Outcome = Result<(u64, Histogram<u64>, u64, Duration), BenchError>;
 
 /// In open loop (`per_conn` requests per second), waits until request `n` of one connection
 /// is due and returns that moment; in closed loop, returns now. The timer's millisecond
@@ -218,7 +199,7 @@ where
         latency.add(h).expect("histograms with the same bounds");
         errors += e;
     }
-    Ok((items, latency, errors))
+    Ok((items, latency, errors, start.elapsed()))
 }
 
 async fn squares(target: &Target, plan: &Plan) -> Result<(u64, Percentiles, u64), BenchError> {
@@ -396,6 +377,7 @@ async fn connections(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> O
     }
     // Hold them for the rest of the run, then check every one still answers.
     tokio::time::sleep_until(started + plan.duration).await;
+    let held_for = started.elapsed();
     let mut alive = 0;
     for client in &mut held {
         if client.ping().await.is_ok() {
@@ -404,19 +386,19 @@ async fn connections(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> O
             errors += 1;
         }
     }
-    Ok((alive, latency, errors))
+    Ok((alive, latency, errors, held_for))
 }
 
 async fn latency(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outcome {
     let (tasks_queue, results_queue) = ("bench.latency.tasks", "bench.latency.results");
-    let stop = CancellationToken::new();
     let mut worker_config = WorkerConfig::new(target.addr.clone(), target.key.clone());
     worker_config.client = target.client.clone();
     worker_config.concurrency = 1;
     worker_config.prefetch = plan.prefetch;
     worker_config.tasks_queue = tasks_queue.into();
     worker_config.results_queue = results_queue.into();
-    let worker = tokio::spawn(Worker::new(worker_config, Squares::new()).run(stop.clone()));
+    let worker =
+        tokio::spawn(Worker::new(worker_config, Squares::new()).run(CancellationToken::new()));
     let mut client = Client::connect_with(&target.addr, &target.key, &target.client).await?;
     let per_sec = plan.rate;
     let (mut items, mut latency, mut errors) = (0u64, histogram(), 0u64);
@@ -447,7 +429,11 @@ async fn latency(target: &Target, plan: &Plan, progress: &Arc<Counter>) -> Outco
             _ => errors += 1,
         }
     }
-    stop.cancel();
+    let took = start.elapsed();
+    // Each round trip ended with its result in hand (or was counted as an error): the worker
+    // holds nothing worth draining for, and a graceful stop would wait out its get for the
+    // next task (its poll, a second) inside the measured time.
+    worker.abort();
     let _ = worker.await;
-    Ok((items, latency, errors))
+    Ok((items, latency, errors, took))
 }

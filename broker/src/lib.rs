@@ -8,7 +8,7 @@
 //! use taskmill_broker::{store::Memory, Master, ServerConfig};
 //! use taskmill_protocol::AuthKey;
 //!
-//! let config = ServerConfig::new(AuthKey::new("a-long-shared-secret")?);
+//! let config = ServerConfig::new(AuthKey::new(std::env::var("TASKMILL_AUTHKEY")?)?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
 //! let shutdown = tokio_util::sync::CancellationToken::new();
 //! Master::open(config, Arc::new(Memory))?.serve(listener, shutdown).await?;

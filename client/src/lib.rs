@@ -1,10 +1,11 @@
 //! taskmill's client library: connect to a master, use its queues, and run workers.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), taskmill::ClientError> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use taskmill::{AuthKey, Client, Wait};
 //!
-//! let key = AuthKey::new("a-long-shared-secret").expect("16 bytes at least");
+//! // The shared secret, e.g. from `taskmill-master keygen`.
+//! let key = AuthKey::new(std::env::var("TASKMILL_AUTHKEY")?)?;
 //! let mut client = Client::connect("127.0.0.1:5000", &key).await?;
 //! client.put("tasks", vec!["7".into()], Wait::No).await?;
 //! let tasks = client.get("tasks", 10, Wait::Millis(1000)).await?;

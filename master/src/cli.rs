@@ -7,17 +7,27 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use taskmill_broker::store::Fsync;
 use taskmill_broker::{GuardLimits, QueueLimits, ServerConfig, MIN_MAX_FRAME};
-use taskmill_cli::{parse_bytes, parse_duration, ConnectArgs, KeyArgs, TlsClientArgs};
+use taskmill_cli::{
+    parse_bytes, parse_count, parse_duration, parse_listen_addr, parse_master_addr,
+    parse_positive_duration, ConnectArgs, KeyArgs, TlsClientArgs,
+};
 use taskmill_protocol::codec::MAX_FRAME_CEILING;
 use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
 
 /// taskmill master: serves authenticated task and result queues over TCP.
-///
-/// Workers (taskmill-worker) connect with the shared authkey, lease integer tasks, square them
-/// and push results back. The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never
-/// from the command line. Logging level: RUST_LOG (default info).
 #[derive(Debug, Parser)]
-#[command(name = "taskmill-master", version)]
+#[command(
+    name = "taskmill-master",
+    version,
+    after_help = concat!(
+        "Workers (taskmill-worker) connect with the shared authkey, lease integer tasks, \
+         square them and push results back. The authkey comes from TASKMILL_AUTHKEY or \
+         --authkey-file, never from the command line; `taskmill-master keygen` makes one. \
+         Every flag but --repair can also be set through the variable shown beside it. \
+         Logging: stderr, at the level in RUST_LOG (default info).\n\n",
+        taskmill_cli::exit_codes_help!()
+    )
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,91 +36,176 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the queues until SIGINT/SIGTERM (the long-running broker).
+    #[command(after_help = concat!(
+        "SIGINT/SIGTERM stop it gracefully: no new connections or tasks, and leased tasks get \
+         --shutdown-grace to be completed; a second signal stops it at once.\n\n",
+        taskmill_cli::exit_codes_help!()
+    ))]
     Serve(ServeArgs),
-    /// The squares job: serve the queues, put N random integers on `tasks`, collect and verify
-    /// every square from `results`, print a summary. Exits 0 only if all N came back correct.
+    /// The squares job: put N random integers on `tasks`, verify every square from `results`.
+    #[command(after_help = concat!(
+        "Serves the queues itself (with --local-workers, workers too), or uses a master \
+         running elsewhere with --master; prints a summary, and exits 0 only if all N came back \
+         exactly once with the right square.\n\n\
+         With --master the job runs against a master running elsewhere, and the flags under \
+         the headings marked \"not with --master\" are refused: that master was configured \
+         where it runs.\n\n",
+        taskmill_cli::exit_codes_help!()
+    ))]
     Run(RunArgs),
     /// Print a running master's queues and connection counters.
+    #[command(after_help = taskmill_cli::exit_codes_help!())]
     Stats(StatsArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "TASKMILL_LISTEN", default_value = "0.0.0.0:5000")]
-    pub listen: String,
+    /// Print a fresh random authkey (64 hex characters) for TASKMILL_AUTHKEY or a key file,
+    /// e.g. `(umask 077; taskmill-master keygen > taskmill.key)`.
+    #[command(after_help = taskmill_cli::exit_codes_help!())]
+    Keygen,
     #[command(flatten)]
+    Docs(taskmill_cli::Docs),
+}
+
+// Help headings: clap keeps a flattened group's heading for whatever follows it, so each
+// struct lists its own flags first and every flattened group names its heading.
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Master")]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: a free port, printed).
+    #[arg(long, env = "TASKMILL_LISTEN", default_value = "0.0.0.0:5000", value_parser = parse_listen_addr)]
+    pub listen: String,
+    #[command(flatten, next_help_heading = "Master")]
     pub server: ServerArgs,
+    #[command(flatten, next_help_heading = "Key")]
+    pub key: KeyArgs,
+    #[command(flatten, next_help_heading = "Storage")]
+    pub storage: StorageArgs,
+    #[command(flatten, next_help_heading = "TLS")]
+    pub tls: TlsServerArgs,
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Job")]
 pub struct RunArgs {
-    /// How many integers to square.
-    #[arg(long, env = "TASKMILL_TASKS")]
+    /// How many integers to square (1 or more).
+    #[arg(long, env = "TASKMILL_TASKS", value_parser = parse_count)]
     pub tasks: u64,
-    /// Also run K workers inside this process, against this master's own port.
-    #[arg(long, env = "TASKMILL_LOCAL_WORKERS", default_value_t = 0)]
-    pub local_workers: usize,
+    /// Also run K workers inside this process, against this master's own port (at most 1024:
+    /// each is a connection, and more than the machine has cores gains nothing).
+    #[arg(long, env = "TASKMILL_LOCAL_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub local_workers: u32,
     /// Tasks each local worker leases at once.
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub concurrency: u32,
     /// Requests for tasks each local worker keeps in flight (1: wait for each batch).
     #[arg(long, env = "TASKMILL_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub prefetch: u32,
-    /// Address to listen on. Default: 0.0.0.0:5000, or a free loopback port when the job
-    /// uses only --local-workers.
-    #[arg(long, env = "TASKMILL_LISTEN", conflicts_with = "master")]
-    pub listen: Option<String>,
     /// Run the job against an already running master (host:port) instead of serving the
-    /// queues in this process (e.g. a `serve` master in docker compose).
-    #[arg(long, env = "TASKMILL_MASTER")]
+    /// queues in this process (e.g. a `serve` master in docker compose). The flags that
+    /// shape a master of its own (listen, limits, storage, --tls-cert) are refused with it.
+    #[arg(long, env = "TASKMILL_MASTER", value_parser = parse_master_addr, conflicts_with_all = MASTER_ONLY)]
     pub master: Option<String>,
     /// Smallest random input.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "TASKMILL_MIN",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub min: i64,
     /// Largest random input.
-    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "TASKMILL_MAX",
+        default_value_t = 10_000,
+        allow_negative_numbers = true
+    )]
     pub max: i64,
     /// Seed for the inputs, to repeat a run exactly. Default: random.
     #[arg(long, env = "TASKMILL_SEED")]
     pub seed: Option<u64>,
     /// Tasks per put request.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, env = "TASKMILL_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch: u32,
     /// Give up when the whole job takes longer than this (e.g. 90s, 10m). Default: no limit.
-    #[arg(long, env = "TASKMILL_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_TIMEOUT", value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
     /// Give up when no new result has arrived for this long.
-    #[arg(long, env = "TASKMILL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_STALL_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub stall_timeout: Duration,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
+    /// Print the summary as JSON on stdout (alone: other lines go to stderr).
+    #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
-    #[command(flatten)]
-    pub server: ServerArgs,
+    #[command(flatten, next_help_heading = "Key")]
+    pub key: KeyArgs,
     /// TLS for the job's own clients (producer, collector, local workers): needed when this
     /// master serves TLS or --master names one that does.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "TLS of the job's clients")]
     pub tls_client: TlsClientArgs,
+    /// Address to listen on. Default: 0.0.0.0:5000, or a free loopback port when the job
+    /// uses only --local-workers.
+    #[arg(long, env = "TASKMILL_LISTEN", value_parser = parse_listen_addr, help_heading = RUN_SERVER)]
+    pub listen: Option<String>,
+    #[command(flatten, next_help_heading = RUN_SERVER)]
+    pub server: ServerArgs,
+    #[command(
+        flatten,
+        next_help_heading = "Storage of its own master (not with --master)"
+    )]
+    pub storage: StorageArgs,
+    #[command(
+        flatten,
+        next_help_heading = "TLS of its own master (not with --master)"
+    )]
+    pub tls_server: TlsServerArgs,
 }
 
+/// `run`'s heading for the flags of the master it serves itself.
+const RUN_SERVER: &str = "Its own master (not with --master)";
+
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
 pub struct StatsArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// Bound on connecting, authenticating and the request.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_STATS_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
+    #[command(flatten, next_help_heading = "Connection")]
+    pub connect: ConnectArgs,
 }
 
-/// Flags shared by `serve` and `run`.
+/// The flags of a master's own (its address, limits, storage and TLS certificate), which
+/// `run --master` refuses: the master it names was configured where it runs.
+const MASTER_ONLY: [&str; 23] = [
+    "listen",
+    "handshake_timeout",
+    "max_frame",
+    "max_connections",
+    "max_handshakes",
+    "max_handshakes_per_ip",
+    "auth_failures_per_minute",
+    "max_queues",
+    "queue_capacity",
+    "max_waiting",
+    "write_timeout",
+    "shutdown_grace",
+    "lease_timeout",
+    "heartbeat_interval",
+    "max_attempts",
+    "tls_cert",
+    "tls_key",
+    "data_dir",
+    "fsync",
+    "max_disk",
+    "repair",
+    "segment_bytes",
+    "snapshot_after",
+];
+
+/// A master's limits, shared by `serve` and `run`.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    #[command(flatten)]
-    pub key: KeyArgs,
     /// Bound on a connection's whole handshake.
     #[arg(long, env = "TASKMILL_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
@@ -158,6 +253,11 @@ pub struct ServerArgs {
     /// nacked) it moves to the `<queue>.dead` queue.
     #[arg(long, env = "TASKMILL_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+}
+
+/// The TLS a master serves (flags shared by `serve` and `run`).
+#[derive(Debug, Args)]
+pub struct TlsServerArgs {
     /// Serve TLS with this PEM certificate chain (needs --tls-key). Without TLS, traffic after
     /// the authenticated handshake is not encrypted.
     #[arg(long, env = "TASKMILL_TLS_CERT", requires = "tls_key")]
@@ -165,8 +265,6 @@ pub struct ServerArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, env = "TASKMILL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    #[command(flatten)]
-    pub storage: StorageArgs,
 }
 
 /// Where the queues are kept (flags shared by `serve` and `run`).
@@ -191,14 +289,16 @@ pub struct StorageArgs {
     pub max_disk: Option<u64>,
     /// With --data-dir: start on a damaged log by cutting it at the damage (what follows it is
     /// lost, and logged). Without it, a damaged log stops the master with the file and offset.
+    /// The one flag with no environment variable: a variable left set would go on cutting
+    /// logs on every restart without anyone deciding to.
     #[arg(long, requires = "data_dir")]
     pub repair: bool,
     /// With --data-dir: close a log segment past this size (tuning; docs/storage.md).
-    #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
+    #[arg(long, hide = true, env = "TASKMILL_SEGMENT_BYTES", default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
     pub segment_bytes: u64,
     /// With --data-dir: take a snapshot once the log since the last one passes this, or the
     /// last snapshot's size if larger (tuning; docs/storage.md).
-    #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
+    #[arg(long, hide = true, env = "TASKMILL_SNAPSHOT_AFTER", default_value = "64MiB", value_parser = parse_bytes, requires = "data_dir")]
     pub snapshot_after: u64,
 }
 
@@ -212,6 +312,19 @@ fn parse_fsync(s: &str) -> Result<Fsync, String> {
     }
 }
 
+impl RunArgs {
+    /// What clap cannot check alone, checked before anything starts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.min > self.max {
+            return Err(ConfigError {
+                flag: "min",
+                problem: format!("{} is greater than --max {}", self.min, self.max),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A flag value that cannot work, with the flag's name.
 #[derive(Debug, thiserror::Error)]
 #[error("--{flag}: {problem}")]
@@ -221,8 +334,12 @@ pub struct ConfigError {
 }
 
 impl ServerArgs {
-    /// Checks ranges and builds the config around `key`.
-    pub fn to_config(&self, key: AuthKey) -> Result<ServerConfig, ConfigError> {
+    /// Checks ranges and builds the config around `key`, serving `tls`.
+    pub fn to_config(
+        &self,
+        key: AuthKey,
+        tls: &TlsServerArgs,
+    ) -> Result<ServerConfig, ConfigError> {
         let bad = |flag, problem: String| Err(ConfigError { flag, problem });
         if !(MIN_MAX_FRAME..=MAX_FRAME_CEILING).contains(&self.max_frame) {
             return bad(
@@ -264,7 +381,7 @@ impl ServerArgs {
             return bad("max-attempts", "must be at least 1".into());
         }
         let tls =
-            match (&self.tls_cert, &self.tls_key) {
+            match (&tls.tls_cert, &tls.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsServer::from_pem_files(cert, key).map_err(
                     |e| ConfigError {
                         flag: "tls-cert",
@@ -295,5 +412,18 @@ impl ServerArgs {
             },
             tls,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_flag_but_repair_can_be_set_from_the_environment() {
+        let missing = taskmill_cli::flags_without_env(&Cli::command());
+        assert_eq!(missing, ["serve --repair", "run --repair"]);
     }
 }

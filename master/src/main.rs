@@ -5,15 +5,17 @@
 //! - `cmd::serve`: the long-running master.
 //! - `cmd::run`: the squares job, on this master's own queues or against another master.
 //! - `cmd::stats`: a running master's queues and counters, as a table or JSON.
+//! - `keygen`, here: a fresh random authkey; `completions` and `man` (hidden), this command
+//!   line as shell completions and man pages.
 
 mod cli;
 mod cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
-use taskmill_cli::{init_tracing, run_main};
+use taskmill_cli::{init_tracing, run_main, write_docs};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,12 +23,20 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
+    if let Command::Docs(docs) = &cli.command {
+        return write_docs(docs, Cli::command());
+    }
     init_tracing();
     run_main("taskmill-master", async {
         match cli.command {
             Command::Serve(args) => cmd::serve::serve(args).await,
             Command::Run(args) => cmd::run::run(args).await,
             Command::Stats(args) => cmd::stats::show(args).await,
+            Command::Docs(_) => unreachable!("answered before the runtime starts"),
+            Command::Keygen => {
+                taskmill_cli::say(taskmill::AuthKey::generate_text());
+                Ok(ExitCode::SUCCESS)
+            }
         }
     })
 }

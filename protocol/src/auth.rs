@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac as _};
-use rand::RngCore;
+use rand::{RngCore, TryRngCore};
 use sha2::Sha256;
 
 use crate::message::{Mac, Nonce};
@@ -23,6 +23,16 @@ pub const MIN_KEY_LEN: usize = 16;
 
 /// Environment variable the authkey is read from when no key file is given.
 pub const AUTHKEY_ENV: &str = "TASKMILL_AUTHKEY";
+
+/// Keys printed in taskmill's own examples (`.env.example`, the crate docs): anyone who has
+/// read them knows them, so they are refused like a short key.
+pub const PLACEHOLDER_KEYS: &[&str] =
+    &["change-me-to-a-long-random-secret", "a-long-shared-secret"];
+
+/// Fewest different byte values a key must hold: `aaaaaaaaaaaaaaaa` is 16 bytes long but
+/// one guess away. A random key of 16 bytes or more falls short of this once in far more
+/// tries than anyone makes (16 hex digits drawn 32 times nearly always show all 16).
+pub const MIN_DISTINCT_BYTES: usize = 8;
 
 /// Which side of the handshake a proof speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +70,16 @@ pub enum KeyError {
     Missing,
     #[error("authkey is {len} bytes; at least {MIN_KEY_LEN} are required")]
     TooShort { len: usize },
+    #[error(
+        "the authkey is a placeholder from taskmill's examples, known to anyone who read them; \
+         make a key of your own with `taskmill-master keygen`"
+    )]
+    Placeholder,
+    #[error(
+        "the authkey is too easy to guess: {why}; make a key of your own with \
+         `taskmill-master keygen`"
+    )]
+    TooSimple { why: String },
     #[error("cannot read authkey file {path}: {cause}")]
     File {
         path: PathBuf,
@@ -68,11 +88,35 @@ pub enum KeyError {
 }
 
 impl AuthKey {
-    /// A key from raw bytes, refusing keys shorter than [`MIN_KEY_LEN`].
+    /// A key from raw bytes. Refuses keys shorter than [`MIN_KEY_LEN`], the
+    /// [`PLACEHOLDER_KEYS`] (in any letter case), keys with fewer than [`MIN_DISTINCT_BYTES`]
+    /// different bytes, and keys that are a shorter piece repeated (`0123456789` twice or
+    /// more): each is a key an attacker tries early.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, KeyError> {
         let bytes = bytes.into();
         if bytes.len() < MIN_KEY_LEN {
             return Err(KeyError::TooShort { len: bytes.len() });
+        }
+        if PLACEHOLDER_KEYS
+            .iter()
+            .any(|p| p.as_bytes().eq_ignore_ascii_case(&bytes))
+        {
+            return Err(KeyError::Placeholder);
+        }
+        let mut seen = [false; 256];
+        bytes.iter().for_each(|&b| seen[usize::from(b)] = true);
+        let distinct = seen.iter().filter(|&&s| s).count();
+        if distinct < MIN_DISTINCT_BYTES {
+            return Err(KeyError::TooSimple {
+                why: format!(
+                    "it has {distinct} different characters, and {MIN_DISTINCT_BYTES} are needed"
+                ),
+            });
+        }
+        if let Some(period) = (1..=bytes.len() / 2).find(|&p| repeats_every(&bytes, p)) {
+            return Err(KeyError::TooSimple {
+                why: format!("it is its first {period} bytes repeated"),
+            });
         }
         Ok(Self(bytes))
     }
@@ -84,33 +128,47 @@ impl AuthKey {
         Self(bytes)
     }
 
-    /// The key from `file` if given, else from [`AUTHKEY_ENV`]. One trailing newline in the file
-    /// is ignored, since editors add one. Returns a warning to log when the file is readable by
-    /// users other than its owner.
-    pub fn load(file: Option<&Path>) -> Result<(Self, Option<String>), KeyError> {
-        if let Some(path) = file {
-            let mut bytes = std::fs::read(path).map_err(|cause| KeyError::File {
-                path: path.to_owned(),
-                cause,
-            })?;
-            if bytes.ends_with(b"\n") {
-                bytes.pop();
-                if bytes.ends_with(b"\r") {
-                    bytes.pop();
-                }
-            }
-            let warning = loose_permissions(path).then(|| {
-                format!(
-                    "authkey file {} is readable by other users; chmod 600 it",
-                    path.display()
-                )
-            });
-            return Ok((Self::new(bytes)?, warning));
+    /// A fresh key as text to store and share: 32 bytes from the operating system's random
+    /// source, in hex (64 characters, safe in shells, `.env` files and YAML).
+    pub fn generate_text() -> String {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .expect("the operating system's random source is available");
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The key from `file` if given, else from [`AUTHKEY_ENV`]. One trailing newline (`\n` or
+    /// `\r\n`) is dropped from either, since editors and `echo` add one. Returns warnings to
+    /// log: a file readable by users other than its owner; a file given while
+    /// [`AUTHKEY_ENV`] is set too (the file wins).
+    pub fn load(file: Option<&Path>) -> Result<(Self, Vec<String>), KeyError> {
+        let env = std::env::var_os(AUTHKEY_ENV).filter(|v| !v.is_empty());
+        let Some(path) = file else {
+            let value = env.ok_or(KeyError::Missing)?;
+            return Ok((
+                Self::new(without_newline(value.into_encoded_bytes()))?,
+                vec![],
+            ));
+        };
+        let bytes = std::fs::read(path).map_err(|cause| KeyError::File {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let mut warnings = Vec::new();
+        if loose_permissions(path) {
+            warnings.push(format!(
+                "authkey file {} is readable by other users; chmod 600 it",
+                path.display()
+            ));
         }
-        match std::env::var_os(AUTHKEY_ENV) {
-            Some(value) if !value.is_empty() => Ok((Self::new(value.into_encoded_bytes())?, None)),
-            _ => Err(KeyError::Missing),
+        if env.is_some() {
+            warnings.push(format!(
+                "{AUTHKEY_ENV} is set and so is a key file: using the key in {}",
+                path.display()
+            ));
         }
+        Ok((Self::new(without_newline(bytes))?, warnings))
     }
 
     /// The proof that `role` holds this key, for the handshake between these two nonces.
@@ -144,6 +202,25 @@ impl AuthKey {
         mac.update(master);
         mac
     }
+}
+
+/// `bytes` without one trailing `\n` or `\r\n`.
+fn without_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    bytes
+}
+
+/// Whether `bytes` is its first `period` bytes over and over (the last copy may be cut short).
+fn repeats_every(bytes: &[u8], period: usize) -> bool {
+    bytes[period..]
+        .iter()
+        .zip(bytes)
+        .all(|(later, earlier)| later == earlier)
 }
 
 #[cfg(unix)]
@@ -203,6 +280,46 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_and_keys_with_little_variety_are_refused() {
+        for placeholder in [
+            "change-me-to-a-long-random-secret",
+            "CHANGE-ME-TO-A-LONG-RANDOM-SECRET",
+            "a-long-shared-secret",
+        ] {
+            assert!(
+                matches!(AuthKey::new(placeholder), Err(KeyError::Placeholder)),
+                "{placeholder}"
+            );
+        }
+        for simple in [
+            "aaaaaaaaaaaaaaaaaaaa",
+            "abababababababab",
+            "abcabcabcabcabcabc",
+            "0123456789012345678901234",
+            "letmeinletmeinletmein",
+        ] {
+            let err = AuthKey::new(simple).unwrap_err();
+            assert!(matches!(err, KeyError::TooSimple { .. }), "{simple}");
+            assert!(err.to_string().contains("taskmill-master keygen"), "{err}");
+        }
+        // Eight different bytes and no repeated piece is enough; so is any generated key.
+        for fine in [
+            "0123456789abcdef",
+            "abcdefgh-abcdefg",
+            "correct horse battery staple",
+        ] {
+            key(fine);
+        }
+        for _ in 0..100 {
+            let text = AuthKey::generate_text();
+            assert_eq!(text.len(), 64);
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+            key(&text);
+        }
+        assert_ne!(AuthKey::generate_text(), AuthKey::generate_text());
+    }
+
+    #[test]
     fn key_file_drops_one_trailing_newline_and_flags_loose_permissions() {
         let dir = std::env::temp_dir().join(format!("taskmill-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -212,11 +329,12 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let (k, warning) = AuthKey::load(Some(&path)).unwrap();
+            let loose = |warnings: &[String]| warnings.iter().any(|w| w.contains("chmod 600"));
+            let (k, warnings) = AuthKey::load(Some(&path)).unwrap();
             assert_eq!(k, key("0123456789abcdef"));
-            assert!(warning.is_some());
+            assert!(loose(&warnings), "{warnings:?}");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-            assert!(AuthKey::load(Some(&path)).unwrap().1.is_none());
+            assert!(!loose(&AuthKey::load(Some(&path)).unwrap().1));
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

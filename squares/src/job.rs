@@ -156,11 +156,19 @@ pub async fn run(
         "squares job started"
     );
     let report = drive(addr, key, job, shutdown).await;
-    worker_stop.cancel();
+    // A complete job has every result in hand, so its workers hold nothing worth handing in:
+    // they are dropped, not drained. Drained, each would first wait out its request for more
+    // tasks (up to the worker's poll, a second), and the job would end that much later.
+    if matches!(&report, Ok(r) if r.ending == Ending::Complete) {
+        workers.abort_all();
+    } else {
+        worker_stop.cancel();
+    }
     while let Some(done) = workers.join_next().await {
         match done {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => warn!(cause = %err, "local worker failed"),
+            Err(err) if err.is_cancelled() => {}
             Err(err) => warn!(cause = %err, "local worker panicked"),
         }
     }
@@ -269,6 +277,7 @@ pub async fn drive(
         tasks: job.tasks,
         verified: tally.verified,
         wrong: tally.wrong,
+        foreign: tally.foreign,
         duplicates: tally.duplicates,
         results_again: tally.results_again,
         redelivered: tally.redelivered,

@@ -20,5 +20,5 @@ mod tally;
 pub use handler::Squares;
 pub use job::{JobConfig, JobError};
 pub use payload::{SquareResult, SquareTask, RESULTS_QUEUE, TASKS_QUEUE};
-pub use report::{render, Ending, JobReport};
+pub use report::{micros, render, Ending, JobReport};
 pub use tally::input_for;

@@ -26,8 +26,12 @@ pub struct JobReport {
     pub tasks: u64,
     /// Results with the right input and square, each task counted once.
     pub verified: u64,
-    /// Results whose input or square was wrong.
+    /// Results for this job's tasks with the wrong square. Fails the job.
     pub wrong: u64,
+    /// Results that are not this job's: unreadable, or for a task it never put (another
+    /// job's, sharing the queues). Taken off the results queue and set aside; they do not
+    /// fail the job, whose own tasks still need their results.
+    pub foreign: u64,
     /// A second, different result for a task already seen: the master let a task be done
     /// twice (or the producer put it twice). Fails the job.
     pub duplicates: u64,
@@ -77,6 +81,7 @@ pub fn render(r: &JobReport) -> String {
          tasks:         {}\n\
          verified:      {}\n\
          wrong:         {}\n\
+         foreign:       {} (results not from this job: another job's on the same queues, or unreadable; set aside)\n\
          missing:       {}\n\
          dead:          {} (tasks that failed for good: see tasks.dead)\n\
          duplicates:    {} (a second result for a task already verified)\n\
@@ -85,7 +90,7 @@ pub fn render(r: &JobReport) -> String {
          workers seen:  {}\n\
          elapsed:       {:.3} s\n\
          throughput:    {:.0} tasks/s\n\
-         latency:       p50 {} us, p99 {} us, max {} us (put request to result collected)\n\
+         latency:       p50 {}, p99 {}, max {} (put request to result collected)\n\
          seed:          {}\n",
         r.ending,
         r.cause
@@ -95,6 +100,7 @@ pub fn render(r: &JobReport) -> String {
         r.tasks,
         r.verified,
         r.wrong,
+        r.foreign,
         r.missing,
         r.dead,
         r.duplicates,
@@ -103,9 +109,48 @@ pub fn render(r: &JobReport) -> String {
         r.workers_seen,
         r.elapsed_secs,
         r.tasks_per_sec,
-        r.latency_p50_us,
-        r.latency_p99_us,
-        r.latency_max_us,
+        micros(r.latency_p50_us),
+        micros(r.latency_p99_us),
+        micros(r.latency_max_us),
         r.seed,
     )
+}
+
+/// A time in microseconds as a person reads it, to three significant figures: `412 µs`,
+/// `3.10 ms`, `9.94 s`.
+pub fn micros(us: u64) -> String {
+    fn three_figures(value: f64, unit: &str) -> String {
+        match value {
+            v if v < 10.0 => format!("{v:.2} {unit}"),
+            v if v < 100.0 => format!("{v:.1} {unit}"),
+            v => format!("{v:.0} {unit}"),
+        }
+    }
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=999_999 => three_figures(us as f64 / 1e3, "ms"),
+        _ => three_figures(us as f64 / 1e6, "s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_read_in_the_unit_that_fits() {
+        for (us, text) in [
+            (0, "0 µs"),
+            (412, "412 µs"),
+            (999, "999 µs"),
+            (1_000, "1.00 ms"),
+            (3_100, "3.10 ms"),
+            (45_678, "45.7 ms"),
+            (412_345, "412 ms"),
+            (9_936_895, "9.94 s"),
+            (125_000_000, "125 s"),
+        ] {
+            assert_eq!(micros(us), text);
+        }
+    }
 }

@@ -16,7 +16,10 @@ pub(crate) struct Tally {
     seen_bits: Vec<u64>,
     pub seen: u64,
     pub verified: u64,
+    /// Results for one of this job's tasks with the wrong square.
     pub wrong: u64,
+    /// Results that are not this job's (see [`crate::JobReport::foreign`]): set aside.
+    pub foreign: u64,
     pub duplicates: u64,
     pub redelivered: u64,
     /// Tasks that went to the dead-letter queue instead of coming back.
@@ -36,6 +39,7 @@ impl Tally {
             seen: 0,
             verified: 0,
             wrong: 0,
+            foreign: 0,
             duplicates: 0,
             redelivered: 0,
             dead: 0,
@@ -58,14 +62,19 @@ impl Tally {
         let result: SquareResult = match decode_payload(payload) {
             Ok(r) => r,
             Err(err) => {
-                warn!(cause = %err, "undecodable result");
-                self.wrong += 1;
+                self.set_aside(format_args!("an unreadable result ({err})"));
                 return;
             }
         };
-        if result.seq >= job.tasks {
-            warn!(seq = result.seq, "result for a task this job never put");
-            self.wrong += 1;
+        // Another job's result, on the same queues: its seq is past this job's tasks, or its
+        // input is not the one this job put at that seq. It says nothing about this job's
+        // tasks, so it neither counts as one of them nor marks one as seen.
+        let input = input_for(job.seed, result.seq, job.min, job.max);
+        if result.seq >= job.tasks || result.input != input {
+            self.set_aside(format_args!(
+                "a result for input {} at seq {}, which this job did not put",
+                result.input, result.seq
+            ));
             return;
         }
         let (word, bit) = ((result.seq / 64) as usize, result.seq % 64);
@@ -84,16 +93,15 @@ impl Tally {
         }
         self.seen_bits[word] |= 1 << bit;
         self.seen += 1;
-        let input = input_for(job.seed, result.seq, job.min, job.max);
         let expected = i128::from(input) * i128::from(input);
         self.workers.insert(result.worker);
-        if result.input == input && result.square == expected {
+        if result.square == expected {
             self.verified += 1;
             if result.attempt > 1 {
                 self.redelivered += 1;
             }
         } else {
-            warn!(seq = result.seq, input, got_input = result.input, got = %result.square, "wrong result");
+            warn!(seq = result.seq, input, got = %result.square, "wrong result");
             self.wrong += 1;
         }
         let put_at =
@@ -110,6 +118,15 @@ impl Tally {
             reason, "a task failed for good and went to the dead-letter queue"
         );
         self.dead += 1;
+    }
+
+    /// Counts a foreign result, warning about the first only: a job sharing the queues with
+    /// another may see thousands.
+    fn set_aside(&mut self, what: std::fmt::Arguments<'_>) {
+        if self.foreign == 0 {
+            warn!("{what}: not from this job; set aside, and further ones counted silently");
+        }
+        self.foreign += 1;
     }
 }
 
@@ -147,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn tally_counts_duplicates_and_wrong_answers() {
+    fn tally_counts_duplicates_wrong_answers_and_results_of_other_jobs() {
         let job = JobConfig {
             batch: 2,
             ..JobConfig::new(4)
@@ -172,15 +189,29 @@ mod tests {
         tally.record(&job, 3, &result(1, 1), 10, &times);
         tally.record(&job, 4, &result(9, 0), 10, &times);
         tally.record(&job, 5, b"junk", 10, &times);
+        // Another job's result for seq 2: a different input. Not this job's, so seq 2 is
+        // still to come, and its own result is verified.
+        let input = input_for(job.seed, 2, job.min, job.max);
+        let other = encode_payload(&SquareResult {
+            seq: 2,
+            input: input + 1,
+            square: i128::from(input + 1) * i128::from(input + 1),
+            attempt: 1,
+            worker: 6,
+        })
+        .unwrap();
+        tally.record(&job, 6, &other, 10, &times);
+        tally.record(&job, 7, &result(2, 0), 10, &times);
         assert_eq!(
             (
                 tally.seen,
                 tally.verified,
                 tally.duplicates,
                 tally.wrong,
+                tally.foreign,
                 tally.redelivered
             ),
-            (2, 1, 1, 3, 1)
+            (3, 2, 1, 1, 3, 2)
         );
         assert_eq!(
             tally.results_again, 1,

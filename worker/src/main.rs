@@ -4,28 +4,38 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use taskmill::{Sleep, Worker, WorkerConfig};
-use taskmill_cli::{init_tracing, parse_duration, signals, tell, ConnectArgs};
+use taskmill_cli::{
+    init_tracing, parse_duration, parse_positive_duration, run_main, signals, usage, write_docs,
+    ConnectArgs, Docs, EXIT_STOPPED_AT_ONCE,
+};
 use taskmill_squares::Squares;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Pulls integer tasks from a taskmill master, squares them and pushes the results back.
-///
-/// Tasks are leased: if this worker dies, the master gives its tasks to another worker.
-/// If the master is not up yet or goes away, the worker retries with capped exponential
-/// backoff. SIGINT/SIGTERM finish the batch in hand, push its results and exit 0 (tasks
-/// leased after the signal are not started: they go back to the master); a second signal
-/// stops at once.
-///
-/// The authkey comes from TASKMILL_AUTHKEY or --authkey-file, never from the command line.
 #[derive(Debug, Parser)]
-#[command(name = "taskmill-worker", version)]
+#[command(
+    name = "taskmill-worker",
+    version,
+    after_help = concat!(
+        "Tasks are leased: if this worker dies, the master gives its tasks to another worker. \
+         If the master is not up yet or goes away, the worker retries with capped exponential \
+         backoff. SIGINT/SIGTERM finish the batch in hand, push its results and exit 0 (tasks \
+         leased after the signal are not started: they go back to the master); a second \
+         signal stops at once. The authkey comes from TASKMILL_AUTHKEY or --authkey-file, \
+         never from the command line.\n\n",
+        taskmill_cli::exit_codes_help!()
+    ),
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
+    next_help_heading = "Work"
+)]
 struct Cli {
-    #[command(flatten)]
-    connect: ConnectArgs,
+    #[command(subcommand)]
+    docs: Option<Docs>,
     /// Tasks leased and worked on at once (like Python's Pool(K)).
     #[arg(long, env = "TASKMILL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     concurrency: u32,
@@ -36,10 +46,10 @@ struct Cli {
     #[arg(long, env = "TASKMILL_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     prefetch: u32,
     /// Exit after no task has arrived for this long (e.g. 5, 500ms, 2m). Default: run until stopped.
-    #[arg(long, env = "TASKMILL_IDLE_EXIT", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_IDLE_EXIT", value_parser = parse_positive_duration)]
     idle_exit: Option<Duration>,
     /// Longest delay between reconnect attempts.
-    #[arg(long, env = "TASKMILL_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_MAX_BACKOFF", default_value = "5s", value_parser = parse_positive_duration)]
     max_backoff: Duration,
     /// After SIGINT/SIGTERM, how long to keep trying to hand in finished results before
     /// exiting anyway (their tasks are then redone by other workers).
@@ -49,29 +59,27 @@ struct Cli {
     #[arg(long, env = "TASKMILL_SIMULATED_WORK", default_value = "0s", value_parser = parse_duration)]
     simulated_work: Duration,
     /// Bound on connecting plus authenticating.
-    #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     connect_timeout: Duration,
+    #[command(flatten, next_help_heading = "Connection")]
+    connect: ConnectArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(docs) = &cli.docs {
+        return write_docs(docs, Cli::command());
+    }
     init_tracing();
-    let key = match cli.connect.key.load() {
-        Ok(key) => key,
-        Err(err) => {
-            tell(format!("taskmill-worker: {err}"));
-            return ExitCode::from(2);
-        }
-    };
-    let tls = match cli.connect.tls_client() {
-        Ok(tls) => tls,
-        Err(err) => {
-            tell(format!("taskmill-worker: {err}"));
-            return ExitCode::from(2);
-        }
-    };
-    let mut config = WorkerConfig::new(cli.connect.master, key);
-    config.client.tls = tls;
+    run_main("taskmill-worker", work(cli))
+}
+
+async fn work(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = WorkerConfig::new(
+        cli.connect.master.clone(),
+        cli.connect.key.load().map_err(usage)?,
+    );
+    config.client.tls = cli.connect.tls_client().map_err(usage)?;
     config.concurrency = cli.concurrency;
     config.prefetch = cli.prefetch;
     config.idle_exit = cli.idle_exit;
@@ -79,34 +87,35 @@ fn main() -> ExitCode {
     config.drain_timeout = cli.drain_timeout;
     config.client.connect_timeout = cli.connect_timeout;
 
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            tell(format!("taskmill-worker: cannot start the runtime: {err}"));
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let signals = signals();
-        let handler = Sleep::new(Squares::new(), cli.simulated_work);
-        let worker = Worker::new(config, handler).abort_on(signals.now);
-        match worker.run(signals.stop).await {
-            Ok(report) => {
-                tracing::info!(
-                    completed = report.completed,
-                    stale = report.stale,
-                    abandoned = report.abandoned,
-                    failed = report.failed,
-                    buried = report.buried,
-                    connections = report.connections,
-                    "worker finished"
-                );
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                tell(format!("taskmill-worker: {err}"));
-                ExitCode::FAILURE
-            }
-        }
+    let signals = signals();
+    let handler = Sleep::new(Squares::new(), cli.simulated_work);
+    let worker = Worker::new(config, handler).abort_on(signals.now.clone());
+    let report = worker.run(signals.stop).await?;
+    tracing::info!(
+        completed = report.completed,
+        stale = report.stale,
+        abandoned = report.abandoned,
+        failed = report.failed,
+        buried = report.buried,
+        connections = report.connections,
+        "worker finished"
+    );
+    Ok(if signals.now.is_cancelled() {
+        ExitCode::from(EXIT_STOPPED_AT_ONCE)
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_can_be_set_from_the_environment() {
+        assert_eq!(
+            taskmill_cli::flags_without_env(&Cli::command()),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -35,6 +35,45 @@ fn refuses_a_short_key_and_a_missing_key_file() {
 }
 
 #[test]
+fn refuses_the_example_key_from_env_example() {
+    let out = worker()
+        .env("TASKMILL_AUTHKEY", "change-me-to-a-long-random-secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("placeholder") && err.contains("keygen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_address_without_a_port_or_a_zero_idle_limit_exits_2_at_once() {
+    for (args, says) in [
+        (&["--master", "127.0.0.1"][..], "no port"),
+        (&["--master", "master:http"], "not a port number"),
+        (&["--idle-exit", "0"], "more than 0"),
+    ] {
+        // A worker that took the address would retry for ever: output() would never return.
+        let out = worker()
+            .args(args)
+            .env("TASKMILL_AUTHKEY", "a-usable-key-for-the-worker")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let out = worker()
+        .env("TASKMILL_MASTER", "127.0.0.1")
+        .env("TASKMILL_AUTHKEY", "a-usable-key-for-the-worker")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "the environment is checked too");
+}
+
+#[test]
 fn help_documents_the_flags_and_their_variables() {
     let out = worker().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
@@ -44,6 +83,7 @@ fn help_documents_the_flags_and_their_variables() {
         "--idle-exit",
         "TASKMILL_MASTER",
         "TASKMILL_AUTHKEY",
+        "Exit codes: 0 success; 1 ",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

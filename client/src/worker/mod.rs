@@ -50,7 +50,8 @@ pub struct WorkerReport {
 /// A failure that retrying cannot fix.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("{0}")]
+    /// Transparent: the client error says all there is, once (a source would repeat it).
+    #[error(transparent)]
     Fatal(#[from] ClientError),
 }
 

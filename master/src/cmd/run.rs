@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::anyhow;
 use taskmill::{AuthKey, ClientOptions, KeyError};
-use taskmill_cli::{say, tell};
+use taskmill_cli::{say, tell, usage};
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_squares::render;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,8 @@ use tracing::warn;
 use crate::cli::RunArgs;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let key = match args.server.key.load() {
+    args.check().map_err(usage)?;
+    let key = match args.key.load() {
         Ok(key) => key,
         // Nobody else needs the key when every worker runs in this process.
         Err(KeyError::Missing)
@@ -22,11 +23,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         {
             AuthKey::random()
         }
-        Err(err) => return Err(err.into()),
+        Err(err) => return Err(usage(err)),
     };
-    let serves_tls = args.server.tls_cert.is_some();
-    if serves_tls && args.tls_client.tls_ca.is_none() && args.master.is_none() {
-        bail!("--tls-cert also needs --tls-ca (and --tls-server-name if the certificate does not name 127.0.0.1): the job's own clients connect over TLS too");
+    let serves_tls = args.tls_server.tls_cert.is_some();
+    if serves_tls && args.tls_client.tls_ca.is_none() {
+        return Err(usage(anyhow!("--tls-cert also needs --tls-ca (and --tls-server-name if the certificate does not name 127.0.0.1): the job's own clients connect over TLS too")));
     }
     let client_target = args
         .master
@@ -40,12 +41,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         batch: args.batch,
         timeout: args.timeout,
         stall_timeout: args.stall_timeout,
-        local_workers: args.local_workers,
+        local_workers: args.local_workers as usize,
         worker_concurrency: args.concurrency,
         worker_prefetch: args.prefetch,
         progress: !args.json,
         client: ClientOptions {
-            tls: args.tls_client.client(&client_target)?,
+            tls: args.tls_client.client(&client_target).map_err(usage)?,
             ..ClientOptions::default()
         },
     };
@@ -60,8 +61,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 "0.0.0.0:5000".to_owned()
             }
         });
-        let config = args.server.to_config(key.clone())?;
-        let master = super::open(config, &args.server.storage)?;
+        let config = args
+            .server
+            .to_config(key.clone(), &args.tls_server)
+            .map_err(usage)?;
+        let master = super::open(config, &args.storage)?;
         let listener = super::bind(&listen).await?;
         let addr = listener.local_addr()?;
         // With --json, stdout holds the report alone.

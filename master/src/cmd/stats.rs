@@ -6,20 +6,23 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde_json::json;
 use taskmill::{Client, ClientOptions, QueueStats, Stats};
-use taskmill_cli::say;
+use taskmill_cli::{say, usage};
 
 use crate::cli::StatsArgs;
 
 pub async fn show(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let connect = &args.connect;
-    let key = connect.key.load()?;
+    let key = connect.key.load().map_err(usage)?;
     let options = ClientOptions {
         connect_timeout: args.timeout,
         request_timeout: args.timeout,
-        tls: connect.tls_client()?,
+        tls: connect.tls_client().map_err(usage)?,
     };
     let mut client = Client::connect_with(&connect.master, &key, &options).await?;
-    let stats = client.stats().await.context("stats request failed")?;
+    let mut stats = client.stats().await.context("stats request failed")?;
+    // The master counts this connection too; a person asking "who is connected" means the
+    // others.
+    stats.clients = stats.clients.saturating_sub(1);
     if args.json {
         say(serde_json::to_string_pretty(&render_json(
             &connect.master,
@@ -36,7 +39,7 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "master {master}: up {:.1}s, {} clients connected, {} connections since start, \
+        "master {master}: up {:.1}s, {} clients connected (not counting this one), {} connections since start, \
          {} failed handshakes, {} connections completed tasks",
         stats.uptime_ms as f64 / 1000.0,
         stats.clients,
@@ -194,7 +197,7 @@ mod tests {
     #[test]
     fn table_and_json_show_every_queue_field() {
         let table = render_table("m:1", &sample());
-        assert!(table.contains("2 clients connected"));
+        assert!(table.contains("2 clients connected (not counting this one)"));
         assert!(table
             .lines()
             .any(|l| l.starts_with("tasks") && l.contains("unbounded")));
