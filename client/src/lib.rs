@@ -45,8 +45,8 @@ pub use job::{Bincode, Codec, Job, JobHandler, Json, Raw};
 pub use producer::{Producer, ProducerConfig, Replies, Submitter, TaskError, TaskHandle};
 pub use reconnect::{Backoff, Reconnecting};
 pub use taskmill_protocol::{
-    AuthKey, Delivery, KeyError, Outcome, QueueStats, Stats, Task, TaskId, TaskOutcome, TaskReply,
-    TlsClient, Wait,
+    AuthKey, DeadLetter, Delivery, KeyError, Outcome, QueueStats, Stats, Task, TaskId, TaskOutcome,
+    TaskReply, TlsClient, Wait,
 };
 pub use worker::{Worker, WorkerBuilder, WorkerConfig, WorkerError, WorkerReport};
 

@@ -1,21 +1,28 @@
 //! `taskmill-worker`: parse flags, set up logging and signals, run the worker runtime with the
-//! squares handler.
+//! squares handler or, with `--exec`, a command per task.
+
+mod exec;
+mod reaper;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use taskmill::{Sleep, Worker, WorkerConfig};
+use taskmill::{Handler, Sleep, Worker, WorkerConfig, WorkerReport};
 use taskmill_cli::{
-    init_tracing, parse_duration, parse_positive_duration, run_main, signals, usage, write_docs,
-    ConnectArgs, Docs, EXIT_STOPPED_AT_ONCE,
+    init_tracing, parse_bytes, parse_duration, parse_positive_duration, run_main, signals, usage,
+    write_docs, ConnectArgs, Docs, Signals, EXIT_STOPPED_AT_ONCE,
 };
 use taskmill_squares::Squares;
+
+use exec::Exec;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Pulls integer tasks from a taskmill master, squares them and pushes the results back.
+/// Pulls tasks from a taskmill master, works on them (squares integers, or runs --exec's
+/// command per task) and pushes the results back.
 #[derive(Debug, Parser)]
 #[command(
     name = "taskmill-worker",
@@ -56,8 +63,44 @@ struct Cli {
     #[arg(long, env = "TASKMILL_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Pretend each batch of tasks takes this long (e.g. 20ms), for load tests and demos.
-    #[arg(long, env = "TASKMILL_SIMULATED_WORK", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "TASKMILL_SIMULATED_WORK", default_value = "0s", value_parser = parse_duration, conflicts_with = "exec")]
     simulated_work: Duration,
+    /// The queue to take tasks from.
+    #[arg(long, env = "TASKMILL_QUEUE", default_value = taskmill::TASKS_QUEUE)]
+    queue: String,
+    /// Where results go for tasks whose producer named no reply queue.
+    #[arg(long, env = "TASKMILL_RESULTS_QUEUE", default_value = taskmill::RESULTS_QUEUE)]
+    results_queue: String,
+    /// Run this command once per task instead of squaring (split like a shell would; no shell
+    /// runs it). The payload is its stdin and its stdout the result; exit 0 completes the task,
+    /// --retry-exit-code retries it, any other exit fails the attempt with the end of stderr
+    /// as the reason. TASKMILL_TASK_ID and TASKMILL_ATTEMPT are set; the authkey is not.
+    #[arg(
+        long,
+        env = "TASKMILL_EXEC",
+        help_heading = "Exec",
+        value_name = "COMMAND"
+    )]
+    exec: Option<String>,
+    /// Kill a command (its whole process group) that runs longer; the attempt fails.
+    #[arg(long, env = "TASKMILL_TASK_TIMEOUT", value_parser = parse_positive_duration, help_heading = "Exec", requires = "exec")]
+    task_timeout: Option<Duration>,
+    /// The exit code with which a command asks for its task to be retried (75 is sysexits'
+    /// EX_TEMPFAIL).
+    #[arg(
+        long,
+        env = "TASKMILL_RETRY_EXIT_CODE",
+        default_value_t = 75,
+        help_heading = "Exec"
+    )]
+    retry_exit_code: i32,
+    /// How long a task whose command asked for a retry waits before it is handed out again.
+    #[arg(long, env = "TASKMILL_RETRY_AFTER", default_value = "10s", value_parser = parse_duration, help_heading = "Exec")]
+    retry_after: Duration,
+    /// Largest output a command may write (a result must fit the master's frame limit);
+    /// past it the command is killed and the attempt fails.
+    #[arg(long, env = "TASKMILL_MAX_OUTPUT", default_value = "1023KiB", value_parser = parse_bytes, help_heading = "Exec")]
+    max_output: u64,
     /// Bound on connecting plus authenticating.
     #[arg(long, env = "TASKMILL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     connect_timeout: Duration,
@@ -86,11 +129,34 @@ async fn work(cli: Cli) -> anyhow::Result<ExitCode> {
     config.max_backoff = cli.max_backoff;
     config.drain_timeout = cli.drain_timeout;
     config.client.connect_timeout = cli.connect_timeout;
+    config.tasks_queue = cli.queue.clone();
+    config.results_queue = cli.results_queue.clone();
 
     let signals = signals();
-    let handler = Sleep::new(Squares::new(), cli.simulated_work);
-    let worker = Worker::new(config, handler).abort_on(signals.now.clone());
-    let report = worker.run(signals.stop).await?;
+    let report = match &cli.exec {
+        Some(command) => {
+            let argv = shell_words::split(command)
+                .map_err(|err| usage(anyhow::anyhow!("--exec {command:?}: {err}")))?;
+            if argv.is_empty() {
+                return Err(usage(anyhow::anyhow!("--exec needs a command")));
+            }
+            let children = Arc::new(reaper::Children::default());
+            reaper::start(Arc::clone(&children));
+            let exec = Exec {
+                argv,
+                timeout: cli.task_timeout,
+                retry_code: cli.retry_exit_code,
+                retry_after: cli.retry_after,
+                max_output: usize::try_from(cli.max_output).unwrap_or(usize::MAX),
+                children,
+            };
+            work_with(config, exec, &signals).await?
+        }
+        None => {
+            let handler = Sleep::new(Squares::new(), cli.simulated_work);
+            work_with(config, handler, &signals).await?
+        }
+    };
     tracing::info!(
         completed = report.completed,
         stale = report.stale,
@@ -105,6 +171,15 @@ async fn work(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn work_with<H: Handler>(
+    config: WorkerConfig,
+    handler: H,
+    signals: &Signals,
+) -> anyhow::Result<WorkerReport> {
+    let worker = Worker::new(config, handler).abort_on(signals.now.clone());
+    Ok(worker.run(signals.stop.clone()).await?)
 }
 
 #[cfg(test)]
