@@ -45,6 +45,9 @@ const POLL: Duration = Duration::from_millis(250);
 /// Replies read per request.
 const REPLY_BATCH: u32 = 1024;
 
+/// How long deleting a reply queue waits for its reader's last wait to end.
+const DELETE_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Puts tasks that name a reply queue. Each put is carried out at most once: one whose reply
 /// was lost with its connection is sent again with its sequence number, and the master
 /// answers with what the first achieved.
@@ -242,9 +245,10 @@ impl ProducerConfig {
 #[derive(Debug, Default)]
 struct Pending {
     waiting: HashMap<TaskId, oneshot::Sender<Result<Bytes, TaskError>>>,
-    /// Ids above `highest` may be of a put still in flight; others are duplicates.
+    /// Ids above `highest` (all, before the first put is answered) may be of a put still in
+    /// flight; others are duplicates.
     early: HashMap<TaskId, Result<Bytes, TaskError>>,
-    highest: TaskId,
+    highest: Option<TaskId>,
 }
 
 impl Pending {
@@ -262,7 +266,7 @@ impl Pending {
             Some(tx) => {
                 let _ = tx.send(outcome);
             }
-            None if task > self.highest => {
+            None if self.highest.is_none_or(|h| task > h) => {
                 self.early.insert(task, outcome);
             }
             None => {} // a reply seen again after a reconnect
@@ -351,7 +355,8 @@ impl Producer {
                     _job: PhantomData,
                 });
             }
-            pending.highest = pending.highest.max(first + u64::from(count) - 1);
+            let last = first + u64::from(count) - 1;
+            pending.highest = Some(pending.highest.map_or(last, |h| h.max(last)));
         }
         if handles.len() < jobs.len() {
             return Err(ClientError::ShuttingDown);
@@ -367,15 +372,7 @@ impl Producer {
             let _ = collector.await;
         }
         let mut submitter = self.submitter.lock().await;
-        let client = submitter.link().client().await?;
-        match client.delete(&self.reply_queue, false).await {
-            Ok(_) => Ok(()),
-            Err(ClientError::Server {
-                kind: taskmill_protocol::ErrorKind::NoSuchQueue,
-                ..
-            }) => Ok(()),
-            Err(err) => Err(err),
-        }
+        delete_reply_queue(submitter.link(), &self.reply_queue).await
     }
 
     /// The settings this producer was made with.
@@ -394,6 +391,30 @@ impl Drop for Producer {
                 "a producer dropped without close(): its reply queue stays on the master \
                  (delete it with `taskmill delete`)"
             );
+        }
+    }
+}
+
+/// Deletes a reply queue whose reader has stopped. The reader's last wait may still be
+/// registered for a moment after its connection closed (the master refuses the delete as
+/// `InUse` meanwhile), so this tries again for up to [`DELETE_PATIENCE`].
+pub async fn delete_reply_queue(link: &mut Reconnecting, queue: &str) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + DELETE_PATIENCE;
+    loop {
+        let deleted = async { link.client().await?.delete(queue, false).await };
+        match deleted.await {
+            Ok(_) => return Ok(()),
+            Err(ClientError::Server {
+                kind: taskmill_protocol::ErrorKind::NoSuchQueue,
+                ..
+            }) => return Ok(()),
+            Err(ClientError::Server {
+                kind: taskmill_protocol::ErrorKind::InUse,
+                ..
+            }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => return Err(err),
         }
     }
 }

@@ -259,14 +259,9 @@ pub async fn drive(
     }
     // The job's results go with it: a later job never sees them. Its tasks still queued (a
     // stopped job) are settled by workers with their results dropped.
-    let deleted = async {
-        collector
-            .link()
-            .client()
-            .await?
-            .delete(&reply_queue, false)
-            .await
-    };
+    // (A wait the collector left behind ends with its connection.)
+    collector.link().disconnect();
+    let deleted = taskmill::producer::delete_reply_queue(collector.link(), &reply_queue);
     if let Err(err) = deleted.await {
         warn!(queue = %reply_queue, cause = %err, "cannot delete the job's reply queue");
     }

@@ -46,6 +46,26 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The example `name` of package `package`, built first (as [`binary`] builds binaries).
+pub fn example(package: &str, name: &str) -> PathBuf {
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", package, "--example", name]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cannot run cargo");
+        assert!(status.success(), "building example {name} failed");
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a test binary lives in target/<profile>/deps");
+    dir.join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
 /// A child process that is killed and reaped if the test ends early.
 pub struct Proc {
     pub child: Child,

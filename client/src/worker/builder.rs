@@ -72,6 +72,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// The lease asked for each task; the runtime extends it every third of this while the
+    /// task runs, so only a worker that died or hung loses its tasks.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
     /// The first delay before a failed attempt is tried again (doubled per attempt).
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.config.retry_delay = delay;
