@@ -23,6 +23,14 @@ pub fn text(payload: &[u8]) -> Cow<'_, str> {
     text
 }
 
+/// `n` and `noun`, made plural unless `n` is 1 ("1 item", "2 items").
+pub fn count(n: u64, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// `text`, with backslashes, tabs and line breaks escaped, for columns that must stay on one
 /// line (a dead letter's reason may be the tail of a program's stderr).
 pub fn one_line(text: &str) -> Cow<'_, str> {
@@ -89,5 +97,7 @@ mod tests {
     fn one_line_escapes_only_what_breaks_a_line() {
         assert_eq!(one_line("exit 3: boom"), "exit 3: boom");
         assert_eq!(one_line("a\tb\nc\\d\r"), "a\\tb\\nc\\\\d\\r");
+        assert_eq!(count(1, "item"), "1 item");
+        assert_eq!(count(0, "dead letter"), "0 dead letters");
     }
 }

@@ -250,7 +250,7 @@ async fn dead_lists_buried_tasks_with_their_reasons_and_kick_moves_them_back() {
     let kicked = taskmill(addr, &["kick", "jobs"]).await;
     assert_eq!(
         kicked.ok(),
-        "1 dead letters moved from jobs.dead back to jobs\n"
+        "1 dead letter moved from jobs.dead back to jobs\n"
     );
     assert_eq!(peek_all(&master, "jobs").await, ["bad\tone", "ugly"]);
     let back = taskmill(addr, &["peek", "jobs", "--json"])

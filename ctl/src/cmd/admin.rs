@@ -12,6 +12,7 @@ use taskmill_protocol::ErrorKind;
 
 use super::{connect, print_json};
 use crate::cli::{DeclareArgs, DeleteArgs, InspectArgs, PurgeArgs, StatsArgs};
+use crate::output::count;
 
 pub async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.common).await?;
@@ -23,7 +24,7 @@ pub async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     if args.common.json {
         print_json(&json!({ "queue": queue, "purged": purged }));
     } else {
-        say(format!("{purged} items purged from {queue}"));
+        say(format!("{} purged from {queue}", count(purged, "item")));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -53,7 +54,10 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
     if args.common.json {
         print_json(&json!({ "queue": queue, "deleted": true, "discarded": discarded }));
     } else {
-        say(format!("{queue} deleted, with {discarded} items"));
+        say(format!(
+            "{queue} deleted, with {}",
+            count(discarded, "item")
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use taskmill_protocol::{decode_payload, DeadLetter, ErrorKind, DEAD_SUFFIX};
 
 use super::{connect, print_json};
 use crate::cli::{DeadArgs, KickArgs};
-use crate::output::{one_line, payload_fields, text};
+use crate::output::{count, one_line, payload_fields, text};
 
 pub async fn list(args: DeadArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.common).await?;
@@ -100,7 +100,8 @@ pub async fn kick(args: KickArgs) -> anyhow::Result<ExitCode> {
         print_json(&json!({ "queue": queue, "kicked": moved }));
     } else {
         say(format!(
-            "{moved} dead letters moved from {queue}{DEAD_SUFFIX} back to {queue}"
+            "{} moved from {queue}{DEAD_SUFFIX} back to {queue}",
+            count(moved, "dead letter")
         ));
     }
     Ok(ExitCode::SUCCESS)
