@@ -15,8 +15,10 @@
 //!   value parsers ([`parse_duration`], [`parse_bytes`], [`parse_master_addr`], ...), logging
 //!   and [`say`], [`Usage`] and [`run_main`], and [`signals`].
 //! - [`docs`]: the hidden `completions` and `man` subcommands ([`Docs`]).
+//! - [`stats`]: a master's stats as a table or JSON, for every binary that shows them.
 
 pub mod docs;
+pub mod stats;
 
 pub use docs::Docs;
 
