@@ -41,6 +41,22 @@ pub(crate) struct Phases {
     pub stop: CancellationToken,
 }
 
+impl Phases {
+    /// Phases that end with these or, earlier, by [`Phases::end`]: one session's own.
+    pub fn child(&self) -> Phases {
+        Phases {
+            drain: self.drain.child_token(),
+            stop: self.stop.child_token(),
+        }
+    }
+
+    /// Ends both phases now (for a child, only it).
+    pub fn end(&self) {
+        self.drain.cancel();
+        self.stop.cancel();
+    }
+}
+
 /// What every listener and session shares.
 #[derive(Debug)]
 pub(crate) struct Context {
