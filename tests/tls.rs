@@ -8,6 +8,7 @@ use taskmill::{Client, ClientError, ClientOptions};
 use taskmill_protocol::{TlsClient, TlsServer};
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_testkit::{config, key, within, TestMaster};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files in a fresh folder.
@@ -115,6 +116,35 @@ async fn a_plain_client_at_a_tls_master_gets_a_clear_error_quickly() {
         .unwrap_err();
     assert!(err.to_string().contains("requires TLS"), "{err}");
     assert!(!err.is_transient(), "retrying without TLS cannot help");
+}
+
+#[tokio::test]
+async fn a_probe_of_a_tls_port_is_neither_a_failure_nor_throttled() {
+    let pki = Pki::new("probe");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    cfg.guard.auth_failures_per_minute = 1;
+    let master = TestMaster::start(cfg).await;
+    for _ in 0..3 {
+        drop(
+            within("probe", TcpStream::connect(&master.addr))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut client = within(
+        "tls connect after the probes",
+        Client::connect_with(&master.addr, &key(), &pki.client("localhost")),
+    )
+    .await
+    .unwrap();
+    within("three probes counted", async {
+        while client.stats().await.unwrap().probes < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(client.stats().await.unwrap().handshake_failures, 0);
 }
 
 #[tokio::test]

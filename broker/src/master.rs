@@ -30,6 +30,8 @@ pub(crate) struct Counters {
     pub clients: AtomicU64,
     pub connections_total: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Connections that ended before sending a byte.
+    pub probes: AtomicU64,
 }
 
 /// The two shutdown phases every session watches.
@@ -192,6 +194,7 @@ impl Context {
             clients: counters.clients.load(Ordering::Relaxed),
             connections_total: counters.connections_total.load(Ordering::Relaxed),
             handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
+            probes: counters.probes.load(Ordering::Relaxed),
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),

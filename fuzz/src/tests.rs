@@ -279,6 +279,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 clients: 2,
                 connections_total: 3,
                 handshake_failures: 1,
+                probes: 4,
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
                 storage: None,

@@ -70,6 +70,9 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     let config = &ctx.config;
     // One deadline covers the TLS handshake and ours.
     let handshake = tokio::time::timeout(config.handshake_timeout, async {
+        if !first_byte(&stream).await {
+            return Ok(None);
+        }
         let stream = match &config.tls {
             Some(tls) => tls
                 .accept(stream)
@@ -84,6 +87,7 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
             config.heartbeat_interval,
         )
         .await
+        .map(Some)
     });
     let outcome = tokio::select! {
         outcome = handshake => outcome,
@@ -92,9 +96,16 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     // The handshake slot is for unauthenticated connections only: free it either way.
     drop(ticket);
     let cause = match outcome {
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(Ok(Some(conn))) => Ok(conn),
+        Ok(Ok(None)) => {
+            // Port probes and TCP health checks connect and leave: no handshake was tried.
+            ctx.counters.probes.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "connection closed before sending anything");
+            return;
+        }
         Ok(Err(HandshakeError::Closed)) => {
-            // Port probes and TCP health checks connect and leave; not worth a warning.
+            // A peer that started a handshake and left: counted, but not charged to its
+            // address, and not worth a warning.
             ctx.counters
                 .handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
@@ -151,6 +162,13 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     if requeued > 0 {
         info!(%peer, requeued, "gave back the tasks the closed connection held");
     }
+}
+
+/// Waits for the client's first byte without taking it: false if the connection ends, or
+/// fails, before it sends one.
+async fn first_byte(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
 }
 
 struct Session<'a> {

@@ -40,11 +40,12 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
     let _ = writeln!(
         out,
         "master {master}: up {:.1}s, {} clients connected (not counting this one), {} connections since start, \
-         {} failed handshakes, {} connections completed tasks",
+         {} failed handshakes, {} probes (connected and sent nothing), {} connections completed tasks",
         stats.uptime_ms as f64 / 1000.0,
         stats.clients,
         stats.connections_total,
         stats.handshake_failures,
+        stats.probes,
         stats.completing_clients_total,
     );
     let _ = writeln!(
@@ -126,6 +127,7 @@ pub fn render_json(master: &str, stats: &Stats) -> serde_json::Value {
         "clients": stats.clients,
         "connections_total": stats.connections_total,
         "handshake_failures": stats.handshake_failures,
+        "probes": stats.probes,
         "completing_clients_total": stats.completing_clients_total,
         "queues": stats.queues.iter().map(queue_json).collect::<Vec<_>>(),
         "storage": stats.storage.as_ref().map(|s| json!({
@@ -174,6 +176,7 @@ mod tests {
             clients: 2,
             connections_total: 5,
             handshake_failures: 1,
+            probes: 4,
             completing_clients_total: 1,
             storage: None,
             queues: vec![QueueStats {
@@ -198,6 +201,7 @@ mod tests {
     fn table_and_json_show_every_queue_field() {
         let table = render_table("m:1", &sample());
         assert!(table.contains("2 clients connected (not counting this one)"));
+        assert!(table.contains("1 failed handshakes, 4 probes"));
         assert!(table
             .lines()
             .any(|l| l.starts_with("tasks") && l.contains("unbounded")));
@@ -205,6 +209,7 @@ mod tests {
         assert_eq!(json["queues"][0]["size"], 3);
         assert_eq!(json["queues"][0]["capacity"], serde_json::Value::Null);
         assert_eq!(json["handshake_failures"], 1);
+        assert_eq!(json["probes"], 4);
         assert_eq!(json["queues"][0]["dead_total"], 1);
     }
 }
