@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use taskmill::{Client, ClientError, ClientOptions};
-use taskmill_protocol::{TlsClient, TlsServer};
+use taskmill_protocol::{Rejection, TlsClient, TlsServer};
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_testkit::{config, key, within, TestMaster};
 use tokio::net::TcpStream;
@@ -145,6 +145,34 @@ async fn a_probe_of_a_tls_port_is_neither_a_failure_nor_throttled() {
     })
     .await;
     assert_eq!(client.stats().await.unwrap().handshake_failures, 0);
+}
+
+#[tokio::test]
+async fn a_tls_client_turned_away_is_told_why_inside_tls_and_may_retry() {
+    let pki = Pki::new("refused");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    cfg.max_connections = 1;
+    let master = TestMaster::start(cfg).await;
+    let options = pki.client("localhost");
+    let mut first = within(
+        "first",
+        Client::connect_with(&master.addr, &key(), &options),
+    )
+    .await
+    .unwrap();
+    let err = within(
+        "second",
+        Client::connect_with(&master.addr, &key(), &options),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Rejected(Rejection::Overloaded)),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "an overloaded master is worth retrying");
+    first.ping().await.unwrap();
 }
 
 #[tokio::test]

@@ -40,7 +40,16 @@ impl Protocol for Taskmill {
         run(stream, peer, ctx, admitted).await;
     }
 
-    async fn refuse(stream: TcpStream, why: Rejection) {
+    async fn refuse(ctx: Arc<Context>, stream: TcpStream, why: Rejection) {
+        // On a TLS port the refusal goes inside TLS, the only place a TLS client can read it
+        // (in the clear it would fail the client's TLS handshake, which is not retried).
+        let stream = match &ctx.config.tls {
+            Some(tls) => match tls.accept(stream).await {
+                Ok(stream) => stream,
+                Err(_) => return,
+            },
+            None => Stream::Plain(stream),
+        };
         let mut conn =
             Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
         reject(&mut conn, why).await;
