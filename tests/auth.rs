@@ -207,6 +207,36 @@ async fn garbage_oversize_and_foreign_protocols_are_refused_and_closed() {
 }
 
 #[tokio::test]
+async fn connections_that_send_nothing_are_probes_not_failed_handshakes() {
+    let mut cfg = config();
+    cfg.guard.auth_failures_per_minute = 2;
+    let master = TestMaster::start(cfg).await;
+    // Port probes and TCP health checks: connect and close, or connect and reset.
+    for _ in 0..5 {
+        drop(TcpStream::connect(&master.addr).await.unwrap());
+    }
+    let reset = TcpStream::connect(&master.addr).await.unwrap();
+    reset.set_zero_linger().unwrap();
+    drop(reset);
+    let mut client = master.client().await;
+    within("six probes counted", async {
+        while client.stats().await.unwrap().probes < 6 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let stats = client.stats().await.unwrap();
+    assert_eq!((stats.probes, stats.handshake_failures), (6, 0));
+    // Far past the failure budget of 2, yet the address is not throttled.
+    master.client().await.ping().await.unwrap();
+    // One byte makes it a handshake, and its failure counts.
+    let mut stream = TcpStream::connect(&master.addr).await.unwrap();
+    stream.write_all(&[0]).await.unwrap();
+    drop(stream);
+    expect_failures(&master, 1).await;
+}
+
+#[tokio::test]
 async fn a_client_reports_a_peer_that_is_not_a_taskmill_master() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

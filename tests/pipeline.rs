@@ -1,10 +1,18 @@
 //! The throughput paths keep the core's semantics: `CompleteAndGet` (a completion carrying the
-//! next get) and pipelined requests with out-of-order replies. The squares job with large
+//! next get) and pipelined requests with out-of-order replies, answered even when a frame that
+//! ends the connection, or the end of the stream, follows them. The squares job with large
 //! batches and a deep prefetch window is in end_to_end.rs.
 
+use std::collections::HashMap;
+
+use bytes::BytesMut;
 use taskmill::{Client, Worked};
-use taskmill_protocol::{Delivery, Outcome, Reply, Request, Wait};
-use taskmill_testkit::{b, config, within, TestMaster};
+use taskmill_protocol::{
+    ClientMessage, Connection, Delivery, MasterMessage, MessageCodec, Outcome, Reply, Request, Wait,
+};
+use taskmill_testkit::{b, config, raw_session, within, TestMaster};
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::Encoder;
 
 /// A worker's step on "tasks": complete `done` (if any) with a result, then lease up to `max`.
 async fn step(c: &mut Client, done: Option<u64>, max: u32, wait: Wait) -> Worked {
@@ -162,4 +170,115 @@ async fn pipelined_requests_get_every_reply_and_waiting_ones_can_be_overtaken() 
         c.next_reply().await.is_err(),
         "nothing in flight is an error, not a hang"
     );
+}
+
+/// Writes `requests`, then `tail`, in one write on a fresh session, and reads until the master
+/// closes: every reply it sent by request id.
+async fn replies_before_close(
+    master: &TestMaster,
+    requests: Vec<ClientMessage>,
+    tail: &[u8],
+    half_close: bool,
+) -> HashMap<u64, Reply> {
+    let conn = raw_session(&master.addr).await;
+    let max_frame = conn.max_frame();
+    let mut stream = conn.into_inner();
+    let mut codec = MessageCodec::<(), ClientMessage>::new(max_frame);
+    let mut bytes = BytesMut::new();
+    for request in &requests {
+        codec.encode(request, &mut bytes).unwrap();
+    }
+    bytes.extend_from_slice(tail);
+    stream.write_all(&bytes).await.unwrap();
+    if half_close {
+        stream.shutdown().await.unwrap();
+    }
+    let mut conn = Connection::<_, MasterMessage, ClientMessage>::new(stream, max_frame);
+    let mut replies = HashMap::new();
+    loop {
+        match within("replies, then the close", conn.recv()).await {
+            Ok(Some(MasterMessage::Reply { id, reply })) => {
+                assert!(replies.insert(id, reply).is_none(), "one reply per id");
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) | Err(_) => return replies,
+        }
+    }
+}
+
+/// A put, a get that must wait, and a ping, pipelined on `queue`.
+fn three_requests(queue: &str) -> Vec<ClientMessage> {
+    let request = |id, request| ClientMessage::Request { id, request };
+    vec![
+        request(
+            1,
+            Request::Put {
+                queue: queue.into(),
+                items: vec![b("kept")],
+                wait: Wait::No,
+                reply_to: None,
+            },
+        ),
+        request(
+            2,
+            Request::Get {
+                queue: format!("{queue}.empty"),
+                max: 1,
+                wait: Wait::Forever,
+                delivery: Delivery::Lease { millis: None },
+            },
+        ),
+        request(3, Request::Ping),
+    ]
+}
+
+#[tokio::test]
+async fn requests_read_before_a_bad_frame_are_answered_before_the_master_closes() {
+    let master = TestMaster::start(config()).await;
+    // A frame whose body does not decode (no request has index 200), then a put that is never
+    // read.
+    let mut tail = vec![0, 0, 0, 3, 0x00, 0x09, 200];
+    let mut after = BytesMut::new();
+    MessageCodec::<(), ClientMessage>::new(1 << 20)
+        .encode(
+            &ClientMessage::Request {
+                id: 4,
+                request: Request::Put {
+                    queue: "bad".into(),
+                    items: vec![b("never")],
+                    wait: Wait::No,
+                    reply_to: None,
+                },
+            },
+            &mut after,
+        )
+        .unwrap();
+    tail.extend_from_slice(&after);
+    let replies = replies_before_close(&master, three_requests("bad"), &tail, false).await;
+    assert!(
+        matches!(replies.get(&1), Some(Reply::Put { accepted: 1, .. })),
+        "{replies:?}"
+    );
+    assert_eq!(
+        replies.get(&2),
+        Some(&Reply::Tasks(Vec::new())),
+        "the waiting get ends at once, empty"
+    );
+    assert_eq!(replies.get(&3), Some(&Reply::Pong));
+    assert_eq!(replies.len(), 3, "nothing after the bad frame: {replies:?}");
+    let mut c = master.client().await;
+    assert_eq!(c.inspect("bad").await.unwrap().len, 1, "only the first put");
+    assert_eq!(c.inspect("bad.empty").await.unwrap().waiting_getters, 0);
+}
+
+#[tokio::test]
+async fn requests_before_the_end_of_the_stream_are_answered() {
+    let master = TestMaster::start(config()).await;
+    let replies = replies_before_close(&master, three_requests("eof"), &[], true).await;
+    assert!(
+        matches!(replies.get(&1), Some(Reply::Put { accepted: 1, .. })),
+        "{replies:?}"
+    );
+    assert_eq!(replies.get(&2), Some(&Reply::Tasks(Vec::new())));
+    assert_eq!(replies.get(&3), Some(&Reply::Pong));
 }

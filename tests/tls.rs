@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use taskmill::{Client, ClientError, ClientOptions};
-use taskmill_protocol::{TlsClient, TlsServer};
+use taskmill_protocol::{Rejection, TlsClient, TlsServer};
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_testkit::{config, key, within, TestMaster};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files in a fresh folder.
@@ -115,6 +116,63 @@ async fn a_plain_client_at_a_tls_master_gets_a_clear_error_quickly() {
         .unwrap_err();
     assert!(err.to_string().contains("requires TLS"), "{err}");
     assert!(!err.is_transient(), "retrying without TLS cannot help");
+}
+
+#[tokio::test]
+async fn a_probe_of_a_tls_port_is_neither_a_failure_nor_throttled() {
+    let pki = Pki::new("probe");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    cfg.guard.auth_failures_per_minute = 1;
+    let master = TestMaster::start(cfg).await;
+    for _ in 0..3 {
+        drop(
+            within("probe", TcpStream::connect(&master.addr))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut client = within(
+        "tls connect after the probes",
+        Client::connect_with(&master.addr, &key(), &pki.client("localhost")),
+    )
+    .await
+    .unwrap();
+    within("three probes counted", async {
+        while client.stats().await.unwrap().probes < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(client.stats().await.unwrap().handshake_failures, 0);
+}
+
+#[tokio::test]
+async fn a_tls_client_turned_away_is_told_why_inside_tls_and_may_retry() {
+    let pki = Pki::new("refused");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    cfg.max_connections = 1;
+    let master = TestMaster::start(cfg).await;
+    let options = pki.client("localhost");
+    let mut first = within(
+        "first",
+        Client::connect_with(&master.addr, &key(), &options),
+    )
+    .await
+    .unwrap();
+    let err = within(
+        "second",
+        Client::connect_with(&master.addr, &key(), &options),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Rejected(Rejection::Overloaded)),
+        "{err:?}"
+    );
+    assert!(err.is_transient(), "an overloaded master is worth retrying");
+    first.ping().await.unwrap();
 }
 
 #[tokio::test]

@@ -30,6 +30,8 @@ pub(crate) struct Counters {
     pub clients: AtomicU64,
     pub connections_total: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Connections that ended before sending a byte.
+    pub probes: AtomicU64,
 }
 
 /// The two shutdown phases every session watches.
@@ -39,6 +41,22 @@ pub(crate) struct Phases {
     pub drain: CancellationToken,
     /// Answer what is waiting and close.
     pub stop: CancellationToken,
+}
+
+impl Phases {
+    /// Phases that end with these or, earlier, by [`Phases::end`]: one session's own.
+    pub fn child(&self) -> Phases {
+        Phases {
+            drain: self.drain.child_token(),
+            stop: self.stop.child_token(),
+        }
+    }
+
+    /// Ends both phases now (for a child, only it).
+    pub fn end(&self) {
+        self.drain.cancel();
+        self.stop.cancel();
+    }
 }
 
 /// What every listener and session shares.
@@ -176,6 +194,7 @@ impl Context {
             clients: counters.clients.load(Ordering::Relaxed),
             connections_total: counters.connections_total.load(Ordering::Relaxed),
             handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
+            probes: counters.probes.load(Ordering::Relaxed),
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),

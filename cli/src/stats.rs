@@ -29,11 +29,12 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
     let _ = writeln!(
         out,
         "master {master}: up {:.1}s, {} clients connected (not counting this one), {} connections since start, \
-         {} failed handshakes, {} connections completed tasks",
+         {} failed handshakes, {} probes (connected and sent nothing), {} connections completed tasks",
         stats.uptime_ms as f64 / 1000.0,
         stats.clients,
         stats.connections_total,
         stats.handshake_failures,
+        stats.probes,
         stats.completing_clients_total,
     );
     out.push_str(&queue_table(&stats.queues));
@@ -122,6 +123,7 @@ pub fn render_json(master: &str, stats: &Stats) -> serde_json::Value {
         "clients": stats.clients,
         "connections_total": stats.connections_total,
         "handshake_failures": stats.handshake_failures,
+        "probes": stats.probes,
         "completing_clients_total": stats.completing_clients_total,
         "queues": stats.queues.iter().map(queue_json).collect::<Vec<_>>(),
         "storage": stats.storage.as_ref().map(|s| json!({
@@ -171,6 +173,7 @@ mod tests {
             clients: 2,
             connections_total: 5,
             handshake_failures: 1,
+            probes: 2,
             completing_clients_total: 1,
             storage: None,
             queues: vec![QueueStats {

@@ -25,12 +25,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use taskmill_protocol::auth::Role;
 use taskmill_protocol::codec::{clamp_max_frame, HANDSHAKE_MAX_FRAME, MAX_FRAME_CEILING};
 use taskmill_protocol::handshake::{accept, connect};
-use taskmill_squares::{SquareResult, SquareTask};
 use taskmill_protocol::{
     decode_payload, encode_payload, AuthKey, ClientHandshake, ClientMessage, CodecError,
     DeadLetter, MasterHandshake, MasterMessage, MessageCodec, Nonce, DEFAULT_MAX_FRAME, MAGIC,
     PROTOCOL_VERSION,
 };
+use taskmill_squares::{SquareResult, SquareTask};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio_util::codec::{Decoder, Encoder};
 

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use taskmill_squares::{SquareResult, SquareTask};
 use taskmill_protocol::{
     encode_payload, ClientHandshake, ClientMessage, DeadLetter, Delivery, ErrorKind,
     MasterHandshake, MasterMessage, MessageCodec, Outcome, QueueStats, Rejection, Reply, Request,
     Stats, Task, Wait, DEFAULT_MAX_FRAME, MAGIC, PROTOCOL_VERSION,
 };
+use taskmill_squares::{SquareResult, SquareTask};
 use tokio_util::codec::Encoder;
 
 use super::*;
@@ -89,7 +89,11 @@ fn every_request_and_reply_has_a_seed(request: &Request, reply: &Reply) {
         | Request::Touch { .. }
         | Request::Nack { .. }
         | Request::CompleteAndGet { .. }
-        | Request::PutOnce { .. } => {}
+        | Request::PutOnce { .. }
+        | Request::Peek { .. }
+        | Request::Purge { .. }
+        | Request::Kick { .. }
+        | Request::Delete { .. } => {}
     }
     match reply {
         Reply::Put { .. }
@@ -99,7 +103,8 @@ fn every_request_and_reply_has_a_seed(request: &Request, reply: &Reply) {
         | Reply::Stats(_)
         | Reply::Pong
         | Reply::Error { .. }
-        | Reply::Worked { .. } => {}
+        | Reply::Worked { .. }
+        | Reply::Count(_) => {}
     }
 }
 
@@ -243,6 +248,22 @@ fn requests() -> Vec<(&'static str, Request)> {
                 reply_to: None,
             },
         ),
+        ("peek", Request::Peek { queue: q(), max: 8 }),
+        ("purge", Request::Purge { queue: q() }),
+        (
+            "kick",
+            Request::Kick {
+                queue: q(),
+                max: 300,
+            },
+        ),
+        (
+            "delete",
+            Request::Delete {
+                queue: "reply.1".into(),
+                if_empty: true,
+            },
+        ),
     ]
 }
 
@@ -261,6 +282,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 id: 1,
                 attempt: 2,
                 payload: Bytes::from_static(b"xyz"),
+                reply_to: Bytes::from_static(b"reply.1"),
             }]),
         ),
         (
@@ -279,6 +301,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 clients: 2,
                 connections_total: 3,
                 handshake_failures: 1,
+                probes: 4,
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
                 storage: None,
@@ -298,13 +321,10 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 done: 1,
                 stale: vec![2],
                 pending: 0,
-                tasks: vec![Task {
-                    id: 3,
-                    attempt: 1,
-                    payload: Bytes::from_static(b"7"),
-                }],
+                tasks: vec![Task::new(3, 1, Bytes::from_static(b"7"))],
             },
         ),
+        ("count", Reply::Count(70_000)),
     ]
 }
 

@@ -508,6 +508,7 @@ mod tests {
                 clients: 2,
                 connections_total: 3,
                 handshake_failures: 1,
+                probes: 4,
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
                 storage: None,

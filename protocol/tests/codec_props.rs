@@ -239,7 +239,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         }),
         queue_stats().prop_map(|q| Reply::Queue(Box::new(q))),
         (
-            proptest::array::uniform5(any::<u64>()),
+            proptest::array::uniform6(any::<u64>()),
             vec(queue_stats(), 0..3),
             option::of(storage_stats()),
         )
@@ -248,7 +248,8 @@ fn reply() -> impl Strategy<Value = Reply> {
                 clients: n[1],
                 connections_total: n[2],
                 handshake_failures: n[3],
-                completing_clients_total: n[4],
+                probes: n[4],
+                completing_clients_total: n[5],
                 queues,
                 storage,
             }))),

@@ -4,10 +4,11 @@
 use bytes::{Bytes, BytesMut};
 use taskmill_protocol::auth::Role;
 use taskmill_protocol::{
-    encode_payload, AuthKey, ClientHandshake, ClientMessage, DeadLetter, Delivery, MasterHandshake,
-    MasterMessage, MessageCodec, Rejection, Reply, Request, Wait, MAGIC, PROTOCOL_VERSION,
+    encode_payload, AuthKey, ClientHandshake, ClientMessage, DeadLetter, Delivery, ErrorKind,
+    MasterHandshake, MasterMessage, MessageCodec, Outcome, Rejection, Reply, Request, Task,
+    TaskOutcome, TaskReply, Wait, MAGIC, PROTOCOL_VERSION,
 };
-use tokio_util::codec::Encoder;
+use tokio_util::codec::{Decoder, Encoder};
 
 fn hex(bytes: &[u8]) -> String {
     bytes
@@ -22,6 +23,13 @@ fn frame<T: serde::Serialize>(msg: &T) -> String {
     let mut buf = BytesMut::new();
     codec.encode(msg, &mut buf).unwrap();
     hex(&buf)
+}
+
+/// Bytes from the document's spaced hex.
+fn unhex(text: &str) -> Vec<u8> {
+    text.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect()
 }
 
 fn seq_bytes(start: u8) -> [u8; 32] {
@@ -46,10 +54,12 @@ fn hello_frame_matches_section_9() {
 fn handshake_message_sizes_match_section_9() {
     let body_len = |s: String| (s.len() + 1) / 3 - 4;
     let challenge = MasterHandshake::Challenge {
-        version: 1,
+        version: PROTOCOL_VERSION,
         nonce: [0; 32],
     };
-    assert_eq!(body_len(frame(&challenge)), 34);
+    let challenge = frame(&challenge);
+    assert!(challenge.starts_with("00 00 00 22 00 03 00"), "{challenge}");
+    assert_eq!(body_len(challenge), 34);
     assert_eq!(
         body_len(frame(&ClientHandshake::Proof { mac: [0; 32] })),
         33
@@ -64,10 +74,11 @@ fn handshake_message_sizes_match_section_9() {
     assert!(frame(&MasterHandshake::Rejected(Rejection::AuthenticationFailed)).ends_with("02 02"));
     assert!(
         frame(&MasterHandshake::Rejected(Rejection::UnsupportedVersion {
-            supported: 1
+            supported: PROTOCOL_VERSION
         }))
-        .ends_with("02 01 01")
+        .ends_with("02 01 03")
     );
+    assert!(frame(&MasterHandshake::Rejected(Rejection::Overloaded)).ends_with("02 04"));
 }
 
 #[test]
@@ -151,5 +162,127 @@ fn leasing_get_heartbeats_and_dead_letters_match_section_9() {
     assert_eq!(
         hex(&encode_payload(&letter).unwrap()),
         "07 05 74 61 73 6b 73 05 09 6e 61 63 6b 65 64 3a 20 78 02 00 05"
+    );
+}
+
+/// The task of section 9's examples: id 300, first delivery, the squares task, reply queue r.1.
+fn routed_task() -> Task {
+    Task {
+        id: 300,
+        attempt: 1,
+        payload: Bytes::from_static(&[0x00, 0x05]),
+        reply_to: Bytes::from_static(b"r.1"),
+    }
+}
+
+/// Its `TaskReply` `Done`, carrying the squares result of section 8.
+fn done_reply() -> TaskReply {
+    TaskReply {
+        task: 300,
+        outcome: TaskOutcome::Done(Bytes::from_static(&[0x00, 0x05, 0x12, 0x01, 0x07])),
+    }
+}
+
+#[test]
+fn reply_queue_frames_and_task_replies_match_section_9() {
+    let put = ClientMessage::Request {
+        id: 2,
+        request: Request::Put {
+            queue: "tasks".into(),
+            items: vec![Bytes::from_static(&[0x00, 0x05])],
+            wait: Wait::Millis(1000),
+            reply_to: Some("r.1".into()),
+        },
+    };
+    assert_eq!(
+        frame(&put),
+        "00 00 00 16 00 02 00 05 74 61 73 6b 73 01 02 00 05 01 fb e8 03 01 03 72 2e 31"
+    );
+    let tasks = MasterMessage::Reply {
+        id: 3,
+        reply: Reply::Tasks(vec![routed_task()]),
+    };
+    assert_eq!(
+        frame(&tasks),
+        "00 00 00 0f 00 03 01 01 fb 2c 01 01 02 00 05 03 72 2e 31"
+    );
+    assert_eq!(hex(&done_reply().encode()), "00 fb 2c 01 00 05 12 01 07");
+    let dead = TaskReply {
+        task: 300,
+        outcome: TaskOutcome::Dead {
+            attempts: 5,
+            reason: "nacked: x".into(),
+        },
+    };
+    assert_eq!(
+        hex(&dead.encode()),
+        "01 fb 2c 01 05 6e 61 63 6b 65 64 3a 20 78"
+    );
+    for reply in [done_reply(), dead] {
+        assert_eq!(TaskReply::decode(&reply.encode()).unwrap(), reply);
+    }
+    let complete = ClientMessage::Request {
+        id: 4,
+        request: Request::Complete {
+            queue: "tasks".into(),
+            results: "r.1".into(),
+            outcomes: vec![Outcome {
+                task: 300,
+                result: done_reply().encode(),
+            }],
+            wait: Wait::No,
+            reply: true,
+        },
+    };
+    assert_eq!(
+        frame(&complete),
+        concat!(
+            "00 00 00 1d 00 04 03 05 74 61 73 6b 73 03 72 2e 31 ",
+            "01 fb 2c 01 09 00 fb 2c 01 00 05 12 01 07 00 01"
+        )
+    );
+}
+
+#[test]
+fn nack_delete_count_and_an_unknown_error_kind_match_section_9() {
+    let nack = ClientMessage::Request {
+        id: 5,
+        request: Request::Nack {
+            queue: "tasks".into(),
+            tasks: vec![300],
+            delay_ms: 0,
+            reason: "bad input".into(),
+            fatal: true,
+        },
+    };
+    assert_eq!(
+        frame(&nack),
+        "00 00 00 19 00 05 09 05 74 61 73 6b 73 01 fb 2c 01 00 09 62 61 64 20 69 6e 70 75 74 01"
+    );
+    let delete = ClientMessage::Request {
+        id: 6,
+        request: Request::Delete {
+            queue: "r.1".into(),
+            if_empty: false,
+        },
+    };
+    assert_eq!(frame(&delete), "00 00 00 08 00 06 0f 03 72 2e 31 00");
+    let count = MasterMessage::Reply {
+        id: 6,
+        reply: Reply::Count(2),
+    };
+    assert_eq!(frame(&count), "00 00 00 04 00 06 08 02");
+    // A kind this version does not know, from a newer master: read as Unknown, message kept.
+    let mut codec = MessageCodec::<MasterMessage, ()>::new(1 << 20);
+    let mut bytes = BytesMut::from(&unhex("00 00 00 09 00 07 06 0e 04 6e 65 77 21")[..]);
+    assert_eq!(
+        codec.decode(&mut bytes).unwrap(),
+        Some(MasterMessage::Reply {
+            id: 7,
+            reply: Reply::Error {
+                kind: ErrorKind::Unknown,
+                message: "new!".into(),
+            },
+        })
     );
 }

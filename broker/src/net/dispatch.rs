@@ -2,7 +2,8 @@
 //!
 //! A request is answered now, or becomes a future that yields its reply once its wait ends
 //! (see [`Step`]); the session polls those beside its socket. New work (puts, leasing gets)
-//! ends at the drain; what settles work already handed out runs until the stop.
+//! ends at the drain; what settles work already handed out runs until the stop. Both end
+//! early, with what they achieved, when their session ends.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Origin, Progress, PutWaiting, QueueError, SessionId, Step};
-use crate::master::Context;
+use crate::master::{Context, Phases};
 
 /// A reply still to come, with its request's id.
 pub(crate) type Waiting = Pin<Box<dyn Future<Output = (u64, Reply)> + Send>>;
@@ -29,11 +30,14 @@ pub(crate) struct Caller<'a> {
     pub session: SessionId,
     /// This session's frame cap, which bounds items and replies.
     pub max_frame: usize,
+    /// What ends waiting requests: the master's drain and stop, or the session's own end,
+    /// whichever is first.
+    pub phases: &'a Phases,
 }
 
 /// Carries out one request: the reply now, or a future that yields it once its wait ends.
 pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Reply, Waiting> {
-    let draining = caller.ctx.phases.drain.is_cancelled();
+    let draining = caller.phases.drain.is_cancelled();
     let answer = match request {
         Request::Put { .. }
         | Request::PutOnce { .. }
@@ -127,7 +131,7 @@ fn put(
     let waits = wait != Wait::No;
     let reply = reply_to.as_deref();
     let step = broker(caller).put_once(caller.session, queue, items, waits, origin, reply)?;
-    let drain = caller.ctx.phases.drain.clone();
+    let drain = caller.phases.drain.clone();
     Ok(later(id, step, wait, drain, put_reply))
 }
 
@@ -140,7 +144,7 @@ fn get(
     delivery: Delivery,
 ) -> Answer {
     check_max(max)?;
-    let phases = &caller.ctx.phases;
+    let phases = caller.phases;
     let ends = match delivery {
         Delivery::Lease { .. } => phases.drain.clone(),
         Delivery::Remove => phases.stop.clone(),
@@ -177,7 +181,7 @@ fn complete(
     check_payloads(caller, outcomes.iter().map(|o| &o.result))?;
     let waits = wait != Wait::No;
     let step = broker(caller).complete(caller.session, queue, results, outcomes, waits, reply)?;
-    let stop = caller.ctx.phases.stop.clone();
+    let stop = caller.phases.stop.clone();
     Ok(later(id, step, wait, stop, settled_reply))
 }
 
@@ -194,7 +198,7 @@ fn complete_and_get(
 ) -> Answer {
     check_max(max)?;
     check_payloads(caller, outcomes.iter().map(|o| &o.result))?;
-    let phases = &caller.ctx.phases;
+    let phases = caller.phases;
     let next = NextGet {
         broker: broker(caller).clone(),
         session: caller.session,

@@ -37,15 +37,20 @@ pub(crate) trait Protocol: Send + Sync + 'static {
 
     /// Tells a connection that will not be served why, if the protocol can say so before a
     /// handshake. Bounded by the caller.
-    fn refuse(stream: TcpStream, why: Rejection) -> impl Future<Output = ()> + Send;
+    fn refuse(
+        ctx: Arc<Context>,
+        stream: TcpStream,
+        why: Rejection,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Refusals being written at once; past this a refused connection is just closed, so a flood
 /// of connections cannot pile up refusal tasks.
 const MAX_REFUSALS: usize = 64;
 
-/// How long a refusal may take: write the reason, then drain what the peer sent, so that
-/// closing does not reset the connection before the peer has read why.
+/// How long a refusal may take: the TLS handshake on a TLS port, writing the reason, then
+/// draining what the peer sent, so that closing does not reset the connection before the peer
+/// has read why.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Accepts connections on `listener` for `P` until `shutdown` fires.
@@ -112,7 +117,7 @@ pub(crate) async fn run<P: Protocol>(
 
 /// Tells a connection why it is not served, within [`REFUSAL_TIME`], if a refusal slot is free.
 fn refuse<P: Protocol>(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     refusals: &Arc<Semaphore>,
     stream: TcpStream,
     why: Rejection,
@@ -120,8 +125,9 @@ fn refuse<P: Protocol>(
     let Ok(slot) = refusals.clone().try_acquire_owned() else {
         return;
     };
+    let refusal = P::refuse(Arc::clone(ctx), stream, why);
     ctx.tracker.spawn(async move {
-        let _ = tokio::time::timeout(REFUSAL_TIME, P::refuse(stream, why)).await;
+        let _ = tokio::time::timeout(REFUSAL_TIME, refusal).await;
         drop(slot);
     });
 }

@@ -3,8 +3,11 @@
 //! Requests that can be answered at once are answered in arrival order. Requests that must wait
 //! become futures polled beside the socket, so a waiting `get` neither blocks this connection's
 //! other requests nor hides a disconnect. A client silent for two heartbeat intervals while it
-//! holds leases or waits is presumed dead. When the session ends, for any reason, its waiting
-//! futures are dropped (unregistering them) and then its leases are requeued.
+//! holds leases or waits is presumed dead. When the client stops sending, at its end of stream
+//! or at a frame that ends the connection, every request read before is still answered (those
+//! waiting end at once with what they achieved) before the connection closes. When the session
+//! ends, for any reason, its waiting futures are dropped (unregistering them) and then its
+//! leases are requeued.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -37,7 +40,16 @@ impl Protocol for Taskmill {
         run(stream, peer, ctx, admitted).await;
     }
 
-    async fn refuse(stream: TcpStream, why: Rejection) {
+    async fn refuse(ctx: Arc<Context>, stream: TcpStream, why: Rejection) {
+        // On a TLS port the refusal goes inside TLS, the only place a TLS client can read it
+        // (in the clear it would fail the client's TLS handshake, which is not retried).
+        let stream = match &ctx.config.tls {
+            Some(tls) => match tls.accept(stream).await {
+                Ok(stream) => stream,
+                Err(_) => return,
+            },
+            None => Stream::Plain(stream),
+        };
         let mut conn =
             Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
         reject(&mut conn, why).await;
@@ -67,6 +79,9 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     let config = &ctx.config;
     // One deadline covers the TLS handshake and ours.
     let handshake = tokio::time::timeout(config.handshake_timeout, async {
+        if !first_byte(&stream).await {
+            return Ok(None);
+        }
         let stream = match &config.tls {
             Some(tls) => tls
                 .accept(stream)
@@ -81,6 +96,7 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
             config.heartbeat_interval,
         )
         .await
+        .map(Some)
     });
     let outcome = tokio::select! {
         outcome = handshake => outcome,
@@ -89,9 +105,16 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     // The handshake slot is for unauthenticated connections only: free it either way.
     drop(ticket);
     let cause = match outcome {
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(Ok(Some(conn))) => Ok(conn),
+        Ok(Ok(None)) => {
+            // Port probes and TCP health checks connect and leave: no handshake was tried.
+            ctx.counters.probes.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "connection closed before sending anything");
+            return;
+        }
         Ok(Err(HandshakeError::Closed)) => {
-            // Port probes and TCP health checks connect and leave; not worth a warning.
+            // A peer that started a handshake and left: counted, but not charged to its
+            // address, and not worth a warning.
             ctx.counters
                 .handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
@@ -133,6 +156,7 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
         conn,
         ctx: &ctx,
         id,
+        ends: phases.child(),
         phases,
         last_heard: now,
         last_written: now,
@@ -149,11 +173,21 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     }
 }
 
+/// Waits for the client's first byte without taking it: false if the connection ends, or
+/// fails, before it sends one.
+async fn first_byte(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
+}
+
 struct Session<'a> {
     conn: MasterConnection<Stream>,
     ctx: &'a Context,
     id: SessionId,
     phases: Phases,
+    /// The master's phases, which this session also ends alone when its client stops
+    /// sending: its waiting requests watch these.
+    ends: Phases,
     last_heard: Instant,
     last_written: Instant,
 }
@@ -229,6 +263,7 @@ impl Session<'_> {
                             ctx: self.ctx,
                             session: self.id,
                             max_frame: self.conn.max_frame(),
+                            phases: &self.ends,
                         };
                         match dispatch::handle(&caller, id, request) {
                             Step::Ready(reply) => Some(reply),
@@ -242,8 +277,20 @@ impl Session<'_> {
                         unflushed |= self.answer(&mut gate, id, reply).await?;
                     }
                 }
-                Event::Message(Ok(None)) => return Ok(()),
-                Event::Message(Err(err)) => return Err(err.into()),
+                Event::Message(Ok(None)) => {
+                    // A client that shut down its sending side may still read: answer it.
+                    if let Err(err) = self.answer_read(waiting, gate).await {
+                        debug!(session = self.id, cause = %err, "replies after the end of stream not delivered");
+                    }
+                    return Ok(());
+                }
+                Event::Message(Err(err)) => {
+                    // What was read before the bad frame was carried out: say so before closing.
+                    if let Err(cause) = self.answer_read(waiting, gate).await {
+                        debug!(session = self.id, %cause, "replies before a fatal frame not delivered");
+                    }
+                    return Err(err.into());
+                }
                 Event::Tick => {
                     let silent = self.last_heard.elapsed();
                     let expecting = !waiting.is_empty() || !gate.is_empty();
@@ -290,33 +337,55 @@ impl Session<'_> {
     /// grace period.
     async fn finish(
         &mut self,
-        mut waiting: FuturesUnordered<Waiting>,
-        mut gate: Gate,
+        waiting: FuturesUnordered<Waiting>,
+        gate: Gate,
         told_drain: bool,
     ) -> Result<(), SessionError> {
         let grace = self.ctx.config.shutdown_grace;
         let finish = async {
             if !told_drain {
-                self.conn.feed(&MasterMessage::ShuttingDown).await?;
+                self.feed(&MasterMessage::ShuttingDown).await?;
             }
-            while let Some((id, reply)) = waiting.next().await {
-                let position = self.ctx.store.position();
-                if let Some((id, reply)) = gate.admit(position, id, reply) {
-                    self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
-                }
-            }
-            while !gate.is_empty() {
-                gate.moved().await;
-                for (id, reply) in gate.release() {
-                    self.conn.feed(&MasterMessage::Reply { id, reply }).await?;
-                }
-            }
-            self.conn.flush().await
+            self.answer_rest(waiting, gate).await
         };
         match tokio::time::timeout(grace, finish).await {
-            Ok(result) => result.map_err(Into::into),
+            Ok(result) => result,
             Err(_) => Err(SessionError::WriteTimeout(grace)),
         }
+    }
+
+    /// For a client that has stopped sending: ends this session's waiting requests at once,
+    /// with what they achieved, and answers every request read, within the write timeout.
+    async fn answer_read(
+        &mut self,
+        waiting: FuturesUnordered<Waiting>,
+        gate: Gate,
+    ) -> Result<(), SessionError> {
+        self.ends.end();
+        let limit = self.ctx.config.write_timeout;
+        match tokio::time::timeout(limit, self.answer_rest(waiting, gate)).await {
+            Ok(result) => result,
+            Err(_) => Err(SessionError::WriteTimeout(limit)),
+        }
+    }
+
+    /// Sends the replies of the requests still waiting, which must be about to end, and of
+    /// those held until durable, once they are; then flushes.
+    async fn answer_rest(
+        &mut self,
+        mut waiting: FuturesUnordered<Waiting>,
+        mut gate: Gate,
+    ) -> Result<(), SessionError> {
+        while let Some((id, reply)) = waiting.next().await {
+            self.answer(&mut gate, id, reply).await?;
+        }
+        while !gate.is_empty() {
+            gate.moved().await;
+            for (id, reply) in gate.release() {
+                self.feed(&MasterMessage::Reply { id, reply }).await?;
+            }
+        }
+        self.flush().await
     }
 
     async fn feed(&mut self, msg: &MasterMessage) -> Result<(), SessionError> {
