@@ -1,13 +1,14 @@
 //! [`Master`]: the one handle on a running master that every listener shares: its queues, its
 //! counters, its admission guard, its lifecycle (serve, drain, stop) and its stats snapshot.
 //!
-//! Listeners (the taskmill port today; an HTTP port or a second protocol later) get a clone of
-//! the shared `Context` and run their sessions under its [`TaskTracker`] and `Phases`, so
-//! one shutdown drains and stops them all.
+//! Listeners (the taskmill port, the HTTP port, a second protocol later) get a clone of the
+//! shared `Context` and run their sessions under its [`TaskTracker`] and `Phases`, so one
+//! shutdown drains and stops them all.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use taskmill_protocol::Stats;
@@ -20,16 +21,46 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::net::guard::Guard;
-use crate::net::listener;
+use crate::net::listener::{self, Admission, AdmissionCounts};
+use crate::net::peers::Peers;
 use crate::net::session::Taskmill;
 use crate::store::{Durability, Store, StoreError};
 
-/// Process-wide connection counters, reported by `stats`.
+/// Process-wide connection counters, reported by `stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub clients: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub handshake_failures: AtomicU64,
+    /// The taskmill port's connections, accepted and refused.
+    pub admission: AdmissionCounts,
+    /// Handshakes by how they ended, indexed by [`Handshake`].
+    pub handshakes: [AtomicU64; 4],
+}
+
+/// How a handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    Authenticated = 0,
+    /// The peer left before authenticating (port probes, TCP health checks).
+    Closed = 1,
+    TimedOut = 2,
+    /// Wrong key, another protocol version, or not taskmill at all.
+    Failed = 3,
+}
+
+/// The label each index of [`Counters::handshakes`] stands for.
+pub(crate) const HANDSHAKES: [&str; 4] = ["authenticated", "closed", "timed_out", "failed"];
+
+impl Counters {
+    pub fn handshake(&self, how: Handshake) {
+        self.handshakes[how as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshakes[1..]
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The two shutdown phases every session watches.
@@ -56,6 +87,10 @@ pub(crate) struct Context {
     pub started: Instant,
     /// Where the queues' changes are kept; replies wait for what it has made durable.
     pub store: Arc<dyn Store>,
+    /// The open sessions, for observers.
+    pub peers: Peers,
+    /// The taskmill port's address, once serving.
+    pub listen_addr: OnceLock<SocketAddr>,
 }
 
 /// A master: its queues and everything its listeners share. Cheap to clone.
@@ -69,6 +104,7 @@ impl Master {
     /// [`crate::store::Memory`]), every change to them recorded there from now on.
     pub fn open(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let broker = Broker::open(config.limits, Arc::clone(&store))?;
+        let started = Instant::now();
         Ok(Self {
             ctx: Arc::new(Context {
                 guard: Guard::new(config.guard),
@@ -78,8 +114,10 @@ impl Master {
                 log_limit: LogLimit::default(),
                 phases: Phases::default(),
                 tracker: TaskTracker::new(),
-                started: Instant::now(),
+                started,
                 store,
+                peers: Peers::new(started),
+                listen_addr: OnceLock::new(),
             }),
         })
     }
@@ -98,13 +136,27 @@ impl Master {
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
         let ctx = &self.ctx;
         let timers = tokio::spawn(ctx.broker.clone().run_timers(ctx.phases.stop.clone()));
-        info!(addr = %listener.local_addr()?, "master listening");
+        let addr = listener.local_addr()?;
+        let _ = ctx.listen_addr.set(addr);
+        info!(%addr, "master listening");
         let stop_accepting = shutdown.child_token();
         let failure = tokio::spawn(storage_failure(
             ctx.store.durability(),
             stop_accepting.clone(),
         ));
-        listener::run::<Taskmill>(ctx, listener, &stop_accepting).await;
+        let admission = Admission {
+            max_connections: ctx.config.max_connections,
+            guard: &ctx.guard,
+            counts: &ctx.counters.admission,
+        };
+        listener::run(
+            ctx,
+            Arc::new(Taskmill),
+            listener,
+            &stop_accepting,
+            &admission,
+        )
+        .await;
         failure.abort();
         let failed = failure.await.ok().flatten();
         if failed.is_none() {
@@ -174,8 +226,8 @@ impl Context {
         Stats {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             clients: counters.clients.load(Ordering::Relaxed),
-            connections_total: counters.connections_total.load(Ordering::Relaxed),
-            handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
+            connections_total: counters.admission.accepted.load(Ordering::Relaxed),
+            handshake_failures: counters.handshake_failures(),
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),

@@ -12,6 +12,7 @@ use super::journal::{Change, QueueRank, Returned};
 use super::lease::GiveBack;
 use super::queue::Queue;
 use super::registry::Slot;
+use super::report::reason_index;
 use super::Broker;
 
 /// An item on its way to its queue's dead-letter queue.
@@ -49,8 +50,10 @@ impl Queue {
     /// [`exhausted`](Queue::exhausted), returns it for the dead-letter queue, which the caller
     /// fills after unlocking.
     pub(super) fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
+        let index = reason_index(why.kind());
         if !self.exhausted(&item, buries) {
             let task = item.id;
+            self.tally.requeued[index] += 1;
             self.requeue(item, why.kind());
             self.journal.record(|queue| Change::Requeued {
                 queue,
@@ -60,6 +63,7 @@ impl Queue {
             self.pump();
             return None;
         }
+        self.tally.dead[index] += 1;
         self.count_buried(why.kind());
         let mut reason = why.reason();
         if reason.len() > MAX_REASON {

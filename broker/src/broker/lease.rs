@@ -13,6 +13,7 @@ use super::item::Item;
 use super::journal::{Change, Returned};
 use super::progress::{settled, Progress};
 use super::queue::Queue;
+use super::report::reason_index;
 use super::{Broker, QueueError, SessionId};
 
 /// Longest lease or nack delay a client may ask for; longer requests are cut to this.
@@ -110,6 +111,8 @@ pub(super) struct SessionLeases {
     pub(super) live: usize,
     /// This queue has reported the session to [`Shared::completers`].
     pub(super) completed: bool,
+    /// Leases it settled here, for observers.
+    pub(super) settled: u64,
 }
 
 impl Queue {
@@ -124,8 +127,18 @@ impl Queue {
     }
 
     /// Ends the lease on `task` if `owner` (or, with `None`, anyone) holds it, returning the
-    /// item. The only place a lease ends.
+    /// item.
     pub(super) fn unlease(&mut self, task: TaskId, owner: Option<SessionId>) -> Option<Leased> {
+        self.end_lease(task, owner, false)
+    }
+
+    /// The only place a lease ends: [`Queue::unlease`], counted as settled when `settled`.
+    fn end_lease(
+        &mut self,
+        task: TaskId,
+        owner: Option<SessionId>,
+        settled: bool,
+    ) -> Option<Leased> {
         let Entry::Occupied(lease) = self.leased.entry(task) else {
             return None;
         };
@@ -135,6 +148,8 @@ impl Queue {
         let leased = lease.remove();
         if let Some(s) = self.sessions.get_mut(&leased.session) {
             s.live -= 1;
+            // The entry is in hand already: counting here costs an add, not a lookup.
+            s.settled += u64::from(settled);
         }
         Some(leased)
     }
@@ -152,15 +167,18 @@ impl Queue {
 
     /// Settles `task` if `session` holds its lease.
     pub(super) fn settle(&mut self, task: TaskId, session: SessionId) -> bool {
-        if self.unlease(task, Some(session)).is_none() {
+        if self.end_lease(task, Some(session), true).is_none() {
             return false;
         }
         self.settled_total += 1;
+        self.latency.settled(self.epoch, task);
         true
     }
 
-    /// Counts `session` as a worker in the stats, once it has completed a task from here.
-    pub(super) fn completed_by(&mut self, session: SessionId) {
+    /// Counts `settled` completions by `session`, and the session as a worker in the stats once
+    /// it has completed a task from here.
+    pub(super) fn completed_by(&mut self, session: SessionId, settled: u64) {
+        self.tally.completed += settled;
         if let Some(s) = self.sessions.get_mut(&session) {
             if !s.completed {
                 s.completed = true;
@@ -287,6 +305,7 @@ impl Broker {
             } else {
                 let until = Deadline::now() + delay.min(MAX_LEASE);
                 queue.delay(item, until);
+                queue.tally.requeued[reason_index(Returned::Nacked)] += 1;
                 queue
                     .journal
                     .record(|queue| Change::Delayed { queue, task, until });

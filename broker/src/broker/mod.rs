@@ -37,6 +37,8 @@
 //! - `progress`: how far a put or completion got.
 //! - `dead`: dead-lettering tasks that used up their attempts.
 //! - `timer`: the timer task that expires leases and returns delayed tasks.
+//! - [`report`]: what observers read beyond the wire's stats: counters by kind, sampled
+//!   latency, sessions' leases.
 
 mod dead;
 mod image;
@@ -48,6 +50,7 @@ mod progress;
 mod queue;
 mod registry;
 mod replay;
+pub mod report;
 mod timer;
 mod waiter;
 
@@ -357,6 +360,8 @@ impl Broker {
             }));
         }
         let first_id = self.reserve(pending.len());
+        let epoch = self.shared.epoch;
+        queue.latency.put(epoch, first_id, pending.len());
         if let Some(origin) = origin {
             queue.origins.begin(origin, first_id);
         }
@@ -475,6 +480,7 @@ impl Broker {
         let mut stale = Vec::new();
         for &task in tasks {
             if queue.settle(task, session) {
+                queue.tally.acked += 1;
                 queue.journal.record(|queue| Change::Acked { queue, task });
             } else {
                 stale.push(task);
