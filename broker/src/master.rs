@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
+use crate::http::{self, HttpConfig};
 use crate::net::guard::Guard;
 use crate::net::listener::{self, Admission, AdmissionCounts};
 use crate::net::peers::Peers;
@@ -185,6 +186,13 @@ impl Master {
             Some(failure) => Err(io::Error::other(failure.to_string())),
             None => Ok(()),
         }
+    }
+
+    /// Serves the read-only HTTP port (metrics, JSON stats, health, the dashboard) on
+    /// `listener`, from now until this master stops. Call before [`Master::serve`], on the
+    /// runtime that will run it.
+    pub fn serve_http(&self, listener: TcpListener, config: HttpConfig) {
+        http::start(Arc::clone(&self.ctx), listener, config);
     }
 
     /// Tells every session to take no new work and waits, up to the grace period, for the
