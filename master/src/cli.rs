@@ -167,6 +167,24 @@ pub struct ServerArgs {
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// The read-only HTTP port (flags shared by `serve` and `run`).
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Serve /metrics (Prometheus), /api/stats (JSON), /healthz and a live dashboard at / on
+    /// this address (e.g. 127.0.0.1:8080). Off by default. Read-only, and without
+    /// authentication unless --http-auth-file is given: anyone who can reach the address sees
+    /// queue names, counts, client addresses and dead-letter reasons.
+    #[arg(long, env = "TASKMILL_HTTP")]
+    pub http: Option<String>,
+    /// With --http: a file holding a secret of 16 bytes or more (one trailing newline
+    /// ignored); every route but /healthz then needs it, as `Authorization: Bearer SECRET` or
+    /// as the password of Basic credentials (any user name).
+    #[arg(long, env = "TASKMILL_HTTP_AUTH_FILE", requires = "http")]
+    pub http_auth_file: Option<PathBuf>,
 }
 
 /// Where the queues are kept (flags shared by `serve` and `run`).

@@ -24,6 +24,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => return Err(err.into()),
     };
+    if args.master.is_some() && args.server.http.http.is_some() {
+        bail!("--http serves this process's own master: with --master, give --http to that master's `serve` instead");
+    }
     let serves_tls = args.server.tls_cert.is_some();
     if serves_tls && args.tls_client.tls_ca.is_none() && args.master.is_none() {
         bail!("--tls-cert also needs --tls-ca (and --tls-server-name if the certificate does not name 127.0.0.1): the job's own clients connect over TLS too");
@@ -83,6 +86,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             addr.to_string()
         };
+        if let Some(http) = super::http::start(&master, &args.server.http).await? {
+            let line = format!("http listening on {http}");
+            if args.json {
+                tell(line);
+            } else {
+                say(line);
+            }
+        }
         let stop = CancellationToken::new();
         let serving = tokio::spawn(master.serve(listener, stop.clone()));
         let report = job::run(&connect, &key, &job, &shutdown).await;

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use serde_json::json;
-use taskmill::{Client, ClientOptions, QueueStats, Stats};
+use taskmill::{Client, ClientOptions, Stats};
+use taskmill_broker::http::stats_json;
 use taskmill_cli::say;
 
 use crate::cli::StatsArgs;
@@ -21,7 +21,7 @@ pub async fn show(args: StatsArgs) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect_with(&connect.master, &key, &options).await?;
     let stats = client.stats().await.context("stats request failed")?;
     if args.json {
-        say(serde_json::to_string_pretty(&render_json(
+        say(serde_json::to_string_pretty(&stats_json(
             &connect.master,
             &stats,
         ))?);
@@ -115,55 +115,10 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
     out
 }
 
-/// The same, for scripts.
-pub fn render_json(master: &str, stats: &Stats) -> serde_json::Value {
-    json!({
-        "master": master,
-        "uptime_ms": stats.uptime_ms,
-        "clients": stats.clients,
-        "connections_total": stats.connections_total,
-        "handshake_failures": stats.handshake_failures,
-        "completing_clients_total": stats.completing_clients_total,
-        "queues": stats.queues.iter().map(queue_json).collect::<Vec<_>>(),
-        "storage": stats.storage.as_ref().map(|s| json!({
-            "data_dir": s.data_dir,
-            "disk_bytes": s.disk_bytes,
-            "disk_limit": s.disk_limit,
-            "log_bytes": s.log_bytes,
-            "log_files": s.log_files,
-            "snapshot_bytes": s.snapshot_bytes,
-            "snapshot_age_ms": s.snapshot_age_ms,
-            "records_total": s.records_total,
-            "fsyncs_total": s.fsyncs_total,
-            "recovery_ms": s.recovery_ms,
-            "fsync_interval_ms": s.fsync_interval_ms,
-        })),
-    })
-}
-
-fn queue_json(q: &QueueStats) -> serde_json::Value {
-    json!({
-        "name": q.name,
-        "size": q.len,
-        "capacity": q.capacity,
-        "empty": q.is_empty(),
-        "full": q.is_full(),
-        "leased": q.leased,
-        "delayed": q.delayed,
-        "waiting_getters": q.waiting_getters,
-        "waiting_putters": q.waiting_putters,
-        "put_total": q.put_total,
-        "delivered_total": q.delivered_total,
-        "settled_total": q.settled_total,
-        "requeued_total": q.requeued_total,
-        "expired_total": q.expired_total,
-        "dead_total": q.dead_total,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskmill::QueueStats;
 
     fn sample() -> Stats {
         Stats {
@@ -198,7 +153,7 @@ mod tests {
         assert!(table
             .lines()
             .any(|l| l.starts_with("tasks") && l.contains("unbounded")));
-        let json = render_json("m:1", &sample());
+        let json = stats_json("m:1", &sample());
         assert_eq!(json["queues"][0]["size"], 3);
         assert_eq!(json["queues"][0]["capacity"], serde_json::Value::Null);
         assert_eq!(json["handshake_failures"], 1);
