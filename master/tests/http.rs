@@ -224,3 +224,57 @@ fn the_dashboard_shows_a_running_job_in_a_real_browser() {
     assert!(screenshot.exists());
     eprintln!("dashboard screenshot: {}", screenshot.display());
 }
+
+#[test]
+fn the_deploy_examples_parse_and_name_only_metrics_a_durable_master_exports() {
+    let used = python::run(
+        "deploy.py",
+        &[python::root().join("deploy").to_str().unwrap()],
+        "",
+        &["yaml"],
+        LIMIT,
+    );
+    let data = std::env::temp_dir().join(format!("taskmill-deploy-test-{}", std::process::id()));
+    let master = Proc::spawn(Command::new(binary("taskmill-master")).args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]));
+    let addr = master.listening_addr();
+    let http = master.line_after("http listening on ").parse().unwrap();
+    let _worker = workers(&addr, 1, &[]);
+    let mut job = Proc::spawn(
+        Command::new(binary("taskmill-master"))
+            .args(["run", "--master", &addr, "--tasks", "2000", "--json"]),
+    );
+    assert!(job.wait(LIMIT).success(), "the job failed");
+    let exposition = fetch(http, "/metrics").body;
+    let parsed = python::run(
+        "openmetrics.py",
+        &[],
+        &exposition,
+        &["prometheus_client"],
+        LIMIT,
+    );
+    let parsed: Value = serde_json::from_str(&parsed).unwrap();
+    let exported: std::collections::HashSet<&str> = parsed["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let used: Vec<&str> = used.lines().filter(|l| !l.is_empty()).collect();
+    assert!(used.len() >= 10, "{used:?}");
+    for name in &used {
+        assert!(
+            exported.contains(name),
+            "deploy/ uses {name}, which /metrics does not export"
+        );
+    }
+    drop(master);
+    let _ = std::fs::remove_dir_all(&data);
+}
