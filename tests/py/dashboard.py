@@ -19,6 +19,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 LIMIT = 60  # seconds for any one condition
 
@@ -88,6 +89,10 @@ def main():
     ap.add_argument("--worker-queue", default="tasks")
     ap.add_argument("--queues", default="tasks,results")
     ap.add_argument("--screenshot", required=True)
+    # For the README's picture: seconds to let the charts fill, and the charts' window.
+    ap.add_argument("--settle", type=float, default=0)
+    ap.add_argument("--window", choices=["60", "300", "600"])
+    ap.add_argument("--size", help="WIDTHxHEIGHT of the window for the screenshot")
     args = ap.parse_args()
     queues = args.queues.split(",")
     driver = browser()
@@ -107,7 +112,6 @@ def main():
 
         seen = wait_for(driver, f"queues {queues} with non-zero rates, {args.workers} workers "
                                 f"on {args.worker_queue!r} and both charts drawn", busy)
-        driver.save_screenshot(args.screenshot)
 
         # The keyboard: the first Tab reaches the skip link, and `p` pauses and resumes.
         body = driver.find_element(By.TAG_NAME, "body")
@@ -124,6 +128,14 @@ def main():
         pause = driver.find_element(By.ID, "pause")
         if pause.get_attribute("aria-pressed") != "false":
             sys.exit("the pause button does not say it is released")
+
+        if args.window:
+            Select(driver.find_element(By.ID, "window")).select_by_value(args.window)
+        driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+        if args.size:
+            driver.set_window_size(*map(int, args.size.split("x")))
+        time.sleep(args.settle)
+        driver.save_screenshot(args.screenshot)
 
         # A phone: nothing wider than the screen but the tables, which scroll in their boxes.
         driver.set_window_size(390, 844)

@@ -111,7 +111,8 @@ pub(super) struct SessionLeases {
     pub(super) live: usize,
     /// This queue has reported the session to [`Shared::completers`].
     pub(super) completed: bool,
-    /// Leases it settled here, for observers.
+    /// Leases it settled here, for observers: counted once per completion or ack request,
+    /// where the entry is looked up anyway, not per task.
     pub(super) settled: u64,
 }
 
@@ -127,18 +128,8 @@ impl Queue {
     }
 
     /// Ends the lease on `task` if `owner` (or, with `None`, anyone) holds it, returning the
-    /// item.
+    /// item. The only place a lease ends.
     pub(super) fn unlease(&mut self, task: TaskId, owner: Option<SessionId>) -> Option<Leased> {
-        self.end_lease(task, owner, false)
-    }
-
-    /// The only place a lease ends: [`Queue::unlease`], counted as settled when `settled`.
-    fn end_lease(
-        &mut self,
-        task: TaskId,
-        owner: Option<SessionId>,
-        settled: bool,
-    ) -> Option<Leased> {
         let Entry::Occupied(lease) = self.leased.entry(task) else {
             return None;
         };
@@ -148,8 +139,6 @@ impl Queue {
         let leased = lease.remove();
         if let Some(s) = self.sessions.get_mut(&leased.session) {
             s.live -= 1;
-            // The entry is in hand already: counting here costs an add, not a lookup.
-            s.settled += u64::from(settled);
         }
         Some(leased)
     }
@@ -165,9 +154,12 @@ impl Queue {
         true
     }
 
-    /// Settles `task` if `session` holds its lease.
+    /// Settles `task` if `session` holds its lease. Inlined, as it was before it timed
+    /// tasks: a call of its own cost about 40 instructions per completion in callgrind
+    /// (BENCHMARKS.md, "Metrics (issue 15)").
+    #[inline]
     pub(super) fn settle(&mut self, task: TaskId, session: SessionId) -> bool {
-        if self.end_lease(task, Some(session), true).is_none() {
+        if self.unlease(task, Some(session)).is_none() {
             return false;
         }
         self.settled_total += 1;
@@ -180,6 +172,7 @@ impl Queue {
     pub(super) fn completed_by(&mut self, session: SessionId, settled: u64) {
         self.tally.completed += settled;
         if let Some(s) = self.sessions.get_mut(&session) {
+            s.settled += settled;
             if !s.completed {
                 s.completed = true;
                 self.new_completers.push(session);

@@ -480,11 +480,15 @@ impl Broker {
         let mut stale = Vec::new();
         for &task in tasks {
             if queue.settle(task, session) {
-                queue.tally.acked += 1;
                 queue.journal.record(|queue| Change::Acked { queue, task });
             } else {
                 stale.push(task);
             }
+        }
+        let acked = (tasks.len() - stale.len()) as u64;
+        queue.tally.acked += acked;
+        if let Some(s) = queue.sessions.get_mut(&session) {
+            s.settled += acked;
         }
         Ok(settled(tasks.len(), stale))
     }
