@@ -32,17 +32,30 @@ pub struct Sample {
     /// Items queued and leased at the end of the second.
     pub depth: u64,
     pub leased: u64,
-    /// Put-to-settle latency of the tasks sampled in this second; `None` when none settled.
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
+    /// Put-to-settle latency of the tasks sampled in this second, per queue (queues differ:
+    /// a task queue's wait is not its results queue's), for the queues that settled any.
+    pub latency: BTreeMap<String, Percentiles>,
 }
 
+/// Latency percentiles of one queue over one sample.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Sampled tasks they are read from.
+    pub n: u64,
+}
+
+/// Queues whose latency one sample keeps (the busiest), so the history stays small.
+const LATENCY_QUEUES: usize = 8;
+
 /// A queue's totals at one reading.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Totals {
     put: u64,
     delivered: u64,
     settled: u64,
+    latency: Histogram,
 }
 
 /// A queue's rates over the last few seconds.
@@ -57,7 +70,7 @@ pub struct Rates {
 struct State {
     samples: VecDeque<Sample>,
     /// The last readings, newest last, each with when it was taken.
-    recent: VecDeque<(Instant, BTreeMap<String, Totals>, Histogram)>,
+    recent: VecDeque<(Instant, BTreeMap<String, Totals>)>,
     next_seq: u64,
 }
 
@@ -87,28 +100,34 @@ impl History {
                     put: s.put_total,
                     delivered: s.delivered_total,
                     settled: s.settled_total,
+                    latency: q.latency.clone(),
                 };
                 (s.name.clone(), t)
             })
             .collect();
-        let mut latency = Histogram::default();
-        for q in live.clone() {
-            latency.add(&q.latency);
-        }
         let mut state = self.lock();
-        if let Some((then, before, lat_before)) = state.recent.back() {
+        if let Some((then, before)) = state.recent.back() {
             let secs = at.saturating_duration_since(*then).as_secs_f64().max(1e-3);
             let sum = |f: fn(&Totals) -> u64| -> f64 {
                 totals
                     .iter()
                     .map(|(name, now)| {
-                        let then = before.get(name).copied().unwrap_or_default();
-                        per_s(f(now), f(&then), secs)
+                        let then = before.get(name).map_or(0, f);
+                        per_s(f(now), then, secs)
                     })
                     .sum()
             };
-            let delta = latency.since(lat_before);
-            let ms = |q| delta.quantile(q).map(|s| s * 1000.0);
+            let mut latency: Vec<(String, Histogram)> = totals
+                .iter()
+                .map(|(name, now)| match before.get(name) {
+                    Some(then) => (name.clone(), now.latency.since(&then.latency)),
+                    None => (name.clone(), now.latency.clone()),
+                })
+                .filter(|(_, h)| h.count > 0)
+                .collect();
+            latency.sort_by_key(|(_, h)| std::cmp::Reverse(h.count));
+            latency.truncate(LATENCY_QUEUES);
+            let ms = |h: &Histogram, q| h.quantile(q).map_or(0.0, |s| s * 1000.0);
             let sample = Sample {
                 seq: state.next_seq,
                 t_ms,
@@ -117,8 +136,17 @@ impl History {
                 completed_per_s: sum(|t| t.settled),
                 depth: live.clone().map(|q| q.stats.len).sum(),
                 leased: live.map(|q| q.stats.leased).sum(),
-                p50_ms: ms(0.5),
-                p99_ms: ms(0.99),
+                latency: latency
+                    .into_iter()
+                    .map(|(name, h)| {
+                        let p = Percentiles {
+                            p50_ms: ms(&h, 0.5),
+                            p99_ms: ms(&h, 0.99),
+                            n: h.count,
+                        };
+                        (name, p)
+                    })
+                    .collect(),
             };
             state.next_seq += 1;
             if state.samples.len() == KEPT {
@@ -129,7 +157,7 @@ impl History {
         if state.recent.len() > RATE_WINDOW {
             state.recent.pop_front();
         }
-        state.recent.push_back((at, totals, latency));
+        state.recent.push_back((at, totals));
     }
 
     /// The samples after `since` (all kept ones for `None`).
@@ -142,8 +170,7 @@ impl History {
     /// Each queue's rates over the last few seconds.
     pub fn rates(&self) -> BTreeMap<String, Rates> {
         let state = self.lock();
-        let (Some((first, old, _)), Some((last, new, _))) =
-            (state.recent.front(), state.recent.back())
+        let (Some((first, old)), Some((last, new))) = (state.recent.front(), state.recent.back())
         else {
             return BTreeMap::new();
         };
@@ -153,7 +180,7 @@ impl History {
         }
         new.iter()
             .map(|(name, now)| {
-                let then = old.get(name).copied().unwrap_or_default();
+                let then = old.get(name).cloned().unwrap_or_default();
                 let rates = Rates {
                     put_per_s: per_s(now.put, then.put, secs),
                     delivered_per_s: per_s(now.delivered, then.delivered, secs),
@@ -203,7 +230,7 @@ mod tests {
         let samples = h.since(None);
         assert_eq!(samples.len(), 1);
         assert!((samples[0].put_per_s - 50.0).abs() < 1e-9);
-        assert_eq!(samples[0].p50_ms, None);
+        assert!(samples[0].latency.is_empty(), "no task was timed");
         assert!(h.since(Some(samples[0].seq)).is_empty());
         assert!((h.rates()["tasks"].put_per_s - 50.0).abs() < 1e-9);
     }
