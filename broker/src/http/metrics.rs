@@ -49,7 +49,7 @@ pub fn render(scrape: Scrape) -> String {
 
 type Labels = Vec<(&'static str, String)>;
 
-/// One metric family: its descriptor, then a value per label set.
+/// Writes metric families: each a descriptor, then a value per label set.
 struct Family<'e, 'w> {
     encoder: &'e mut DescriptorEncoder<'w>,
 }
@@ -163,12 +163,6 @@ fn by<'a>(label: &'static str, names: &'a [&'static str], values: &'a [u64]) -> 
         .zip(values)
         .map(|(&name, &v)| (vec![(label, name.to_owned())], v))
         .collect()
-}
-
-impl std::fmt::Debug for Family<'_, '_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Family")
-    }
 }
 
 impl prometheus_client::collector::Collector for Scrape {

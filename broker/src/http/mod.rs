@@ -61,7 +61,8 @@ pub struct HttpConfig {
     /// A request's headers must arrive within this; an idle keep-alive connection is closed
     /// after it too.
     pub header_timeout: Duration,
-    /// Bytes of request head (line and headers) buffered; past it, `431` and close.
+    /// Bytes of request head (line and headers) buffered; past it, `431` and close. hyper's
+    /// floor, 8192, applies to anything smaller.
     pub max_header_bytes: usize,
     /// A connection is closed (gracefully, after the response in progress) this long after it
     /// was accepted, so that one that stops reading cannot hold its slot for ever.
