@@ -175,6 +175,30 @@ async fn hostile_http_clients_neither_hurt_the_taskmill_port_nor_lock_out_other_
         flood.push(connect_from([127, 0, 0, 4], http).await.unwrap());
     }
 
+    // Requests as fast as eight keep-alive connections can send them, from another address.
+    let hammering = tokio_util::sync::CancellationToken::new();
+    let hammers: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = hammering.clone();
+            tokio::spawn(async move {
+                let mut s = connect_from([127, 0, 0, 6], http).await.unwrap();
+                let request = b"GET /api/dashboard HTTP/1.1\r\nhost: x\r\n\r\n";
+                let mut buf = vec![0u8; 1 << 16];
+                let mut answered = 0u32;
+                while !stop.is_cancelled() {
+                    if s.write_all(request).await.is_err() {
+                        break;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => answered += 1,
+                        _ => break,
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+
     // Meanwhile the taskmill port serves a small job without delay.
     let mut client = within("connect", async { master.client().await }).await;
     let items: Vec<_> = (0..2000).map(|i| b(&i.to_string())).collect();
@@ -200,6 +224,15 @@ async fn hostile_http_clients_neither_hurt_the_taskmill_port_nor_lock_out_other_
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the job was held up"
+    );
+    hammering.cancel();
+    let mut answered = 0;
+    for h in hammers {
+        answered += within("a hammering client to stop", h).await.unwrap();
+    }
+    assert!(
+        answered > 8,
+        "the hammering clients were served: {answered}"
     );
 
     // Another address still gets its answers while the flood holds its slots.

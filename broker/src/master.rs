@@ -229,8 +229,13 @@ impl Master {
 
 impl Context {
     pub fn stats(&self) -> Stats {
-        let counters = &self.counters;
         let (queues, completing) = self.broker.snapshot();
+        self.stats_of(queues, completing)
+    }
+
+    /// The stats around queues read already.
+    pub fn stats_of(&self, queues: Vec<taskmill_protocol::QueueStats>, completing: u64) -> Stats {
+        let counters = &self.counters;
         Stats {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             clients: counters.clients.load(Ordering::Relaxed),

@@ -213,6 +213,12 @@ impl Broker {
         (queues, sessions)
     }
 
+    /// Sessions that ever completed a task, as [`Broker::snapshot`] counts them, without
+    /// locking any queue.
+    pub fn completing_total(&self) -> u64 {
+        super::registry::lock_unpoisoned(&self.shared.completers).total
+    }
+
     /// The newest `max` items of `queue`, newest first, without taking them; `None` if there is
     /// no such queue.
     pub fn newest(&self, queue: &str, max: usize) -> Option<Vec<(TaskId, Bytes)>> {

@@ -18,6 +18,9 @@ use crate::net::peers::PeerView;
 /// Dead letters the dashboard lists, newest first over all dead-letter queues.
 const DEAD_SHOWN: usize = 20;
 
+/// Dead-letter queues read for them.
+const DEAD_QUEUES_READ: usize = 16;
+
 /// A master's stats as `stats --json` prints them; `master` is the address they describe.
 pub fn stats_json(master: &str, stats: &Stats) -> serde_json::Value {
     json!({
@@ -175,7 +178,13 @@ pub fn worker_rows(
 /// The newest dead letters over every dead-letter queue, newest (highest id) first.
 pub fn dead_rows(broker: &Broker, queues: &[QueueReport]) -> Vec<DeadRow> {
     let mut rows: Vec<(u64, DeadRow)> = Vec::new();
-    for q in queues.iter().filter(|q| q.dead_letters && q.stats.len > 0) {
+    // The newest dead-letter queues (highest rank) first, a bounded number of them: a master
+    // with a thousand of them should not decode twenty thousand letters per page update.
+    let dead = queues
+        .iter()
+        .rev()
+        .filter(|q| q.dead_letters && q.stats.len > 0);
+    for q in dead.take(DEAD_QUEUES_READ) {
         let name = &q.stats.name;
         let newest = broker.newest(name, DEAD_SHOWN).unwrap_or_default();
         for (id, payload) in newest {

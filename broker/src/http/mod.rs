@@ -26,7 +26,7 @@ pub mod metrics;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -36,6 +36,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use taskmill_protocol::Rejection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,6 +48,8 @@ pub use auth::HttpAuth;
 
 use self::auth::Verdict;
 use self::history::History;
+use crate::broker::report::{QueueReport, SessionReport};
+use crate::broker::SessionId;
 use crate::master::Context;
 use crate::net::guard::{Guard, GuardLimits};
 use crate::net::listener::{self, Admission, AdmissionCounts, Admitted, Protocol};
@@ -114,7 +117,17 @@ struct Http {
     auth_failures: AtomicU64,
     history: History,
     page: Page,
+    /// The last reading of the queues, reused by requests within [`FRESH`] of it.
+    last: Mutex<Option<(Instant, Arc<Reading>)>>,
 }
+
+/// How long one reading of the queues answers requests: however fast clients ask, the queues'
+/// locks are taken for them at most this often, so HTTP traffic cannot crowd the taskmill port
+/// off its own queues.
+const FRESH: Duration = Duration::from_millis(250);
+
+/// The queues and sessions as one request (or several close together) reads them.
+type Reading = (Vec<QueueReport>, FxHashMap<SessionId, SessionReport>);
 
 /// Starts serving `listener` and sampling the history, both until the master stops.
 pub(crate) fn start(ctx: Arc<Context>, listener: TcpListener, config: HttpConfig) {
@@ -131,6 +144,7 @@ pub(crate) fn start(ctx: Arc<Context>, listener: TcpListener, config: HttpConfig
         auth_failures: AtomicU64::new(0),
         history: History::default(),
         page: page(),
+        last: Mutex::new(None),
     });
     if let Ok(addr) = listener.local_addr() {
         let auth = if http.config.auth.is_some() {
@@ -323,7 +337,11 @@ impl Http {
                 let body = metrics::render(self.scrape(ctx));
                 reply(StatusCode::OK, metrics::CONTENT_TYPE, body)
             }
-            "/api/stats" => json(&stats_json(&master_addr(ctx), &ctx.stats())),
+            "/api/stats" => {
+                let queues = self.read(ctx).0.iter().map(|q| q.stats.clone()).collect();
+                let stats = ctx.stats_of(queues, ctx.broker.completing_total());
+                json(&stats_json(&master_addr(ctx), &stats))
+            }
             "/api/dashboard" => json(&self.dashboard(ctx, since(req.uri().query()))),
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -363,10 +381,23 @@ impl Http {
         Some(r)
     }
 
+    /// The queues and sessions, read now or less than [`FRESH`] ago.
+    fn read(&self, ctx: &Context) -> Arc<Reading> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, reading)) = &*last {
+            if at.elapsed() < FRESH {
+                return Arc::clone(reading);
+            }
+        }
+        let reading = Arc::new(ctx.broker.report());
+        *last = Some((Instant::now(), Arc::clone(&reading)));
+        reading
+    }
+
     fn scrape(&self, ctx: &Context) -> metrics::Scrape {
         let c = &ctx.counters;
         let load = |n: &AtomicU64| n.load(Relaxed);
-        let (queues, _) = ctx.broker.report();
+        let queues = self.read(ctx).0.clone();
         metrics::Scrape {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: ctx.started.elapsed().as_secs_f64(),
@@ -374,7 +405,7 @@ impl Http {
             accepted: load(&c.admission.accepted),
             refused: c.admission.refused.each_ref().map(load),
             handshakes: c.handshakes.each_ref().map(load),
-            completing: ctx.broker.snapshot().1,
+            completing: ctx.broker.completing_total(),
             queues,
             storage: ctx.store.stats(),
             http_accepted: load(&self.counts.accepted),
@@ -389,7 +420,8 @@ impl Http {
     }
 
     fn dashboard(&self, ctx: &Context, since: Option<u64>) -> api::Dashboard {
-        let (queues, sessions) = ctx.broker.report();
+        let reading = self.read(ctx);
+        let (queues, sessions) = &*reading;
         let rates = self.history.rates();
         api::Dashboard {
             version: env!("CARGO_PKG_VERSION"),
@@ -399,9 +431,9 @@ impl Http {
             clients: ctx.counters.clients.load(Relaxed),
             handshake_failures: ctx.counters.handshake_failures(),
             durable: ctx.store.stats().is_some(),
-            workers: api::worker_rows(ctx.peers.list(), &sessions),
-            dead_letters: api::dead_rows(&ctx.broker, &queues),
-            queues: api::queue_rows(&queues, &rates),
+            workers: api::worker_rows(ctx.peers.list(), sessions),
+            dead_letters: api::dead_rows(&ctx.broker, queues),
+            queues: api::queue_rows(queues, &rates),
             interval_ms: history::INTERVAL.as_millis() as u64,
             history: self.history.since(since),
         }
