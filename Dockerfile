@@ -19,6 +19,7 @@ COPY --from=build /src/target/release/taskmill-master /src/target/release/taskmi
     /src/target/release/taskmill-bench /usr/local/bin/
 # Numeric, so that runtimes can check it is not root (e.g. Kubernetes' runAsNonRoot).
 USER 10001:10001
-EXPOSE 5000
+# 5000: the taskmill port; 8080: the HTTP port when `serve --http 0.0.0.0:8080` asks for it.
+EXPOSE 5000 8080
 ENTRYPOINT ["taskmill-master"]
 CMD ["serve", "--listen", "0.0.0.0:5000"]

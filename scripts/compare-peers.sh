@@ -3,7 +3,8 @@
 # (bench/peers/python_manager.py), a Redis list work queue (bench/examples/redis_squares.rs,
 # against a private redis-server this script starts and stops) and taskmill itself (a `serve`
 # master plus taskmill-bench). Writes one JSON line per run to $1 (default
-# target/compare-peers.jsonl) and prints a table with ratios.
+# target/compare-peers.jsonl), prints a table with ratios, and draws the charts of
+# BENCHMARKS.md into docs/bench/ (scripts/plot-results.py, with matplotlib from PyPI).
 #
 #   scripts/compare-peers.sh [results.jsonl]
 #
@@ -257,5 +258,13 @@ if sweep:
 print()
 print("Results: %s" % sys.argv[1])
 EOF
+
+# --- Charts ------------------------------------------------------------------------------------
+# The PNGs BENCHMARKS.md shows, from this run's results (CHARTS=DIR puts them elsewhere).
+if python3 -c 'import matplotlib' 2>/dev/null; then
+    python3 scripts/plot-results.py "$RESULTS" "${CHARTS:-docs/bench}"
+else
+    log "no charts: matplotlib is missing (python3 -m pip install matplotlib; then scripts/plot-results.py $RESULTS docs/bench)"
+fi
 
 exit "$FAILED"

@@ -91,6 +91,7 @@ while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^TASKMILL_'
 export TASKMILL_AUTHKEY
 TASKMILL_AUTHKEY="test-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TASKMILL_PUBLISH="127.0.0.1:" # loopback, a free port the engine picks
+export TASKMILL_HTTP_PUBLISH="127.0.0.1:"
 export TASKMILL_LEASE_TIMEOUT=5s
 export TASKMILL_HEARTBEAT_INTERVAL=1s
 concurrency=256
@@ -451,6 +452,26 @@ scenario_1() {
     grep -Eq "^verified: +$tasks\$" "$tmp/s1.out" || fail "not every task verified"
     grep -Eq '^workers seen: +3$' "$tmp/s1.out" || fail "not all 3 workers took part: $(grep workers "$tmp/s1.out")"
     rate="$(awk '/^throughput:/ { print $2 }' "$tmp/s1.out")"
+
+    # The master's HTTP port (--http in the compose file), published on loopback.
+    local http
+    http="$(compose 30 port master 8080)"
+    python3 - "$http" >"$tmp/s1-http.txt" 2>&1 <<'PY' || { cat "$tmp/s1-http.txt"; fail "the HTTP port on $http"; }
+import sys, urllib.request
+base = "http://" + sys.argv[1]
+def get(path):
+    with urllib.request.urlopen(base + path, timeout=10) as r:
+        return r.status, r.read().decode()
+status, body = get("/healthz")
+assert (status, body) == (200, "ok\n"), (status, body)
+status, body = get("/metrics")
+line = next(l for l in body.splitlines() if l.startswith('taskmill_queue_puts_total{queue="tasks"}'))
+assert int(line.split()[-1]) > 0, line
+status, page = get("/")
+assert "<canvas" in page
+print(line)
+PY
+    log "the HTTP port answers on $http: /healthz ok, dashboard served, $(cat "$tmp/s1-http.txt")"
 
     log "docker-compose run --rm bench latency -n 500 --json (the load tool over the compose network)"
     ok=0

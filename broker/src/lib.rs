@@ -22,11 +22,14 @@
 //! - [`master`]: [`Master`], the handle every listener shares: queues, counters, lifecycle,
 //!   stats.
 //! - [`net`]: the accept loop, admission ([`net::guard`]), sessions and request dispatch.
+//! - [`http`]: the optional read-only HTTP port: `/metrics`, `/api/stats`, `/healthz` and the
+//!   dashboard.
 //! - [`broker`]: queue state, waiters and leases; no I/O.
 //! - [`store`]: where queue changes are recorded ([`store::Memory`]: nowhere).
 
 pub mod broker;
 pub mod config;
+pub mod http;
 pub mod master;
 pub mod net;
 pub mod store;

@@ -1,13 +1,14 @@
 //! [`Master`]: the one handle on a running master that every listener shares: its queues, its
 //! counters, its admission guard, its lifecycle (serve, drain, stop) and its stats snapshot.
 //!
-//! Listeners (the taskmill port today; an HTTP port or a second protocol later) get a clone of
-//! the shared `Context` and run their sessions under its [`TaskTracker`] and `Phases`, so
-//! one shutdown drains and stops them all.
+//! Listeners (the taskmill port, the HTTP port, a second protocol later) get a clone of the
+//! shared `Context` and run their sessions under its [`TaskTracker`] and `Phases`, so one
+//! shutdown drains and stops them all.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use taskmill_protocol::Stats;
@@ -19,19 +20,52 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
+use crate::http::{self, HttpConfig};
 use crate::net::guard::Guard;
-use crate::net::listener;
+use crate::net::listener::{self, Admission, AdmissionCounts};
+use crate::net::peers::Peers;
 use crate::net::session::Taskmill;
 use crate::store::{Durability, Store, StoreError};
 
-/// Process-wide connection counters, reported by `stats`.
+/// Process-wide connection counters, reported by `stats` and `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub clients: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub handshake_failures: AtomicU64,
-    /// Connections that ended before sending a byte.
-    pub probes: AtomicU64,
+    /// The taskmill port's connections, accepted and refused.
+    pub admission: AdmissionCounts,
+    /// Handshakes by how they ended, indexed by [`Handshake`].
+    pub handshakes: [AtomicU64; 5],
+}
+
+/// How a handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    Authenticated = 0,
+    /// The peer left part way through the handshake.
+    Closed = 1,
+    TimedOut = 2,
+    /// Wrong key, another protocol version, or not taskmill at all.
+    Failed = 3,
+    /// The peer left without sending a byte (port probes, TCP health checks): no handshake
+    /// was tried, so not a failure.
+    Probe = 4,
+}
+
+/// The label each index of [`Counters::handshakes`] stands for.
+pub(crate) const HANDSHAKES: [&str; 5] =
+    ["authenticated", "closed", "timed_out", "failed", "probe"];
+
+impl Counters {
+    pub fn handshake(&self, how: Handshake) {
+        self.handshakes[how as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake_failures(&self) -> u64 {
+        self.handshakes[Handshake::Closed as usize..=Handshake::Failed as usize]
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The two shutdown phases every session watches.
@@ -74,6 +108,10 @@ pub(crate) struct Context {
     pub started: Instant,
     /// Where the queues' changes are kept; replies wait for what it has made durable.
     pub store: Arc<dyn Store>,
+    /// The open sessions, for observers.
+    pub peers: Peers,
+    /// The taskmill port's address, once serving.
+    pub listen_addr: OnceLock<SocketAddr>,
 }
 
 /// A master: its queues and everything its listeners share. Cheap to clone.
@@ -87,6 +125,7 @@ impl Master {
     /// [`crate::store::Memory`]), every change to them recorded there from now on.
     pub fn open(config: ServerConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let broker = Broker::open(config.limits, Arc::clone(&store))?;
+        let started = Instant::now();
         Ok(Self {
             ctx: Arc::new(Context {
                 guard: Guard::new(config.guard),
@@ -96,8 +135,10 @@ impl Master {
                 log_limit: LogLimit::default(),
                 phases: Phases::default(),
                 tracker: TaskTracker::new(),
-                started: Instant::now(),
+                started,
                 store,
+                peers: Peers::new(started),
+                listen_addr: OnceLock::new(),
             }),
         })
     }
@@ -116,13 +157,27 @@ impl Master {
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
         let ctx = &self.ctx;
         let timers = tokio::spawn(ctx.broker.clone().run_timers(ctx.phases.stop.clone()));
-        info!(addr = %listener.local_addr()?, "master listening");
+        let addr = listener.local_addr()?;
+        let _ = ctx.listen_addr.set(addr);
+        info!(%addr, "master listening");
         let stop_accepting = shutdown.child_token();
         let failure = tokio::spawn(storage_failure(
             ctx.store.durability(),
             stop_accepting.clone(),
         ));
-        listener::run::<Taskmill>(ctx, listener, &stop_accepting).await;
+        let admission = Admission {
+            max_connections: ctx.config.max_connections,
+            guard: &ctx.guard,
+            counts: &ctx.counters.admission,
+        };
+        listener::run(
+            ctx,
+            Arc::new(Taskmill),
+            listener,
+            &stop_accepting,
+            &admission,
+        )
+        .await;
         failure.abort();
         let failed = failure.await.ok().flatten();
         if failed.is_none() {
@@ -151,6 +206,13 @@ impl Master {
             Some(failure) => Err(io::Error::other(failure.to_string())),
             None => Ok(()),
         }
+    }
+
+    /// Serves the read-only HTTP port (metrics, JSON stats, health, the dashboard) on
+    /// `listener`, from now until this master stops. Call before [`Master::serve`], on the
+    /// runtime that will run it.
+    pub fn serve_http(&self, listener: TcpListener, config: HttpConfig) {
+        http::start(Arc::clone(&self.ctx), listener, config);
     }
 
     /// Tells every session to take no new work and waits, up to the grace period, for the
@@ -187,14 +249,19 @@ impl Master {
 
 impl Context {
     pub fn stats(&self) -> Stats {
-        let counters = &self.counters;
         let (queues, completing) = self.broker.snapshot();
+        self.stats_of(queues, completing)
+    }
+
+    /// The stats around queues read already.
+    pub fn stats_of(&self, queues: Vec<taskmill_protocol::QueueStats>, completing: u64) -> Stats {
+        let counters = &self.counters;
         Stats {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             clients: counters.clients.load(Ordering::Relaxed),
-            connections_total: counters.connections_total.load(Ordering::Relaxed),
-            handshake_failures: counters.handshake_failures.load(Ordering::Relaxed),
-            probes: counters.probes.load(Ordering::Relaxed),
+            connections_total: counters.admission.accepted.load(Ordering::Relaxed),
+            handshake_failures: counters.handshake_failures(),
+            probes: counters.handshakes[Handshake::Probe as usize].load(Ordering::Relaxed),
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),

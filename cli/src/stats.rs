@@ -1,10 +1,11 @@
 //! A master's stats as people and scripts read them: the table and the JSON that
 //! `taskmill-master stats`, `taskmill stats` and `taskmill inspect` print, kept in one place so
-//! the three cannot drift apart.
+//! the three cannot drift apart (the JSON is `taskmill_protocol::json`'s, which the master's
+//! `/api/stats` serves too).
 
 use std::fmt::Write as _;
 
-use serde_json::json;
+pub use taskmill_protocol::json::{queue_json, stats_json};
 use taskmill_protocol::{QueueStats, Stats};
 
 use crate::say;
@@ -16,7 +17,7 @@ pub fn print(master: &str, mut stats: Stats, json: bool) -> serde_json::Result<(
     // the others.
     stats.clients = stats.clients.saturating_sub(1);
     if json {
-        say(serde_json::to_string_pretty(&render_json(master, &stats))?);
+        say(serde_json::to_string_pretty(&stats_json(master, &stats))?);
     } else {
         say(render_table(master, &stats).trim_end());
     }
@@ -115,54 +116,6 @@ pub fn queue_table(queues: &[QueueStats]) -> String {
     out
 }
 
-/// The same, for scripts.
-pub fn render_json(master: &str, stats: &Stats) -> serde_json::Value {
-    json!({
-        "master": master,
-        "uptime_ms": stats.uptime_ms,
-        "clients": stats.clients,
-        "connections_total": stats.connections_total,
-        "handshake_failures": stats.handshake_failures,
-        "probes": stats.probes,
-        "completing_clients_total": stats.completing_clients_total,
-        "queues": stats.queues.iter().map(queue_json).collect::<Vec<_>>(),
-        "storage": stats.storage.as_ref().map(|s| json!({
-            "data_dir": s.data_dir,
-            "disk_bytes": s.disk_bytes,
-            "disk_limit": s.disk_limit,
-            "log_bytes": s.log_bytes,
-            "log_files": s.log_files,
-            "snapshot_bytes": s.snapshot_bytes,
-            "snapshot_age_ms": s.snapshot_age_ms,
-            "records_total": s.records_total,
-            "fsyncs_total": s.fsyncs_total,
-            "recovery_ms": s.recovery_ms,
-            "fsync_interval_ms": s.fsync_interval_ms,
-        })),
-    })
-}
-
-/// One queue, for scripts (an element of [`render_json`]'s `queues`).
-pub fn queue_json(q: &QueueStats) -> serde_json::Value {
-    json!({
-        "name": q.name,
-        "size": q.len,
-        "capacity": q.capacity,
-        "empty": q.is_empty(),
-        "full": q.is_full(),
-        "leased": q.leased,
-        "delayed": q.delayed,
-        "waiting_getters": q.waiting_getters,
-        "waiting_putters": q.waiting_putters,
-        "put_total": q.put_total,
-        "delivered_total": q.delivered_total,
-        "settled_total": q.settled_total,
-        "requeued_total": q.requeued_total,
-        "expired_total": q.expired_total,
-        "dead_total": q.dead_total,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +154,7 @@ mod tests {
         assert!(table
             .lines()
             .any(|l| l.starts_with("tasks") && l.contains("unbounded")));
-        let json = render_json("m:1", &sample());
+        let json = stats_json("m:1", &sample());
         assert_eq!(json["queues"][0]["size"], 3);
         assert_eq!(json["queues"][0]["capacity"], serde_json::Value::Null);
         assert_eq!(json["handshake_failures"], 1);

@@ -81,6 +81,8 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
     #[command(flatten, next_help_heading = "TLS")]
     pub tls: TlsServerArgs,
+    #[command(flatten, next_help_heading = "HTTP")]
+    pub http: HttpArgs,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +159,11 @@ pub struct RunArgs {
         next_help_heading = "TLS of its own master (not with --master)"
     )]
     pub tls_server: TlsServerArgs,
+    #[command(
+        flatten,
+        next_help_heading = "HTTP of its own master (not with --master)"
+    )]
+    pub http: HttpArgs,
 }
 
 /// `run`'s heading for the flags of the master it serves itself.
@@ -177,8 +184,10 @@ pub struct StatsArgs {
 
 /// The flags of a master's own (its address, limits, storage and TLS certificate), which
 /// `run --master` refuses: the master it names was configured where it runs.
-const MASTER_ONLY: [&str; 23] = [
+const MASTER_ONLY: [&str; 25] = [
     "listen",
+    "http",
+    "http_auth_file",
     "handshake_timeout",
     "max_frame",
     "max_connections",
@@ -265,6 +274,22 @@ pub struct TlsServerArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, env = "TASKMILL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// The read-only HTTP port (flags shared by `serve` and `run`).
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Serve /metrics (Prometheus), /api/stats (JSON), /healthz and a live dashboard at / on
+    /// this address (e.g. 127.0.0.1:8080). Off by default. Read-only, and without
+    /// authentication unless --http-auth-file is given: anyone who can reach the address sees
+    /// queue names, counts, client addresses and dead-letter reasons.
+    #[arg(long, env = "TASKMILL_HTTP", value_parser = parse_listen_addr)]
+    pub http: Option<String>,
+    /// With --http: a file holding a secret of 16 bytes or more (one trailing newline
+    /// ignored); every route but /healthz then needs it, as `Authorization: Bearer SECRET` or
+    /// as the password of Basic credentials (any user name).
+    #[arg(long, env = "TASKMILL_HTTP_AUTH_FILE", requires = "http")]
+    pub http_auth_file: Option<PathBuf>,
 }
 
 /// Where the queues are kept (flags shared by `serve` and `run`).

@@ -13,6 +13,7 @@
 //! - [`connection`]: a framed stream of whole messages.
 //! - [`error`]: codec errors and the client side's handshake errors.
 //! - [`tls`]: optional TLS, and the stream type connections run on.
+//! - [`json`]: `Stats` as the JSON document every `stats --json` and `/api/stats` give.
 //!
 //! `docs/protocol.md` in the repository is the wire specification.
 
@@ -22,6 +23,7 @@ pub mod connection;
 pub mod error;
 mod frame_bytes;
 pub mod handshake;
+pub mod json;
 pub mod message;
 pub mod tls;
 

@@ -6,8 +6,12 @@
 //! - this file: [`LIMIT`] and [`within`], keys, a short-deadline [`config`], [`TestMaster`],
 //!   [`fake_master`], raw connections and requests.
 //! - [`process`]: the real binaries as child processes ([`process::Proc`]).
+//! - [`http`]: one-shot HTTP requests for the master's HTTP port.
+//! - [`python`]: the Python helpers in `tests/py/`, never skipped.
 
+pub mod http;
 pub mod process;
+pub mod python;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use taskmill::Client;
+use taskmill_broker::http::HttpConfig;
 use taskmill_broker::store::Memory;
 use taskmill_broker::{Master, ServerConfig};
 use taskmill_protocol::auth::{nonce, Role};
@@ -109,11 +114,34 @@ impl TestMaster {
         Self::serve(listener, config)
     }
 
+    /// A master that also serves its HTTP port (`http`) on a fresh loopback port, returned
+    /// beside it.
+    pub async fn start_with_http(config: ServerConfig, http: HttpConfig) -> (Self, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web_addr = web.local_addr().expect("local address");
+        (
+            Self::serve_both(listener, config, Some((web, http))),
+            web_addr,
+        )
+    }
+
     /// Serves on a listener the test bound itself (to learn the port before the master runs).
     pub fn serve(listener: TcpListener, config: ServerConfig) -> Self {
+        Self::serve_both(listener, config, None)
+    }
+
+    fn serve_both(
+        listener: TcpListener,
+        config: ServerConfig,
+        http: Option<(TcpListener, HttpConfig)>,
+    ) -> Self {
         let addr = listener.local_addr().expect("local address").to_string();
         let shutdown = CancellationToken::new();
         let master = Master::open(config, Arc::new(Memory)).expect("a memory master opens");
+        if let Some((web, http)) = http {
+            master.serve_http(web, http);
+        }
         let handle = tokio::spawn(master.serve(listener, shutdown.clone()));
         Self {
             addr,

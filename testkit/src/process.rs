@@ -70,6 +70,8 @@ pub fn example(package: &str, name: &str) -> PathBuf {
 pub struct Proc {
     pub child: Child,
     lines: mpsc::Receiver<String>,
+    /// Lines read from stdout while looking for another, so that no search loses one.
+    seen: std::cell::RefCell<Vec<String>>,
     /// Where the child's stderr goes; kept (and named) if the test fails.
     log: Option<PathBuf>,
 }
@@ -108,6 +110,7 @@ impl Proc {
         Self {
             child,
             lines,
+            seen: Default::default(),
             log: Some(log_path),
         }
     }
@@ -117,6 +120,7 @@ impl Proc {
         Self {
             child,
             lines: mpsc::channel().1,
+            seen: Default::default(),
             log: None,
         }
     }
@@ -124,12 +128,23 @@ impl Proc {
     /// The address from the `listening on ADDR` line, on stdout (or on stderr, where a
     /// command whose stdout is for machine output writes it).
     pub fn listening_addr(&self) -> String {
+        self.line_after("listening on ")
+    }
+
+    /// The rest of the first line that starts with `prefix`, on stdout or stderr.
+    pub fn line_after(&self, prefix: &str) -> String {
+        let found = |line: &String| line.strip_prefix(prefix).map(|rest| rest.trim().to_owned());
+        if let Some(rest) = self.seen.borrow().iter().find_map(found) {
+            return rest;
+        }
         let deadline = Instant::now() + LIMIT;
         loop {
             match self.lines.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        return addr.trim().to_owned();
+                    let rest = found(&line);
+                    self.seen.borrow_mut().push(line);
+                    if let Some(rest) = rest {
+                        return rest;
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -138,13 +153,14 @@ impl Proc {
                 }
             }
             let stderr = self.stderr();
-            if let Some(addr) = stderr.lines().find_map(|l| l.strip_prefix("listening on ")) {
-                return addr.trim().to_owned();
+            if let Some(rest) = stderr.lines().find_map(|l| l.strip_prefix(prefix)) {
+                return rest.trim().to_owned();
             }
-            assert!(Instant::now() < deadline, "no `listening on` line in time");
+            assert!(Instant::now() < deadline, "no `{prefix}` line in time");
         }
     }
 
+    /// Stdout from after the lines the searches above have read.
     pub fn stdout_rest(&self) -> String {
         let mut out = String::new();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {

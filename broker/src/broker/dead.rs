@@ -16,6 +16,7 @@ use super::journal::{Change, QueueRank, Returned};
 use super::lease::GiveBack;
 use super::queue::Queue;
 use super::registry::Slot;
+use super::report::reason_index;
 use super::{Broker, QueueError};
 
 /// An item on its way to its queue's dead-letter queue.
@@ -55,9 +56,11 @@ impl Queue {
     /// [`exhausted`](Queue::exhausted), returns it for the dead-letter queue, which the caller
     /// fills after unlocking.
     pub(super) fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
+        let index = reason_index(why.kind());
         let fatal = matches!(why, GiveBack::Fatal(_));
         if !(self.exhausted(&item, buries) || fatal && buries) {
             let task = item.id;
+            self.tally.requeued[index] += 1;
             self.requeue(item, why.kind());
             self.journal.record(|queue| Change::Requeued {
                 queue,
@@ -67,6 +70,7 @@ impl Queue {
             self.pump();
             return None;
         }
+        self.tally.dead[index] += 1;
         self.count_buried(why.kind());
         let mut reason = why.reason();
         if reason.len() > MAX_REASON {

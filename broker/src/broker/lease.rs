@@ -13,6 +13,7 @@ use super::item::Item;
 use super::journal::{Change, Returned};
 use super::progress::{settled, Progress};
 use super::queue::Queue;
+use super::report::reason_index;
 use super::{Broker, QueueError, SessionId};
 
 /// Longest lease or nack delay a client may ask for; longer requests are cut to this.
@@ -113,6 +114,9 @@ pub(super) struct SessionLeases {
     pub(super) live: usize,
     /// This queue has reported the session to [`Shared::completers`].
     pub(super) completed: bool,
+    /// Leases it settled here, for observers: counted once per completion or ack request,
+    /// where the entry is looked up anyway, not per task.
+    pub(super) settled: u64,
 }
 
 impl Queue {
@@ -153,19 +157,26 @@ impl Queue {
         true
     }
 
-    /// Settles `task` if `session` holds its lease.
+    /// Settles `task` if `session` holds its lease. Inlined, as it was before it timed
+    /// tasks: a call of its own cost about 40 instructions per completion in callgrind
+    /// (BENCHMARKS.md, "Metrics (issue 15)").
+    #[inline]
     pub(super) fn settle(&mut self, task: TaskId, session: SessionId) -> bool {
         if self.unlease(task, Some(session)).is_none() {
             return false;
         }
         self.routes.left(task);
         self.settled_total += 1;
+        self.latency.settled(self.epoch, task);
         true
     }
 
-    /// Counts `session` as a worker in the stats, once it has completed a task from here.
-    pub(super) fn completed_by(&mut self, session: SessionId) {
+    /// Counts `settled` completions by `session`, and the session as a worker in the stats once
+    /// it has completed a task from here.
+    pub(super) fn completed_by(&mut self, session: SessionId, settled: u64) {
+        self.tally.completed += settled;
         if let Some(s) = self.sessions.get_mut(&session) {
+            s.settled += settled;
             if !s.completed {
                 s.completed = true;
                 self.new_completers.push(session);
@@ -298,6 +309,7 @@ impl Broker {
             } else {
                 let until = Deadline::now() + delay.min(MAX_LEASE);
                 queue.delay(item, until);
+                queue.tally.requeued[reason_index(Returned::Nacked)] += 1;
                 queue
                     .journal
                     .record(|queue| Change::Delayed { queue, task, until });

@@ -40,6 +40,8 @@
 //! - `route`: which reply queue each task's outcome goes to.
 //! - `admin`: operations for people and scripts: peek, purge, delete.
 //! - `timer`: the timer task that expires leases and returns delayed tasks.
+//! - [`report`]: what observers read beyond the wire's stats: counters by kind, sampled
+//!   latency, sessions' leases.
 
 mod admin;
 mod dead;
@@ -52,6 +54,7 @@ mod progress;
 mod queue;
 mod registry;
 mod replay;
+pub mod report;
 mod route;
 mod timer;
 mod waiter;
@@ -415,6 +418,8 @@ impl Broker {
             })));
         }
         let first_id = self.reserve(pending.len());
+        let epoch = self.shared.epoch;
+        queue.latency.put(epoch, first_id, pending.len());
         if let Some(origin) = origin {
             queue.origins.begin(origin, first_id);
         }
@@ -544,6 +549,11 @@ impl Broker {
             } else {
                 stale.push(task);
             }
+        }
+        let acked = (tasks.len() - stale.len()) as u64;
+        queue.tally.acked += acked;
+        if let Some(s) = queue.sessions.get_mut(&session) {
+            s.settled += acked;
         }
         Ok(settled(tasks.len(), stale))
     }

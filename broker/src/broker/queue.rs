@@ -16,6 +16,7 @@ use super::journal::{Change, Journal, LeaseTerms};
 use super::lease::{instant, stamp, Delayed, Leased, SessionLeases, Stamp, DEAD_SLACK, MAX_LEASE};
 use super::origin::Origins;
 use super::progress::{Batch, Progress};
+use super::report::{Latency, Tally};
 use super::route::Routes;
 use super::waiter::{GetWaiter, PutWaiter, WaiterId};
 use super::{QueueLimits, SessionId};
@@ -58,6 +59,9 @@ pub(super) struct Queue {
     pub(super) requeued_total: u64,
     pub(super) expired_total: u64,
     pub(super) dead_total: u64,
+    /// What the totals above do not split, for observers.
+    pub(super) tally: Tally,
+    pub(super) latency: Latency,
 }
 
 /// A capacity as the protocol states it: `None` or 0 is unbounded (Python's `maxsize <= 0`).
@@ -90,6 +94,8 @@ impl Queue {
             requeued_total: 0,
             expired_total: 0,
             dead_total: 0,
+            tally: Tally::default(),
+            latency: Latency::default(),
         }
     }
 
@@ -294,7 +300,7 @@ impl Queue {
         pending: &mut Batch,
         progress: &mut Progress,
     ) {
-        let mut settled_any = false;
+        let mut settled = 0;
         let origin = pending.origin();
         let before = progress.processed;
         let source_rank = source
@@ -339,7 +345,7 @@ impl Queue {
                     progress.stale.push(task);
                     continue;
                 }
-                settled_any |= room;
+                settled += u64::from(room);
             }
             if !room {
                 break;
@@ -370,8 +376,8 @@ impl Queue {
         if let Some(origin) = origin.filter(|_| accepted > 0) {
             self.origins.accepted(origin, first, accepted);
         }
-        if settled_any {
-            source.unwrap_or(self).completed_by(session);
+        if settled > 0 {
+            source.unwrap_or(self).completed_by(session, settled);
         }
     }
 

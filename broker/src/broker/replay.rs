@@ -111,7 +111,8 @@ impl Broker {
                         .map(|lease| lease.session)
                         .ok_or_else(|| misplaced(queue, task, "leased"))?;
                     source.settle(task, session);
-                    source.completed_by(session);
+                    // The tally counts what this process did, not what it replays.
+                    source.completed_by(session, 0);
                 }
                 if applies(target) {
                     self.lock(&target_slot).push(id, payload);

@@ -1,11 +1,12 @@
 //! The accept loop every listener runs: the connection limit (a permit taken before anything
-//! else), admission by the [`Guard`](super::guard::Guard), one task per connection under the
-//! master's tracker, and brief refusals for connections that are not served. What a connection
-//! is served, and how it is told no, is the [`Protocol`]'s.
+//! else), admission by a [`Guard`], one task per connection under the master's tracker, and
+//! brief refusals for connections that are not served. What a connection is served, and how
+//! it is told no, is the [`Protocol`]'s; each listener has its own limits and guard, so a flood
+//! on one port takes no slot of another's.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::guard::{Refusal, Ticket};
+use super::guard::{Guard, Refusal, Ticket};
 use crate::master::Context;
 
 /// What admits a connection: its place under the connection limit, held while it is served,
@@ -29,6 +30,7 @@ pub(crate) struct Admitted {
 pub(crate) trait Protocol: Send + Sync + 'static {
     /// Serves one admitted connection to its end.
     fn serve(
+        self: Arc<Self>,
         ctx: Arc<Context>,
         stream: TcpStream,
         peer: SocketAddr,
@@ -53,13 +55,36 @@ const MAX_REFUSALS: usize = 64;
 /// has read why.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
-/// Accepts connections on `listener` for `P` until `shutdown` fires.
+/// One listener's limits and what it counts.
+pub(crate) struct Admission<'a> {
+    /// Connections served at once; more are refused as overloaded.
+    pub max_connections: usize,
+    pub guard: &'a Guard,
+    pub counts: &'a AdmissionCounts,
+}
+
+/// Connections a listener accepted, and refused by why.
+#[derive(Debug, Default)]
+pub(crate) struct AdmissionCounts {
+    pub accepted: AtomicU64,
+    /// By [`REFUSALS`].
+    pub refused: [AtomicU64; 3],
+}
+
+/// What each index of [`AdmissionCounts::refused`] counts: the connection limit, the limit on
+/// connections still to authenticate (overall or from one address), and addresses throttled
+/// for failing to authenticate.
+pub(crate) const REFUSALS: [&str; 3] = ["connection_limit", "handshake_limit", "throttled"];
+
+/// Accepts connections on `listener` for `protocol` until `shutdown` fires.
 pub(crate) async fn run<P: Protocol>(
     ctx: &Arc<Context>,
+    protocol: Arc<P>,
     listener: TcpListener,
     shutdown: &CancellationToken,
+    admission: &Admission<'_>,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let permits = Arc::new(Semaphore::new(admission.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -85,29 +110,32 @@ pub(crate) async fn run<P: Protocol>(
                 continue;
             }
         };
-        ctx.counters
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
+        let counts = admission.counts;
+        counts.accepted.fetch_add(1, Ordering::Relaxed);
+        let refused = |why: usize| counts.refused[why].fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused(0);
             if ctx.log_limit.allow() {
-                warn!(%peer, limit = ctx.config.max_connections, "connection limit reached; refusing");
+                warn!(%peer, limit = admission.max_connections, "connection limit reached; refusing");
             }
             refuse::<P>(ctx, &refusals, stream, Rejection::Overloaded);
             continue;
         };
-        match ctx.guard.admit(peer.ip()) {
+        match admission.guard.admit(peer.ip()) {
             Ok(ticket) => {
                 let admitted = Admitted { permit, ticket };
-                ctx.tracker
-                    .spawn(P::serve(ctx.clone(), stream, peer, admitted));
+                let serve = Arc::clone(&protocol).serve(ctx.clone(), stream, peer, admitted);
+                ctx.tracker.spawn(serve);
             }
             Err(Refusal::Busy) => {
+                refused(1);
                 if ctx.log_limit.allow() {
                     warn!(%peer, "handshake limit reached; refusing");
                 }
                 refuse::<P>(ctx, &refusals, stream, Rejection::Overloaded);
             }
             Err(Refusal::Throttled) => {
+                refused(2);
                 debug!(%peer, "refusing an address with too many failed handshakes");
                 refuse::<P>(ctx, &refusals, stream, Rejection::Throttled);
             }

@@ -4,4 +4,5 @@ pub(crate) mod dispatch;
 mod durable;
 pub mod guard;
 pub(crate) mod listener;
+pub(crate) mod peers;
 pub(crate) mod session;

@@ -29,14 +29,21 @@ use tracing::{debug, info, warn};
 use super::dispatch::{self, error_reply, Caller, Waiting};
 use super::durable::Gate;
 use super::listener::{Admitted, Protocol};
+use super::peers::Heard;
 use crate::broker::{SessionId, Step};
-use crate::master::{Context, Phases};
+use crate::master::{Context, Handshake, Phases};
 
 /// The taskmill protocol, as served on the master's main port.
 pub(crate) struct Taskmill;
 
 impl Protocol for Taskmill {
-    async fn serve(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
+    async fn serve(
+        self: Arc<Self>,
+        ctx: Arc<Context>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) {
         run(stream, peer, ctx, admitted).await;
     }
 
@@ -108,31 +115,27 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
         Ok(Ok(Some(conn))) => Ok(conn),
         Ok(Ok(None)) => {
             // Port probes and TCP health checks connect and leave: no handshake was tried.
-            ctx.counters.probes.fetch_add(1, Ordering::Relaxed);
+            ctx.counters.handshake(Handshake::Probe);
             debug!(%peer, "connection closed before sending anything");
             return;
         }
         Ok(Err(HandshakeError::Closed)) => {
             // A peer that started a handshake and left: counted, but not charged to its
             // address, and not worth a warning.
-            ctx.counters
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+            ctx.counters.handshake(Handshake::Closed);
             debug!(%peer, "connection closed before authenticating");
             return;
         }
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!(
-            "handshake timed out after {:?}",
-            config.handshake_timeout
+        Ok(Err(err)) => Err((Handshake::Failed, err.to_string())),
+        Err(_) => Err((
+            Handshake::TimedOut,
+            format!("handshake timed out after {:?}", config.handshake_timeout),
         )),
     };
     let conn = match cause {
         Ok(conn) => conn,
-        Err(cause) => {
-            ctx.counters
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+        Err((how, cause)) => {
+            ctx.counters.handshake(how);
             if ctx.guard.failed(peer.ip()) {
                 warn!(
                     ip = %peer.ip(),
@@ -148,10 +151,12 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
             return;
         }
     };
+    ctx.counters.handshake(Handshake::Authenticated);
     ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
     let id = ctx.broker.open_session();
     debug!(%peer, session = id, "client authenticated");
     let now = Instant::now();
+    let heard = ctx.peers.open(id, peer);
     let mut session = Session {
         conn,
         ctx: &ctx,
@@ -160,9 +165,11 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
         phases,
         last_heard: now,
         last_written: now,
+        heard,
     };
     let result = session.serve().await;
     let requeued = ctx.broker.close_session(id);
+    ctx.peers.close(id);
     ctx.counters.clients.fetch_sub(1, Ordering::Relaxed);
     match result {
         Ok(()) => debug!(%peer, session = id, requeued, "client disconnected"),
@@ -190,6 +197,9 @@ struct Session<'a> {
     ends: Phases,
     last_heard: Instant,
     last_written: Instant,
+    /// `last_heard` for observers, published on each tick rather than per message: a few
+    /// seconds' precision is all a dashboard needs, and the hot path stays as it was.
+    heard: Heard,
 }
 
 enum Event {
@@ -292,6 +302,7 @@ impl Session<'_> {
                     return Err(err.into());
                 }
                 Event::Tick => {
+                    self.heard.set(self.last_heard.into_std());
                     let silent = self.last_heard.elapsed();
                     let expecting = !waiting.is_empty() || !gate.is_empty();
                     if silent >= beat * 2 && (expecting || self.ctx.broker.holds_leases(self.id)) {

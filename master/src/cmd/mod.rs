@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod http;
 pub mod run;
 pub mod serve;
 pub mod stats;
@@ -29,10 +30,15 @@ pub fn signals() -> taskmill_cli::Signals {
 
 /// Binds `addr`, saying plainly when the port is taken.
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    bind_as(addr, "--listen or TASKMILL_LISTEN").await
+}
+
+/// Binds `addr`, naming `flag` as the way to choose another when the port is taken.
+pub async fn bind_as(addr: &str, flag: &str) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(listener) => Ok(listener),
         Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
-            bail!("cannot listen on {addr}: the port is in use (pick another with --listen or TASKMILL_LISTEN)")
+            bail!("cannot listen on {addr}: the port is in use (pick another with {flag})")
         }
         Err(err) => Err(err).with_context(|| format!("cannot listen on {addr}")),
     }

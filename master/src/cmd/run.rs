@@ -87,6 +87,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             addr.to_string()
         };
+        if let Some(http) = super::http::start(&master, &args.http).await? {
+            let line = format!("http listening on {http}");
+            if args.json {
+                tell(line);
+            } else {
+                say(line);
+            }
+        }
         let stop = CancellationToken::new();
         let serving = tokio::spawn(master.serve(listener, stop.clone()));
         let report = job::run(&connect, &key, &job, &shutdown).await;

@@ -11,8 +11,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.server.to_config(key, &args.tls).map_err(usage)?;
     let master = super::open(config, &args.storage)?;
     let listener = super::bind(&args.listen).await?;
-    // Scripts and tests read the bound port from this line (the flag may say port 0).
+    // Scripts and tests read the bound ports from these lines (the flags may say port 0).
     say(format!("listening on {}", listener.local_addr()?));
+    if let Some(http) = super::http::start(&master, &args.http).await? {
+        say(format!("http listening on {http}"));
+    }
     let signals = super::signals();
     master.serve(listener, signals.stop).await?;
     Ok(ExitCode::SUCCESS)

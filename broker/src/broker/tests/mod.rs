@@ -18,6 +18,7 @@ mod leases;
 mod locking;
 mod memory;
 mod order;
+mod report;
 mod waiting;
 
 pub(super) const MB: usize = 1 << 20;
