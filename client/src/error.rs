@@ -84,8 +84,17 @@ impl ClientError {
                 ..
             } => true,
             ClientError::Codec(CodecError::Io(_)) => true,
+            // The connection broke during the TLS handshake (a master restarting, or refusing
+            // for load): worth retrying. A certificate it does not trust is not.
+            ClientError::Tls { cause, .. } => matches!(
+                cause.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::TimedOut
+            ),
             ClientError::AuthenticationFailed
-            | ClientError::Tls { .. }
             | ClientError::MasterNotAuthenticated(_)
             | ClientError::VersionMismatch { .. }
             | ClientError::Rejected(_)
@@ -93,5 +102,21 @@ impl ClientError {
             | ClientError::Server { .. }
             | ClientError::Codec(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_handshake_cut_short_is_retried_and_an_untrusted_certificate_is_not() {
+        let tls = |kind| ClientError::Tls {
+            addr: "m:1".into(),
+            cause: io::Error::new(kind, "x"),
+        };
+        assert!(tls(io::ErrorKind::UnexpectedEof).is_transient());
+        assert!(tls(io::ErrorKind::ConnectionReset).is_transient());
+        assert!(!tls(io::ErrorKind::InvalidData).is_transient());
     }
 }

@@ -1,25 +1,40 @@
 //! Operations for people and scripts rather than workers: look at a queue's front without
-//! taking it, empty a queue, delete one.
+//! taking it, empty a queue, delete one. Tasks they remove whose put named a reply queue are
+//! reported there, so no producer waits for them forever.
 
-use taskmill_protocol::Task;
+use bytes::Bytes;
+use taskmill_protocol::{Task, TaskOutcome, TaskReply};
 
 use super::journal::Change;
 use super::queue::{Queue, TASK_OVERHEAD};
 use super::{Broker, QueueError};
 
+/// What to tell which reply queue.
+pub(super) type Notices = Vec<(Bytes, TaskReply)>;
+
 impl Queue {
     /// Removes every queued and delayed item (leased ones stay, to be settled); returns how
-    /// many. Room freed goes to waiting putters at the next pump.
-    pub(super) fn purge(&mut self) -> u64 {
+    /// many, and what to tell the reply queues of those whose put named one. Room freed goes to
+    /// waiting putters at the next pump.
+    pub(super) fn purge(&mut self, why: &str) -> (u64, Notices) {
         let removed = (self.items.len() + self.delayed.len()) as u64;
-        let ids: Vec<_> = self.items.iter().map(|i| i.id).collect();
-        let delayed: Vec<_> = self.delayed.iter().map(|d| d.0.item.id).collect();
-        for id in ids.into_iter().chain(delayed) {
-            self.routes.left(id);
+        let items = self.items.iter().map(|i| (i.id, i.deliveries()));
+        let delayed = self
+            .delayed
+            .iter()
+            .map(|d| (d.0.item.id, d.0.item.deliveries()));
+        let gone: Vec<_> = items.chain(delayed).collect();
+        let mut notices = Vec::new();
+        for (task, attempts) in gone {
+            if let Some(reply) = self.routes.left(task) {
+                let reason = why.to_owned();
+                let outcome = TaskOutcome::Dead { attempts, reason };
+                notices.push((reply, TaskReply { task, outcome }));
+            }
         }
         self.items.clear();
         self.delayed.clear();
-        removed
+        (removed, notices)
     }
 }
 
@@ -54,13 +69,17 @@ impl Broker {
     pub fn purge(&self, queue: &str) -> Result<u64, QueueError> {
         let missing = || QueueError::NoSuchQueue(queue.to_owned());
         let slot = self.existing(queue).ok_or_else(missing)?;
+        // The notices to reply queues go out under the gate deletes take exclusively.
+        let _telling = self.burying();
         let mut q = self.lock(&slot);
         if q.deleted {
             return Err(missing());
         }
-        let removed = q.purge();
+        let (removed, notices) = q.purge(&format!("purged from {queue}"));
         q.journal.record(|queue| Change::Purged { queue });
         q.pump();
+        drop(q);
+        self.tell_all(notices);
         Ok(removed)
     }
 
@@ -87,13 +106,16 @@ impl Broker {
         if if_empty && !(q.items.is_empty() && q.delayed.is_empty()) {
             return Err(QueueError::NotEmpty(queue.to_owned()));
         }
-        let removed = q.purge();
+        let (removed, notices) = q.purge(&format!("its queue {queue} was deleted"));
         q.deleted = true;
         q.routes.clear();
         q.journal.record(|queue| Change::Deleted { queue });
         drop(q);
         registry.by_name.remove(queue);
         registry.all[slot.rank] = None;
+        drop((registry, _gate));
+        let _telling = self.burying();
+        self.tell_all(notices);
         Ok(removed)
     }
 }

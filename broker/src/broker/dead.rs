@@ -174,6 +174,12 @@ impl Broker {
         }
         queue.pump();
         drop(queue);
+        self.tell_all(notices);
+    }
+
+    /// Tells each reply queue what became of its task (see [`Broker::tell`]). Call under the
+    /// burial gate.
+    pub(super) fn tell_all(&self, notices: Vec<(Bytes, TaskReply)>) {
         for (reply, notice) in notices {
             self.tell(&reply, &notice.encode());
         }

@@ -252,12 +252,13 @@ impl Broker {
             }
             Change::Purged { queue } => {
                 let slot = self.slot(queue)?;
-                self.lock(&slot).purge();
+                // (What it told reply queues is in the log as puts of its own.)
+                self.lock(&slot).purge("");
             }
             Change::Deleted { queue } => {
                 let slot = self.slot(queue)?;
                 let mut q = self.lock(&slot);
-                q.purge();
+                q.purge("");
                 q.deleted = true;
                 drop(q);
                 let mut registry = self.registry_mut();

@@ -261,6 +261,7 @@ fn peek(caller: &Caller<'_>, queue: &str, max: u32) -> Answer {
 }
 
 fn kick(caller: &Caller<'_>, queue: &str, max: u32) -> Answer {
+    check_max(max)?;
     check_room(caller)?;
     count(broker(caller).kick(queue, max))
 }

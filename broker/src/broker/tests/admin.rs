@@ -249,3 +249,39 @@ fn a_queue_name_is_valid_or_not_whatever_queues_exist() {
         .unwrap();
     assert_eq!(br.inspect("x.dead").unwrap().len, 1, "requeued, not buried");
 }
+
+#[test]
+fn purged_and_deleted_tasks_are_reported_to_their_reply_queues() {
+    let br = broker();
+    let s = br.open_session();
+    br.declare("replies", None).unwrap();
+    routed_put(&br, s, "q", &["a", "b"], "replies");
+    ready(br.put(s, "q", vec![b("plain")], false).unwrap());
+    assert_eq!(br.purge("q").unwrap(), 3);
+    routed_put(&br, s, "gone", &["c"], "replies");
+    assert_eq!(br.delete("gone", false).unwrap(), 1);
+    let told = ready(
+        br.get(s, "replies", 10, MB, Delivery::Remove, false)
+            .unwrap(),
+    );
+    let reasons: Vec<String> = told
+        .iter()
+        .map(|t| {
+            match taskmill_protocol::TaskReply::decode(&t.payload)
+                .unwrap()
+                .outcome
+            {
+                taskmill_protocol::TaskOutcome::Dead { reason, .. } => reason,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "purged from q",
+            "purged from q",
+            "its queue gone was deleted"
+        ]
+    );
+}
