@@ -186,6 +186,9 @@ async fn a_tls_client_rejects_a_plain_master_and_a_certificate_from_another_ca()
     .await
     .unwrap_err();
     assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+    // The plain master answers the ClientHello with a TLS alert: the client is told, every
+    // time, rather than seeing a close it would retry as a restart.
+    assert!(err.to_string().contains("alert"), "{err}");
     assert!(!err.is_transient());
 
     let other = Pki::new("other");

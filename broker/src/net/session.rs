@@ -94,6 +94,12 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
                 .accept(stream)
                 .await
                 .map_err(|e| HandshakeError::Codec(CodecError::Io(e)))?,
+            None if starts_tls(&stream).await => {
+                refuse_tls(stream).await;
+                return Err(HandshakeError::Unexpected(
+                    "TLS ClientHello on a port without TLS (a TLS client, a plain master)",
+                ));
+            }
             None => Stream::Plain(stream),
         };
         handshake::accept(
@@ -185,6 +191,35 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
 async fn first_byte(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
+}
+
+/// Whether the client's first byte opens a TLS handshake record. Never a taskmill frame: a
+/// handshake frame's length fits in 512 bytes, so its first byte is 0.
+async fn starts_tls(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.peek(&mut byte).await, Ok(1) if byte[0] == TLS_HANDSHAKE_RECORD)
+}
+
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Answers a TLS client on a plain port with a fatal TLS alert, which its TLS library reports
+/// as such (a configuration error, not retried), rather than a bare close that would look like a
+/// master restarting. Reads until the client closes, so no unread ClientHello turns the close
+/// into a reset that could reach the client before the alert.
+async fn refuse_tls(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A TLS 1.2 record header (alert, 2 bytes) then level fatal (2), protocol_version (70).
+    const ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70];
+    if stream.write_all(&ALERT).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 512];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 struct Session<'a> {
