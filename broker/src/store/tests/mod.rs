@@ -79,6 +79,24 @@ pub(super) async fn durable(wal: &Wal) -> bool {
     waited.await.expect("the log answers within 20 s")
 }
 
+/// Waits (up to 20 s) until a snapshot the traffic so far triggered has been written: the
+/// snapshot runs beside the traffic, so it may still be going when the last request returns.
+pub(super) async fn snapshot_taken(wal: &Wal) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while wal
+        .stats()
+        .expect("stats of an open log")
+        .snapshot_age_ms
+        .is_none()
+    {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
 pub(super) fn ready<T: std::fmt::Debug, W: std::fmt::Debug>(step: Step<T, W>) -> T {
     match step {
         Step::Ready(t) => t,
