@@ -9,6 +9,7 @@ use crate::cli::ServeArgs;
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let key = args.key.load().map_err(usage)?;
     let config = args.server.to_config(key, &args.tls).map_err(usage)?;
+    super::files::ensure(&config, args.http.http.is_some()).map_err(usage)?;
     let master = super::open(config, &args.storage)?;
     let listener = super::bind(&args.listen).await?;
     // Scripts and tests read the bound ports from these lines (the flags may say port 0).
