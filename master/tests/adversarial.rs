@@ -36,6 +36,8 @@ struct Run {
     /// How long each honest connection waited to be admitted: the two workers (from their
     /// start to their log line saying so), then fresh connections made every half second.
     admissions: Vec<Duration>,
+    /// Failed handshakes the master had counted at the last of those connections.
+    failures: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -160,13 +162,13 @@ async fn hostile(kind: usize, source: u8, addr: SocketAddr) {
 
 /// Connects with the key from 127.0.0.1, retrying every 50 ms, until admitted; `None` if the
 /// master has gone (`done`) meanwhile.
-async fn honest_connect(addr: &str, done: &AtomicBool) -> Option<Duration> {
+async fn honest_connect(addr: &str, done: &AtomicBool) -> Option<(Duration, taskmill::Client)> {
     let key = taskmill::AuthKey::new(KEY).unwrap();
     let started = Instant::now();
     while !done.load(Ordering::Relaxed) {
         let connect = taskmill::Client::connect(addr, &key);
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
-            return Some(started.elapsed());
+        if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
+            return Some((started.elapsed(), client));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -174,17 +176,20 @@ async fn honest_connect(addr: &str, done: &AtomicBool) -> Option<Duration> {
 }
 
 /// A fresh honest connection every half second until `until` or the master has gone: how
-/// long each waited to be admitted.
-async fn watch(addr: String, until: Instant, done: Arc<AtomicBool>) -> Vec<Duration> {
-    let mut waits = Vec::new();
+/// long each waited to be admitted, and the most failed handshakes the master reported.
+async fn watch(addr: String, until: Instant, done: Arc<AtomicBool>) -> (Vec<Duration>, u64) {
+    let (mut waits, mut failures) = (Vec::new(), 0);
     while Instant::now() < until {
-        match honest_connect(&addr, &done).await {
-            Some(wait) => waits.push(wait),
-            None => break,
+        let Some((wait, mut client)) = honest_connect(&addr, &done).await else {
+            break;
+        };
+        waits.push(wait);
+        if let Ok(stats) = client.stats().await {
+            failures = failures.max(stats.handshake_failures);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    waits
+    (waits, failures)
 }
 
 /// Every unauthenticated kind of [`hostile`] connection from 127.0.0.1, each in
@@ -306,7 +311,8 @@ fn run(attack: Attack) -> Run {
         .iter()
         .map(|at| at.expect("a worker never logged that it connected"))
         .collect();
-    admissions.extend(runtime.block_on(watcher).unwrap());
+    let (waits, failures) = runtime.block_on(watcher).unwrap();
+    admissions.extend(waits);
     Run {
         report,
         peak_rss_kib: peak,
@@ -317,19 +323,21 @@ fn run(attack: Attack) -> Run {
         },
         job,
         admissions,
+        failures,
     }
 }
 
 /// What every run must show: each result verified, memory under the bound.
 fn check(r: &Run, what: &str) {
     println!(
-        "adversarial ({what}): {} hostile connections (or loops of them): {} tasks verified at {:.0} tasks/s in {:.1} s, worst admission {:.2} s of {}, master peak RSS {} KiB",
+        "adversarial ({what}): {} hostile connections (or loops of them): {} tasks verified at {:.0} tasks/s in {:.1} s, worst admission {:.2} s of {}, {}+ failed handshakes, master peak RSS {} KiB",
         r.hostile,
         r.report["verified"],
         r.report["tasks_per_sec"].as_f64().unwrap_or(0.0),
         r.job.as_secs_f64(),
         r.admissions.iter().max().unwrap_or(&Duration::ZERO).as_secs_f64(),
         r.admissions.len(),
+        r.failures,
         r.peak_rss_kib
     );
     assert_eq!(r.report["verified"], TASKS, "{what}");
