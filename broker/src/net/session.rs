@@ -1,4 +1,4 @@
-//! One client connection: the handshake under its deadline, then requests to replies.
+//! One client connection: its handshake ([`super::authenticate`]), then requests to replies.
 //!
 //! Requests that can be answered at once are answered in arrival order. Requests that must wait
 //! become futures polled beside the socket, so a waiting `get` neither blocks this connection's
@@ -17,19 +17,18 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
-use taskmill_protocol::handshake::{self, reject, Failed, HandshakeError, MasterConnection};
+use taskmill_protocol::handshake::{reject, MasterConnection};
 use taskmill_protocol::{
     ClientHandshake, ClientMessage, CodecError, Connection, ErrorKind, MasterHandshake,
     MasterMessage, Rejection, Reply, Stream, Wait,
 };
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::authenticate::authenticate;
 use super::dispatch::{self, error_reply, Caller, Waiting};
 use super::durable::Gate;
-use super::guard::Ticket;
 use super::listener::{Admitted, Protocol};
 use super::peers::Heard;
 use crate::broker::{SessionId, Step};
@@ -79,54 +78,10 @@ enum SessionError {
 }
 
 async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: Admitted) {
-    let Admitted { permit, ticket } = admitted;
     let phases = ctx.phases.clone();
-    taskmill_protocol::tune_socket(&stream);
-    let config = &ctx.config;
-    let started = Instant::now();
-    let first_byte_timeout = config.first_byte_timeout.min(config.handshake_timeout);
-    // One deadline covers the TLS handshake and ours; a tighter one the first byte.
-    let handshake = tokio::time::timeout(config.handshake_timeout, async {
-        match tokio::time::timeout(first_byte_timeout, first_byte(&stream)).await {
-            Err(_) => return Err(Early::Silent),
-            Ok(false) => return Err(Early::Left),
-            Ok(true) => {}
-        }
-        let stream = match &config.tls {
-            Some(tls) => tls.accept(stream).await.map_err(Early::Tls)?,
-            None => Stream::Plain(stream),
-        };
-        let (key, beat) = (&config.key, config.heartbeat_interval);
-        handshake::accept_deferred(stream, key, config.max_frame, beat)
-            .await
-            .map_err(|failed| Early::Failed(Box::new(failed)))
-    });
-    let outcome = tokio::select! {
-        outcome = handshake => outcome,
-        () = ticket.shed() => {
-            // Counted and logged by the accept loop, which shed it; charged, since it did not
-            // authenticate.
-            ticket.fail();
-            debug!(%peer, "handshake shed to make room for a newer one");
-            return;
-        }
-        () = phases.drain.cancelled() => return,
+    let Some((conn, _permit)) = authenticate(&ctx, stream, peer, admitted).await else {
+        return;
     };
-    let conn = match outcome {
-        Ok(Ok(conn)) => {
-            // The handshake slot is for unauthenticated connections only.
-            ticket.spare();
-            conn
-        }
-        Ok(Err(early)) => {
-            return not_authenticated(&ctx, peer, ticket, permit, started, early).await
-        }
-        Err(_) => {
-            let early = Early::TimedOut;
-            return not_authenticated(&ctx, peer, ticket, permit, started, early).await;
-        }
-    };
-    let _permit = permit;
     ctx.counters.handshake(Handshake::Authenticated);
     ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
     let id = ctx.broker.open_session();
@@ -154,121 +109,6 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     if requeued > 0 {
         info!(%peer, requeued, "gave back the tasks the closed connection held");
     }
-}
-
-/// A connection that closes this soon without sending a byte is a probe (a port scan, a TCP
-/// health check), not a failed handshake: it is not charged to its address.
-const PROBE_GRACE: Duration = Duration::from_millis(100);
-
-/// How long a refusal owed to a failed handshake may take to write.
-const REPLY_TIME: Duration = Duration::from_secs(1);
-
-/// How a handshake ended short of a session.
-enum Early {
-    /// Left without a byte: a probe if at once, else silent.
-    Left,
-    /// Sent nothing within the first-byte bound.
-    Silent,
-    TimedOut,
-    Tls(std::io::Error),
-    /// Boxed: it holds the connection, and this enum is returned on every handshake.
-    Failed(Box<Failed<Stream>>),
-}
-
-/// Settles a handshake that did not authenticate: counts it, charges it to its address group
-/// (a probe aside), logs it, and sends the refusal it is owed, late if the group is in debt.
-async fn not_authenticated(
-    ctx: &Context,
-    peer: SocketAddr,
-    ticket: Ticket,
-    permit: OwnedSemaphorePermit,
-    started: Instant,
-    early: Early,
-) {
-    let config = &ctx.config;
-    let (how, cause, reply) = match early {
-        Early::Left if started.elapsed() < PROBE_GRACE => {
-            ticket.spare();
-            ctx.counters.handshake(Handshake::Probe);
-            debug!(%peer, "connection closed before sending anything");
-            return;
-        }
-        Early::Left => (
-            Handshake::Silent,
-            "closed without sending anything".into(),
-            None,
-        ),
-        Early::Silent => {
-            let bound = config.first_byte_timeout.min(config.handshake_timeout);
-            (
-                Handshake::Silent,
-                format!("sent nothing within {bound:?}"),
-                None,
-            )
-        }
-        Early::TimedOut => {
-            let bound = config.handshake_timeout;
-            (
-                Handshake::TimedOut,
-                format!("handshake timed out after {bound:?}"),
-                None,
-            )
-        }
-        Early::Tls(err) => (
-            Handshake::Failed,
-            format!("TLS handshake failed: {err}"),
-            None,
-        ),
-        Early::Failed(failed) => {
-            let how = match failed.error {
-                HandshakeError::Closed => Handshake::Closed,
-                _ => Handshake::Failed,
-            };
-            (how, failed.error.to_string(), Some(*failed))
-        }
-    };
-    ctx.counters.handshake(how);
-    let failure = ticket.fail();
-    if failure.newly_throttled {
-        let (group, _) = ctx.guard.group(peer.ip());
-        warn!(
-            %group,
-            rule = "--auth-failures-per-minute",
-            delay = ?failure.delay,
-            "too many failed handshakes from this address group; answering its failures late"
-        );
-    }
-    if matches!(how, Handshake::Failed | Handshake::TimedOut) && ctx.log_limit.allow() {
-        warn!(%peer, %cause, "handshake failed");
-    } else {
-        debug!(%peer, %cause, "handshake failed");
-    }
-    let Some(reply) = reply.filter(Failed::owes_reply) else {
-        return;
-    };
-    if !failure.delay.is_zero() {
-        // The wait holds a delayed-reply slot instead of a connection slot; with none free the
-        // failure is closed at once, unanswered.
-        drop(permit);
-        let Ok(_slot) = Arc::clone(&ctx.delayed_replies).try_acquire_owned() else {
-            return;
-        };
-        ctx.counters
-            .failures_delayed
-            .fetch_add(1, Ordering::Relaxed);
-        tokio::select! {
-            () = tokio::time::sleep(failure.delay) => {}
-            () = ctx.phases.drain.cancelled() => return,
-        }
-    }
-    let _ = tokio::time::timeout(REPLY_TIME, reply.reply()).await;
-}
-
-/// Waits for the client's first byte without taking it: false if the connection ends, or
-/// fails, before it sends one.
-async fn first_byte(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
 }
 
 struct Session<'a> {
