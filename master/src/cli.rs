@@ -482,6 +482,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn trusted_networks_take_cidrs_or_addresses_and_the_ipv6_prefix_is_bounded() {
+        let net = |s: &str| parse_network(s).map(|n| n.to_string());
+        assert_eq!(net("10.0.0.0/8").unwrap(), "10.0.0.0/8");
+        assert_eq!(net("10.1.2.3/8").unwrap(), "10.0.0.0/8");
+        assert_eq!(net(" 192.0.2.7 ").unwrap(), "192.0.2.7/32");
+        assert_eq!(net("fd00::/8").unwrap(), "fd00::/8");
+        assert!(net("10.0.0.0/33").unwrap_err().contains("not a network"));
+        assert!(net("nope").is_err());
+        let parse = |extra: &[&str]| {
+            let args = ["taskmill-master", "serve"].iter().chain(extra);
+            Cli::try_parse_from(args)
+        };
+        let Ok(Cli {
+            command: Command::Serve(serve),
+        }) = parse(&[
+            "--trusted-networks",
+            "10.0.0.0/8,fd00::/8",
+            "--ipv6-prefix",
+            "48",
+        ])
+        else {
+            panic!("the flags parse");
+        };
+        assert_eq!(serve.server.trusted_networks.len(), 2);
+        assert_eq!(serve.server.ipv6_prefix, 48);
+        assert!(parse(&["--ipv6-prefix", "129"]).is_err());
+    }
+
+    #[test]
     fn every_flag_but_repair_can_be_set_from_the_environment() {
         let missing = taskmill_cli::flags_without_env(&Cli::command());
         assert_eq!(missing, ["serve --repair", "run --repair"]);
