@@ -207,6 +207,35 @@ async fn garbage_oversize_and_foreign_protocols_are_refused_and_closed() {
 }
 
 #[tokio::test]
+async fn a_peer_that_leaves_part_way_through_the_handshake_is_charged() {
+    // M2 in REVIEW.md: a hello and a clean close used to cost nothing, so a few addresses
+    // could hold every handshake slot for ever without being throttled.
+    let mut cfg = config();
+    cfg.guard.auth_failures_per_minute = 30;
+    let master = TestMaster::start(cfg).await;
+    for _ in 0..30 {
+        let mut conn = raw(&master.addr).await;
+        hello(&mut conn, nonce()).await;
+    }
+    // The budget is spent, so the next failure is answered late (one failure's worth: 2 s).
+    let started = std::time::Instant::now();
+    let err = within(
+        "a late refusal",
+        Client::connect(&master.addr, &wrong_key()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::AuthenticationFailed), "{err:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1),
+        "answered after {waited:?}"
+    );
+    // While a peer with the key gets in at once.
+    master.client().await.ping().await.unwrap();
+}
+
+#[tokio::test]
 async fn connections_that_send_nothing_are_probes_not_failed_handshakes() {
     let mut cfg = config();
     cfg.guard.auth_failures_per_minute = 2;

@@ -17,6 +17,9 @@ pub struct ServerConfig {
     pub key: AuthKey,
     /// Bound on the whole handshake; a silent or slow peer is dropped when it passes.
     pub handshake_timeout: Duration,
+    /// Bound on the wait for a connection's first byte (at most `handshake_timeout`): honest
+    /// clients speak at once, so a silent connection gives its slot back early.
+    pub first_byte_timeout: Duration,
     /// Frame cap after authentication, both directions.
     pub max_frame: usize,
     /// Connections served at once; more get `Rejected(Overloaded)`.
@@ -44,6 +47,7 @@ impl ServerConfig {
         Self {
             key,
             handshake_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(1),
             max_frame: DEFAULT_MAX_FRAME,
             max_connections: 4096,
             max_waiting: 64,
@@ -56,11 +60,7 @@ impl ServerConfig {
                 lease_timeout: Duration::from_secs(30),
                 max_attempts: 5,
             },
-            guard: GuardLimits {
-                max_handshakes: 256,
-                max_handshakes_per_ip: 32,
-                auth_failures_per_minute: 60,
-            },
+            guard: GuardLimits::new(256, 32, 60),
             tls: None,
         }
     }

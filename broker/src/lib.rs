@@ -36,5 +36,6 @@ pub mod store;
 
 pub use broker::{Broker, QueueLimits, SessionId};
 pub use config::{ServerConfig, MIN_MAX_FRAME};
+pub use ipnet::IpNet;
 pub use master::Master;
 pub use net::guard::GuardLimits;

@@ -34,7 +34,9 @@ pub(crate) struct Counters {
     /// The taskmill port's connections, accepted and refused.
     pub admission: AdmissionCounts,
     /// Handshakes by how they ended, indexed by [`Handshake`].
-    pub handshakes: [AtomicU64; 5],
+    pub handshakes: [AtomicU64; 8],
+    /// Failed handshakes whose refusal was held back because their address group is in debt.
+    pub failures_delayed: AtomicU64,
 }
 
 /// How a handshake ended.
@@ -46,27 +48,45 @@ pub(crate) enum Handshake {
     TimedOut = 2,
     /// Wrong key, another protocol version, or not taskmill at all.
     Failed = 3,
-    /// The peer left without sending a byte (port probes, TCP health checks): no handshake
-    /// was tried, so not a failure.
+    /// The peer left at once without sending a byte (port probes, TCP health checks): no
+    /// handshake was tried, so not a failure.
     Probe = 4,
+    /// The peer sent nothing within the first-byte bound, or left silent but not at once.
+    Silent = 5,
+    /// Shed for a newcomer when every handshake slot was taken.
+    ShedGlobal = 6,
+    /// Shed for a newcomer from its own address group, whose slots were all taken.
+    ShedPerAddress = 7,
 }
 
 /// The label each index of [`Counters::handshakes`] stands for.
-pub(crate) const HANDSHAKES: [&str; 5] =
-    ["authenticated", "closed", "timed_out", "failed", "probe"];
+pub(crate) const HANDSHAKES: [&str; 8] = [
+    "authenticated",
+    "closed",
+    "timed_out",
+    "failed",
+    "probe",
+    "silent",
+    "shed_global",
+    "shed_per_address",
+];
 
 impl Counters {
     pub fn handshake(&self, how: Handshake) {
         self.handshakes[how as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Every handshake that did not authenticate, probes aside.
     pub fn handshake_failures(&self) -> u64 {
-        self.handshakes[Handshake::Closed as usize..=Handshake::Failed as usize]
-            .iter()
-            .map(|n| n.load(Ordering::Relaxed))
-            .sum()
+        let outcomes = self.handshakes.iter().map(|n| n.load(Ordering::Relaxed));
+        let probes = self.handshakes[Handshake::Probe as usize].load(Ordering::Relaxed);
+        let ok = self.handshakes[Handshake::Authenticated as usize].load(Ordering::Relaxed);
+        outcomes.sum::<u64>() - probes - ok
     }
 }
+
+/// Failure replies held back at once.
+const MAX_DELAYED_REPLIES: usize = 256;
 
 /// The two shutdown phases every session watches.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +122,9 @@ pub(crate) struct Context {
     pub guard: Guard,
     /// Rate limit for warnings that an attacker could trigger at will.
     pub log_limit: LogLimit,
+    /// Failure replies being held back at once (see [`crate::net::guard`]); past this a failed
+    /// handshake is closed without one, so delays cannot pile up connections.
+    pub delayed_replies: Arc<tokio::sync::Semaphore>,
     pub phases: Phases,
     /// Every session and refusal task, so the stop can wait for them.
     pub tracker: TaskTracker,
@@ -128,7 +151,8 @@ impl Master {
         let started = Instant::now();
         Ok(Self {
             ctx: Arc::new(Context {
-                guard: Guard::new(config.guard),
+                guard: Guard::new(config.guard.clone()),
+                delayed_replies: Arc::new(tokio::sync::Semaphore::new(MAX_DELAYED_REPLIES)),
                 config,
                 broker,
                 counters: Counters::default(),

@@ -345,22 +345,23 @@ pub struct Signals {
     pub now: CancellationToken,
 }
 
-/// Starts listening for the stop signals (call inside the runtime). Each is acted on before
-/// it is logged.
+/// Starts listening for the stop signals (call inside the runtime). The handlers are in place
+/// when this returns, so a signal from then on is never met by the default action (death
+/// without a drain). Each is acted on before it is logged.
 pub fn signals() -> Signals {
     let signals = Signals::default();
     let (stop, now) = (signals.stop.clone(), signals.now.clone());
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers; stop with SIGKILL");
-                return;
-            };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return signals;
+        };
+        tokio::spawn(async move {
             for token in [stop, now] {
                 let name = tokio::select! {
                     _ = term.recv() => "SIGTERM",
@@ -370,13 +371,13 @@ pub fn signals() -> Signals {
                 tracing::info!("{name} received");
             }
             tracing::info!("a second stop signal: stopping now");
-        }
-        #[cfg(not(unix))]
-        {
-            for token in [stop, now] {
-                let _ = tokio::signal::ctrl_c().await;
-                token.cancel();
-            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        for token in [stop, now] {
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
         }
     });
     signals

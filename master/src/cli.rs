@@ -1,12 +1,13 @@
 //! The master's command line (every flag also read from a `TASKMILL_*` variable), checked and
 //! turned into the broker's [`ServerConfig`].
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use taskmill_broker::store::Fsync;
-use taskmill_broker::{GuardLimits, QueueLimits, ServerConfig, MIN_MAX_FRAME};
+use taskmill_broker::{GuardLimits, IpNet, QueueLimits, ServerConfig, MIN_MAX_FRAME};
 use taskmill_cli::{
     parse_bytes, parse_count, parse_duration, parse_listen_addr, parse_master_addr,
     parse_positive_duration, ConnectArgs, KeyArgs, TlsClientArgs,
@@ -184,11 +185,14 @@ pub struct StatsArgs {
 
 /// The flags of a master's own (its address, limits, storage and TLS certificate), which
 /// `run --master` refuses: the master it names was configured where it runs.
-const MASTER_ONLY: [&str; 25] = [
+const MASTER_ONLY: [&str; 28] = [
     "listen",
     "http",
     "http_auth_file",
     "handshake_timeout",
+    "first_byte_timeout",
+    "trusted_networks",
+    "ipv6_prefix",
     "max_frame",
     "max_connections",
     "max_handshakes",
@@ -218,22 +222,39 @@ pub struct ServerArgs {
     /// Bound on a connection's whole handshake.
     #[arg(long, env = "TASKMILL_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+    /// Bound on the wait for a new connection's first byte (clients speak at once); a silent
+    /// connection gives its handshake slot back after this. At most --handshake-timeout.
+    #[arg(long, env = "TASKMILL_FIRST_BYTE_TIMEOUT", default_value = "1s", value_parser = parse_positive_duration)]
+    pub first_byte_timeout: Duration,
     /// Largest frame in bytes after authentication (4096 to 67108864).
     #[arg(long, env = "TASKMILL_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
     /// Connections served at once; further ones are refused as overloaded.
     #[arg(long, env = "TASKMILL_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Handshakes in progress at once (unauthenticated connections); more are refused.
+    /// Handshakes in progress at once (unauthenticated connections). When all are taken, a
+    /// new connection takes the place of the oldest handshake, which is closed: a peer with
+    /// the key always gets through, however many hostile connections share the way.
     #[arg(long, env = "TASKMILL_MAX_HANDSHAKES", default_value_t = 256)]
     pub max_handshakes: usize,
-    /// Handshakes in progress at once from one source address.
+    /// Handshakes in progress at once from one source address (IPv6: one --ipv6-prefix);
+    /// past it, a new one takes the place of that address's oldest.
     #[arg(long, env = "TASKMILL_MAX_HANDSHAKES_PER_IP", default_value_t = 32)]
     pub max_handshakes_per_ip: u32,
-    /// Failed handshakes one source address may have per minute; past that its connections
-    /// are refused until the budget refills (other addresses are not affected).
+    /// Failed handshakes one source address may have per minute; past that its failures are
+    /// answered late, until the budget refills. A peer with the key from that address is
+    /// still let in at once.
     #[arg(long, env = "TASKMILL_AUTH_FAILURES_PER_MINUTE", default_value_t = 60)]
     pub auth_failures_per_minute: u32,
+    /// Networks exempt from the per-address limits (handshakes per address, failure budget),
+    /// comma-separated: e.g. 10.0.0.0/8,fd00::/8. The overall --max-handshakes still holds.
+    #[arg(long, env = "TASKMILL_TRUSTED_NETWORKS", value_delimiter = ',', value_parser = parse_network)]
+    pub trusted_networks: Vec<IpNet>,
+    /// IPv6 sources sharing this many leading bits count as one address for the per-address
+    /// limits (0 to 128; a host or subnet usually gets a /64). IPv4-mapped IPv6 addresses
+    /// count as their IPv4 address.
+    #[arg(long, env = "TASKMILL_IPV6_PREFIX", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ipv6_prefix: u8,
     /// Most queues that may exist.
     #[arg(long, env = "TASKMILL_MAX_QUEUES", default_value_t = 1024)]
     pub max_queues: usize,
@@ -358,6 +379,17 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// A network (`10.0.0.0/8`, `fd00::/8`) or one address (`192.0.2.7`) for --trusted-networks.
+fn parse_network(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            format!("{s:?} is not a network: write it as 10.0.0.0/8, fd00::/8 or 192.0.2.7")
+        })
+}
+
 impl ServerArgs {
     /// Checks ranges and builds the config around `key`, serving `tls`.
     pub fn to_config(
@@ -418,6 +450,7 @@ impl ServerArgs {
         Ok(ServerConfig {
             key,
             handshake_timeout: self.handshake_timeout,
+            first_byte_timeout: self.first_byte_timeout.min(self.handshake_timeout),
             max_frame: self.max_frame,
             max_connections: self.max_connections,
             max_waiting: self.max_waiting,
@@ -434,6 +467,8 @@ impl ServerArgs {
                 max_handshakes: self.max_handshakes,
                 max_handshakes_per_ip: self.max_handshakes_per_ip,
                 auth_failures_per_minute: self.auth_failures_per_minute,
+                ipv6_prefix: self.ipv6_prefix,
+                trusted_networks: self.trusted_networks.clone(),
             },
             tls,
         })
@@ -445,6 +480,35 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn trusted_networks_take_cidrs_or_addresses_and_the_ipv6_prefix_is_bounded() {
+        let net = |s: &str| parse_network(s).map(|n| n.to_string());
+        assert_eq!(net("10.0.0.0/8").unwrap(), "10.0.0.0/8");
+        assert_eq!(net("10.1.2.3/8").unwrap(), "10.0.0.0/8");
+        assert_eq!(net(" 192.0.2.7 ").unwrap(), "192.0.2.7/32");
+        assert_eq!(net("fd00::/8").unwrap(), "fd00::/8");
+        assert!(net("10.0.0.0/33").unwrap_err().contains("not a network"));
+        assert!(net("nope").is_err());
+        let parse = |extra: &[&str]| {
+            let args = ["taskmill-master", "serve"].iter().chain(extra);
+            Cli::try_parse_from(args)
+        };
+        let Ok(Cli {
+            command: Command::Serve(serve),
+        }) = parse(&[
+            "--trusted-networks",
+            "10.0.0.0/8,fd00::/8",
+            "--ipv6-prefix",
+            "48",
+        ])
+        else {
+            panic!("the flags parse");
+        };
+        assert_eq!(serve.server.trusted_networks.len(), 2);
+        assert_eq!(serve.server.ipv6_prefix, 48);
+        assert!(parse(&["--ipv6-prefix", "129"]).is_err());
+    }
 
     #[test]
     fn every_flag_but_repair_can_be_set_from_the_environment() {

@@ -5,6 +5,7 @@
 //! - `cmd::serve`: the long-running master.
 //! - `cmd::run`: the squares job, on this master's own queues or against another master.
 //! - `cmd::stats`: a running master's queues and counters, as a table or JSON.
+//! - `cmd::files`: the open-files limit, raised at start or a clear refusal to start.
 //! - `keygen`, here: a fresh random authkey; `completions` and `man` (hidden), this command
 //!   line as shell completions and man pages.
 

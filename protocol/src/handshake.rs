@@ -41,7 +41,7 @@ pub enum HandshakeError {
 }
 
 /// Runs the master's side on a fresh stream; on success the connection's frame cap is raised
-/// to `max_frame` and it speaks the session messages.
+/// to `max_frame` and it speaks the session messages. A failure is told to the peer at once.
 pub async fn accept<S>(
     stream: S,
     key: &AuthKey,
@@ -51,35 +51,95 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    match accept_deferred(stream, key, max_frame, heartbeat).await {
+        Ok(conn) => Ok(conn),
+        Err(failed) => {
+            let Failed { error, reply } = failed;
+            if let Some((mut conn, why)) = reply {
+                reject(&mut conn, why).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// A handshake that failed, holding the connection and the refusal owed to the peer (if any)
+/// so the caller chooses when to send it: a master answers repeated failures late.
+pub struct Failed<S> {
+    pub error: HandshakeError,
+    reply: Option<(Connection<S, ClientHandshake, MasterHandshake>, Rejection)>,
+}
+
+impl<S> std::fmt::Debug for Failed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failed")
+            .field("error", &self.error)
+            .field("reply", &self.reply.as_ref().map(|(_, why)| why))
+            .finish()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Failed<S> {
+    /// True if the peer is owed a refusal.
+    pub fn owes_reply(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    /// Sends the refusal owed, if any; best effort, as [`reject`].
+    pub async fn reply(self) {
+        if let Some((mut conn, why)) = self.reply {
+            reject(&mut conn, why).await;
+        }
+    }
+}
+
+/// As [`accept`], but a failure's refusal is left to the caller ([`Failed::reply`]).
+pub async fn accept_deferred<S>(
+    stream: S,
+    key: &AuthKey,
+    max_frame: usize,
+    heartbeat: Duration,
+) -> Result<MasterConnection<S>, Failed<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut conn =
         Connection::<S, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
-    let client_nonce = match conn.recv().await? {
+    let fail = |error: HandshakeError| Failed { error, reply: None };
+    let client_nonce = match conn.recv().await.map_err(|e| fail(e.into()))? {
         Some(ClientHandshake::Hello {
             magic,
             version,
             nonce,
         }) => {
             if magic != MAGIC {
-                reject(&mut conn, Rejection::NotTaskmill).await;
-                return Err(HandshakeError::NotTaskmill);
+                return Err(Failed {
+                    error: HandshakeError::NotTaskmill,
+                    reply: Some((conn, Rejection::NotTaskmill)),
+                });
             }
             if version != PROTOCOL_VERSION {
                 let supported = PROTOCOL_VERSION;
-                reject(&mut conn, Rejection::UnsupportedVersion { supported }).await;
-                return Err(HandshakeError::Version(version));
+                return Err(Failed {
+                    error: HandshakeError::Version(version),
+                    reply: Some((conn, Rejection::UnsupportedVersion { supported })),
+                });
             }
             nonce
         }
-        Some(ClientHandshake::Proof { .. }) => return Err(HandshakeError::Unexpected("proof")),
-        None => return Err(HandshakeError::Closed),
+        Some(ClientHandshake::Proof { .. }) => {
+            return Err(fail(HandshakeError::Unexpected("proof")))
+        }
+        None => return Err(fail(HandshakeError::Closed)),
     };
     let master_nonce = nonce();
     conn.send(&MasterHandshake::Challenge {
         version: PROTOCOL_VERSION,
         nonce: master_nonce,
     })
-    .await?;
-    match conn.recv().await? {
+    .await
+    .map_err(|e| fail(e.into()))?;
+    match conn.recv().await.map_err(|e| fail(e.into()))? {
         Some(ClientHandshake::Proof { mac }) => {
             let ok = key.verify(
                 Role::Client,
@@ -89,12 +149,16 @@ where
                 &mac,
             );
             if !ok {
-                reject(&mut conn, Rejection::AuthenticationFailed).await;
-                return Err(HandshakeError::AuthenticationFailed);
+                return Err(Failed {
+                    error: HandshakeError::AuthenticationFailed,
+                    reply: Some((conn, Rejection::AuthenticationFailed)),
+                });
             }
         }
-        Some(ClientHandshake::Hello { .. }) => return Err(HandshakeError::Unexpected("hello")),
-        None => return Err(HandshakeError::Closed),
+        Some(ClientHandshake::Hello { .. }) => {
+            return Err(fail(HandshakeError::Unexpected("hello")))
+        }
+        None => return Err(fail(HandshakeError::Closed)),
     }
     let mac = key.proof(Role::Master, PROTOCOL_VERSION, &client_nonce, &master_nonce);
     // Advertise the cap as the codec will enforce it, so both sides use the same number.
@@ -104,7 +168,8 @@ where
         max_frame: max_frame as u32,
         heartbeat_ms: heartbeat.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
     })
-    .await?;
+    .await
+    .map_err(|e| fail(e.into()))?;
     let mut conn = conn.retype();
     conn.set_max_frame(max_frame);
     Ok(conn)

@@ -499,11 +499,11 @@ pub struct Stats {
     pub clients: u64,
     /// Connections accepted since start, authenticated or not.
     pub connections_total: u64,
-    /// Handshakes that failed (wrong key, bad version, garbage, deadline, TLS), counting only
-    /// connections that sent at least one byte.
+    /// Handshakes that did not authenticate (wrong key, bad version, garbage, a deadline, TLS,
+    /// left part way, shed for a newer one), probes aside.
     pub handshake_failures: u64,
-    /// Connections that ended before sending a byte: port probes and TCP health checks. They
-    /// are neither failed handshakes nor charged to their address.
+    /// Connections that ended within 100 ms without sending a byte: port probes and TCP health
+    /// checks. They are neither failed handshakes nor charged to their address.
     pub probes: u64,
     /// Distinct connections that completed (with a result) at least one task since start.
     pub completing_clients_total: u64,

@@ -88,14 +88,32 @@ fn log_file() -> (PathBuf, std::fs::File) {
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Self {
         let (log_path, log) = log_file();
-        let mut child = cmd
-            .env("TASKMILL_AUTHKEY", KEY)
-            .env(
+        let mut proc = Self::start(cmd.stderr(Stdio::from(log)));
+        proc.log = Some(log_path);
+        proc
+    }
+
+    /// As [`Proc::spawn`], with stderr a pipe whose reader is gone before the child writes to
+    /// it (a log shipper that crashed, `2>&1 | head -1` after its line): every write the child
+    /// makes to stderr fails.
+    pub fn spawn_stderr_gone(cmd: &mut Command) -> Self {
+        let mut proc = Self::start(cmd.stderr(Stdio::piped()));
+        drop(proc.child.stderr.take());
+        proc
+    }
+
+    /// Spawns `cmd` (its stderr already chosen) with the test key and log level (the test's
+    /// RUST_LOG unless `cmd` sets one), reading its stdout on a thread.
+    fn start(cmd: &mut Command) -> Self {
+        if !cmd.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            cmd.env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            );
+        }
+        let mut child = cmd
+            .env("TASKMILL_AUTHKEY", KEY)
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn");
         let stdout = child.stdout.take().unwrap();
@@ -111,7 +129,7 @@ impl Proc {
             child,
             lines,
             seen: Default::default(),
-            log: Some(log_path),
+            log: None,
         }
     }
 

@@ -27,7 +27,9 @@ pub struct Scrape {
     pub clients: u64,
     pub accepted: u64,
     pub refused: [u64; 3],
-    pub handshakes: [u64; 5],
+    pub handshakes: [u64; 8],
+    /// Failure replies held back (the address group in debt).
+    pub failures_delayed: u64,
     pub completing: u64,
     pub queues: Vec<QueueReport>,
     pub storage: Option<StorageStats>,
@@ -211,7 +213,12 @@ impl Scrape {
             "Connections refused before their handshake, by reason.",
             by("reason", &REFUSALS, &self.refused),
         )?;
-        f.counter("taskmill_handshakes", "Handshakes by outcome: authenticated, closed (left part way), timed_out, failed (wrong key, version or protocol), probe (left without sending a byte: port probes, health checks).", by("outcome", &HANDSHAKES, &self.handshakes))?;
+        f.counter("taskmill_handshakes", "Handshakes by outcome: authenticated, closed (left part way), timed_out, failed (wrong key, version or protocol), probe (left at once without sending a byte: port probes, health checks), silent (sent nothing within the first-byte bound), shed_global and shed_per_address (cut to make room for a newcomer when every handshake slot, or its address group's, was taken).", by("outcome", &HANDSHAKES, &self.handshakes))?;
+        f.counter(
+            "taskmill_handshake_failures_delayed",
+            "Failed handshakes whose refusal was held back because their address group had spent its failure budget.",
+            [(none(), self.failures_delayed)],
+        )?;
         f.counter(
             "taskmill_completing_connections",
             "Connections that completed at least one task.",

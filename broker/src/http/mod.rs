@@ -131,10 +131,12 @@ type Reading = (Vec<QueueReport>, FxHashMap<SessionId, SessionReport>);
 
 /// Starts serving `listener` and sampling the history, both until the master stops.
 pub(crate) fn start(ctx: Arc<Context>, listener: TcpListener, config: HttpConfig) {
-    let guard = Guard::new(GuardLimits {
+    // The taskmill port's grouping and trusted networks, with the HTTP port's own counts.
+    let guard = Guard::refusing(GuardLimits {
         max_handshakes: config.max_connections,
         max_handshakes_per_ip: config.max_connections_per_ip,
         auth_failures_per_minute: config.auth_failures_per_minute,
+        ..ctx.config.guard.clone()
     });
     let http = Arc::new(Http {
         config,
@@ -405,6 +407,7 @@ impl Http {
             accepted: load(&c.admission.accepted),
             refused: c.admission.refused.each_ref().map(load),
             handshakes: c.handshakes.each_ref().map(load),
+            failures_delayed: load(&c.failures_delayed),
             completing: ctx.broker.completing_total(),
             queues,
             storage: ctx.store.stats(),

@@ -1,6 +1,7 @@
 //! The accept loop every listener runs: the connection limit (a permit taken before anything
-//! else), admission by a [`Guard`], one task per connection under the master's tracker, and
-//! brief refusals for connections that are not served. What a connection is served, and how
+//! else), admission by a [`Guard`] (which on the taskmill port sheds an older handshake rather
+//! than refuse), one task per connection under the master's tracker, and brief refusals for
+//! connections that are not served. What a connection is served, and how
 //! it is told no, is the [`Protocol`]'s; each listener has its own limits and guard, so a flood
 //! on one port takes no slot of another's.
 
@@ -16,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::guard::{Guard, Refusal, Ticket};
-use crate::master::Context;
+use super::guard::{Guard, Refusal, Shed, Ticket};
+use crate::master::{Context, Handshake};
 
 /// What admits a connection: its place under the connection limit, held while it is served,
 /// and its handshake slot, to be dropped once it has authenticated.
@@ -72,8 +73,9 @@ pub(crate) struct AdmissionCounts {
 }
 
 /// What each index of [`AdmissionCounts::refused`] counts: the connection limit, the limit on
-/// connections still to authenticate (overall or from one address), and addresses throttled
-/// for failing to authenticate.
+/// connections still to authenticate (overall or from one address group), and groups throttled
+/// for failing to authenticate. The last two refuse on the HTTP port only: the taskmill port
+/// sheds an older handshake instead, and answers a throttled group's failures late.
 pub(crate) const REFUSALS: [&str; 3] = ["connection_limit", "handshake_limit", "throttled"];
 
 /// Accepts connections on `listener` for `protocol` until `shutdown` fires.
@@ -122,8 +124,14 @@ pub(crate) async fn run<P: Protocol>(
             continue;
         };
         match admission.guard.admit(peer.ip()) {
-            Ok(ticket) => {
-                let admitted = Admitted { permit, ticket };
+            Ok(admitted) => {
+                if let Some(shed) = admitted.shed {
+                    shed_for(ctx, admission.guard, peer, shed);
+                }
+                let admitted = Admitted {
+                    permit,
+                    ticket: admitted.ticket,
+                };
                 let serve = Arc::clone(&protocol).serve(ctx.clone(), stream, peer, admitted);
                 ctx.tracker.spawn(serve);
             }
@@ -140,6 +148,22 @@ pub(crate) async fn run<P: Protocol>(
                 refuse::<P>(ctx, &refusals, stream, Rejection::Throttled);
             }
         }
+    }
+}
+
+/// Counts and logs (at most once a second) a handshake shed to admit `peer`, saying which
+/// limit was full and whose handshake went.
+fn shed_for(ctx: &Context, guard: &Guard, peer: SocketAddr, shed: Shed) {
+    let (group, _) = guard.group(peer.ip());
+    let (how, rule, victim) = match shed {
+        Shed::Global(victim) => (Handshake::ShedGlobal, "--max-handshakes", victim),
+        Shed::PerAddress(victim) => (Handshake::ShedPerAddress, "--max-handshakes-per-ip", victim),
+    };
+    ctx.counters.handshake(how);
+    if ctx.log_limit.allow() {
+        warn!(%peer, %group, shed = %victim, rule, "handshake slots full; shedding the oldest unauthenticated handshake");
+    } else {
+        debug!(%peer, %group, shed = %victim, rule, "handshake slots full; shedding the oldest unauthenticated handshake");
     }
 }
 

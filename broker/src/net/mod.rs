@@ -1,5 +1,6 @@
 //! The master's network side: listeners, admission, and the taskmill protocol's sessions.
 
+mod authenticate;
 pub(crate) mod dispatch;
 mod durable;
 pub mod guard;

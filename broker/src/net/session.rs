@@ -1,4 +1,4 @@
-//! One client connection: the handshake under its deadline, then requests to replies.
+//! One client connection: its handshake ([`super::authenticate`]), then requests to replies.
 //!
 //! Requests that can be answered at once are answered in arrival order. Requests that must wait
 //! become futures polled beside the socket, so a waiting `get` neither blocks this connection's
@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
-use taskmill_protocol::handshake::{self, reject, HandshakeError, MasterConnection};
+use taskmill_protocol::handshake::{reject, MasterConnection};
 use taskmill_protocol::{
     ClientHandshake, ClientMessage, CodecError, Connection, ErrorKind, MasterHandshake,
     MasterMessage, Rejection, Reply, Stream, Wait,
@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::authenticate::authenticate;
 use super::dispatch::{self, error_reply, Caller, Waiting};
 use super::durable::Gate;
 use super::listener::{Admitted, Protocol};
@@ -77,85 +78,9 @@ enum SessionError {
 }
 
 async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: Admitted) {
-    let Admitted {
-        permit: _permit,
-        ticket,
-    } = admitted;
     let phases = ctx.phases.clone();
-    taskmill_protocol::tune_socket(&stream);
-    let config = &ctx.config;
-    // One deadline covers the TLS handshake and ours.
-    let handshake = tokio::time::timeout(config.handshake_timeout, async {
-        if !first_byte(&stream).await {
-            return Ok(None);
-        }
-        let stream = match &config.tls {
-            Some(tls) => tls
-                .accept(stream)
-                .await
-                .map_err(|e| HandshakeError::Codec(CodecError::Io(e)))?,
-            None if starts_tls(&stream).await => {
-                refuse_tls(stream).await;
-                return Err(HandshakeError::Unexpected(
-                    "TLS ClientHello on a port without TLS (a TLS client, a plain master)",
-                ));
-            }
-            None => Stream::Plain(stream),
-        };
-        handshake::accept(
-            stream,
-            &config.key,
-            config.max_frame,
-            config.heartbeat_interval,
-        )
-        .await
-        .map(Some)
-    });
-    let outcome = tokio::select! {
-        outcome = handshake => outcome,
-        () = phases.drain.cancelled() => return,
-    };
-    // The handshake slot is for unauthenticated connections only: free it either way.
-    drop(ticket);
-    let cause = match outcome {
-        Ok(Ok(Some(conn))) => Ok(conn),
-        Ok(Ok(None)) => {
-            // Port probes and TCP health checks connect and leave: no handshake was tried.
-            ctx.counters.handshake(Handshake::Probe);
-            debug!(%peer, "connection closed before sending anything");
-            return;
-        }
-        Ok(Err(HandshakeError::Closed)) => {
-            // A peer that started a handshake and left: counted, but not charged to its
-            // address, and not worth a warning.
-            ctx.counters.handshake(Handshake::Closed);
-            debug!(%peer, "connection closed before authenticating");
-            return;
-        }
-        Ok(Err(err)) => Err((Handshake::Failed, err.to_string())),
-        Err(_) => Err((
-            Handshake::TimedOut,
-            format!("handshake timed out after {:?}", config.handshake_timeout),
-        )),
-    };
-    let conn = match cause {
-        Ok(conn) => conn,
-        Err((how, cause)) => {
-            ctx.counters.handshake(how);
-            if ctx.guard.failed(peer.ip()) {
-                warn!(
-                    ip = %peer.ip(),
-                    retry_after = ?ctx.guard.cooldown(),
-                    "too many failed handshakes from this address; refusing it for a while"
-                );
-            }
-            if ctx.log_limit.allow() {
-                warn!(%peer, %cause, "handshake failed");
-            } else {
-                debug!(%peer, %cause, "handshake failed");
-            }
-            return;
-        }
+    let Some((conn, _permit)) = authenticate(&ctx, stream, peer, admitted).await else {
+        return;
     };
     ctx.counters.handshake(Handshake::Authenticated);
     ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
@@ -183,42 +108,6 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     }
     if requeued > 0 {
         info!(%peer, requeued, "gave back the tasks the closed connection held");
-    }
-}
-
-/// Waits for the client's first byte without taking it: false if the connection ends, or
-/// fails, before it sends one.
-async fn first_byte(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
-}
-
-/// Whether the client's first byte opens a TLS handshake record. Never a taskmill frame: a
-/// handshake frame's length fits in 512 bytes, so its first byte is 0.
-async fn starts_tls(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.peek(&mut byte).await, Ok(1) if byte[0] == TLS_HANDSHAKE_RECORD)
-}
-
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Answers a TLS client on a plain port with a fatal TLS alert, which its TLS library reports
-/// as such (a configuration error, not retried), rather than a bare close that would look like a
-/// master restarting. Reads until the client closes, so no unread ClientHello turns the close
-/// into a reset that could reach the client before the alert.
-async fn refuse_tls(mut stream: TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A TLS 1.2 record header (alert, 2 bytes) then level fatal (2), protocol_version (70).
-    const ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70];
-    if stream.write_all(&ALERT).await.is_err() {
-        return;
-    }
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 512];
-    while let Ok(n) = stream.read(&mut sink).await {
-        if n == 0 {
-            break;
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod files;
 pub mod http;
 pub mod run;
 pub mod serve;

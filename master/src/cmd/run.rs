@@ -65,6 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .server
             .to_config(key.clone(), &args.tls_server)
             .map_err(usage)?;
+        super::files::ensure(&config, args.http.http.is_some()).map_err(usage)?;
         let master = super::open(config, &args.storage)?;
         let listener = super::bind(&listen).await?;
         let addr = listener.local_addr()?;
