@@ -61,6 +61,10 @@ pub(super) struct Queue {
     pub(super) dead_total: u64,
     /// What the totals above do not split, for observers.
     pub(super) tally: Tally,
+    /// What the items this queue holds (queued, leased, delayed) are charged against the
+    /// memory budget ([`super::memory`]), and how much of it the budget has been told of.
+    pub(super) held: u64,
+    pub(super) published: u64,
     pub(super) latency: Latency,
 }
 
@@ -96,6 +100,8 @@ impl Queue {
             dead_total: 0,
             tally: Tally::default(),
             latency: Latency::default(),
+            held: 0,
+            published: 0,
         }
     }
 
@@ -108,7 +114,9 @@ impl Queue {
 
     /// Appends a new item.
     pub(super) fn push(&mut self, id: TaskId, payload: &[u8]) {
-        self.items.push_back(Item::new(id, 0, payload));
+        let item = Item::new(id, 0, payload);
+        self.held += item.cost();
+        self.items.push_back(item);
         self.put_total += 1;
     }
 
@@ -133,6 +141,14 @@ impl Queue {
             expired_total: self.expired_total,
             dead_total: self.dead_total,
         }
+    }
+
+    /// What this queue's items are charged, counted from what it holds (after a restore).
+    pub(super) fn recount(&mut self) {
+        let queued = self.items.iter().map(Item::cost).sum::<u64>();
+        let leased = self.leased.values().map(|l| l.item.cost()).sum::<u64>();
+        let delayed = self.delayed.iter().map(|d| d.0.item.cost()).sum::<u64>();
+        self.held = queued + leased + delayed;
     }
 
     pub(super) fn stamp(&self, at: Deadline) -> Stamp {
@@ -201,8 +217,12 @@ impl Queue {
         }
         let mut buffer = buffer.freeze();
         let mut tasks = Vec::with_capacity(count);
+        let mut released = 0;
         for mut item in self.items.drain(..count) {
             *item.deliveries_mut() += 1;
+            if lease.is_none() {
+                released += item.cost();
+            }
             let payload = match &item.stored {
                 Stored::Inline { len, .. } => buffer.split_to(usize::from(*len)),
                 Stored::Boxed { bytes, .. } => Bytes::clone(bytes),
@@ -228,6 +248,7 @@ impl Queue {
                 self.leased.insert(leased.item.id, leased);
             }
         }
+        self.held -= released;
         self.delivered_total += tasks.len() as u64;
         if !tasks.is_empty() {
             let epoch = self.epoch;
@@ -275,7 +296,9 @@ impl Queue {
                 },
                 Delivery::Remove => {
                     self.routes.returned(task.id, &task.reply_to);
-                    Item::new(task.id, task.attempt, &task.payload)
+                    let item = Item::new(task.id, task.attempt, &task.payload);
+                    self.held += item.cost();
+                    item
                 }
             };
             self.delivered_total -= 1;

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Origin, Progress, PutWaiting, QueueError, SessionId, Step};
+use crate::config::MAX_ITEMS;
 use crate::master::{Context, Phases};
 
 /// A reply still to come, with its request's id.
@@ -37,6 +38,9 @@ pub(crate) struct Caller<'a> {
 
 /// Carries out one request: the reply now, or a future that yields it once its wait ends.
 pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Reply, Waiting> {
+    if let Err(reply) = check_items(&request) {
+        return Step::Ready(reply);
+    }
     let draining = caller.phases.drain.is_cancelled();
     let answer = match request {
         Request::Put { .. }
@@ -293,6 +297,49 @@ fn check_room(caller: &Caller<'_>) -> Result<(), Reply> {
     ))
 }
 
+/// How many items, outcomes or task ids `request` carries.
+fn items(request: &Request) -> usize {
+    match request {
+        Request::Put { items, .. } | Request::PutOnce { items, .. } => items.len(),
+        Request::Complete { outcomes, .. } | Request::CompleteAndGet { outcomes, .. } => {
+            outcomes.len()
+        }
+        Request::Ack { tasks, .. } | Request::Touch { tasks, .. } | Request::Nack { tasks, .. } => {
+            tasks.len()
+        }
+        _ => 0,
+    }
+}
+
+/// Refuses a request carrying more than [`MAX_ITEMS`] items, outcomes or task ids, before
+/// any of it is carried out.
+fn check_items(request: &Request) -> Result<(), Reply> {
+    let n = items(request);
+    if n <= MAX_ITEMS {
+        return Ok(());
+    }
+    Err(error_reply(
+        ErrorKind::BadRequest,
+        format!("{n} items in one request; the limit is {MAX_ITEMS}: split it"),
+    ))
+}
+
+/// What `request` is charged while it waits: its payloads as a waiting batch keeps them (see
+/// the broker's `Batch::Packed`), and a little per item; 0 for requests that keep nothing.
+pub(crate) fn waiting_cost(request: &Request) -> u64 {
+    const PER_ITEM: u64 = 16;
+    let payloads: u64 = match request {
+        Request::Put { items, .. } | Request::PutOnce { items, .. } => {
+            items.iter().map(|i| i.len() as u64).sum()
+        }
+        Request::Complete { outcomes, .. } | Request::CompleteAndGet { outcomes, .. } => {
+            outcomes.iter().map(|o| o.result.len() as u64).sum()
+        }
+        _ => 0,
+    };
+    payloads + items(request) as u64 * PER_ITEM
+}
+
 fn check_max(max: u32) -> Result<(), Reply> {
     if max == 0 {
         return Err(error_reply(
@@ -426,6 +473,7 @@ impl From<QueueError> for Reply {
             QueueError::InProgress => ErrorKind::InProgress,
             QueueError::NotEmpty(_) => ErrorKind::NotEmpty,
             QueueError::InUse(_) => ErrorKind::InUse,
+            QueueError::MemoryFull { .. } => ErrorKind::MemoryFull,
         };
         error_reply(kind, err.to_string())
     }
