@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use taskmill_protocol::{max_payload, Delivery, ErrorKind, Outcome, Reply, Request, TaskId, Wait};
+use taskmill_protocol::{
+    max_payload, Delivery, ErrorKind, Outcome, Reply, Request, Stats, TaskId, Wait,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -111,7 +113,10 @@ pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Rep
         Request::Delete { queue, if_empty } => count(broker(caller).delete(&queue, if_empty)),
         Request::Declare { queue, capacity } => declare(caller, &queue, capacity),
         Request::Inspect { queue } => inspect(caller, &queue),
-        Request::Stats => Ok(Step::Ready(Reply::Stats(Box::new(caller.ctx.stats())))),
+        Request::Stats => {
+            let stats = caller.ctx.cached_stats();
+            Ok(Step::Ready(Reply::Stats(Box::new(Stats::clone(&stats)))))
+        }
         Request::Ping => Ok(Step::Ready(Reply::Pong)),
     };
     answer.unwrap_or_else(Step::Ready)

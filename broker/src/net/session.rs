@@ -20,7 +20,7 @@ use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
 use taskmill_protocol::handshake::{self, reject, HandshakeError, MasterConnection};
 use taskmill_protocol::{
     ClientHandshake, ClientMessage, CodecError, Connection, ErrorKind, MasterHandshake,
-    MasterMessage, Rejection, Reply, Stream, Wait,
+    MasterMessage, Rejection, Reply, Request, Stream, Wait,
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -31,7 +31,7 @@ use super::durable::Gate;
 use super::listener::{Admitted, Protocol};
 use super::peers::Heard;
 use crate::broker::{SessionId, Step};
-use crate::master::{Context, Handshake, Phases};
+use crate::master::{Context, Handshake, Phases, STATS_FRESH};
 
 /// The taskmill protocol, as served on the master's main port.
 pub(crate) struct Taskmill;
@@ -167,6 +167,7 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
         last_written: now,
         heard,
         waiting_bytes: Arc::default(),
+        next_stats: now,
     };
     let result = session.serve().await;
     let requeued = ctx.broker.close_session(id);
@@ -203,6 +204,8 @@ struct Session<'a> {
     heard: Heard,
     /// What this connection's waiting requests are charged, in bytes.
     waiting_bytes: Arc<AtomicU64>,
+    /// When this connection may next be answered a `Stats`.
+    next_stats: Instant,
 }
 
 enum Event {
@@ -223,6 +226,14 @@ impl Session<'_> {
         let held = self.waiting_bytes.load(Ordering::Relaxed);
         let over = held > 0 && held.saturating_add(cost) > self.ctx.config.max_waiting_bytes;
         over.then_some(held)
+    }
+
+    /// Holds this connection's next `Stats` until [`STATS_FRESH`] after its last: a reply can
+    /// be thousands of times its 6-byte request, so one connection gets at most ten a second
+    /// (the wait holds up only this connection, which asked for it).
+    async fn pace_stats(&mut self) {
+        tokio::time::sleep_until(self.next_stats).await;
+        self.next_stats = Instant::now() + STATS_FRESH;
     }
 
     async fn serve(&mut self) -> Result<(), SessionError> {
@@ -270,6 +281,9 @@ impl Session<'_> {
                         ClientMessage::Request { id, request } => (id, request),
                         ClientMessage::Heartbeat => continue,
                     };
+                    if matches!(request, Request::Stats) {
+                        self.pace_stats().await;
+                    }
                     let waits = request.wait() != Wait::No;
                     let cost = if waits {
                         dispatch::waiting_cost(&request)
