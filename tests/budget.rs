@@ -215,3 +215,46 @@ async fn stats_are_answered_at_most_ten_times_a_second_per_connection() {
     assert!(ping.elapsed() < Duration::from_secs(5));
     master.stop().await;
 }
+
+#[tokio::test]
+async fn complete_and_get_with_many_stale_outcomes_leases_nothing_it_could_not_send() {
+    let mut cfg = config();
+    cfg.max_frame = taskmill_broker::MIN_MAX_FRAME;
+    let master = TestMaster::start(cfg).await;
+    let mut client = master.client().await;
+    client
+        .put("q", vec![Bytes::from(vec![1u8; 3000])], Wait::No)
+        .await
+        .unwrap();
+    // 400 ids this connection never held, each 5 bytes on the wire: the stale list and the
+    // queued task would not fit one 4 KiB reply together.
+    let outcomes = (100_000..100_400)
+        .map(|task| taskmill_protocol::Outcome {
+            task,
+            result: Bytes::new(),
+        })
+        .collect();
+    let reply = client
+        .request(Request::CompleteAndGet {
+            queue: "q".into(),
+            results: "r".into(),
+            outcomes,
+            max: 1,
+            wait: Wait::No,
+            lease_ms: None,
+            reply: false,
+        })
+        .await
+        .unwrap();
+    match reply {
+        Reply::Worked {
+            done, stale, tasks, ..
+        } => {
+            assert_eq!((done, stale.len()), (0, 400));
+            assert!(tasks.is_empty(), "no task fits beside 400 stale ids");
+        }
+        other => panic!("expected Worked, got {other:?}"),
+    }
+    assert_eq!(counts(&mut client, "q").await, (1, 0), "nothing was leased");
+    master.stop().await;
+}

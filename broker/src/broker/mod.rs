@@ -533,18 +533,45 @@ impl Broker {
         delivery: Delivery,
         wait: bool,
     ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
+        self.get_within(session, name, (max, max_bytes, false), delivery, wait)
+    }
+
+    /// [`Broker::get`], except that not even the first task is taken if its reply would pass
+    /// `max_bytes`: for a reply that carries something else as well, which must fit the frame
+    /// before anything is leased.
+    pub fn get_fitting(
+        &self,
+        session: SessionId,
+        name: &str,
+        max: u32,
+        max_bytes: usize,
+        delivery: Delivery,
+        wait: bool,
+    ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
+        self.get_within(session, name, (max, max_bytes, true), delivery, wait)
+    }
+
+    fn get_within(
+        &self,
+        session: SessionId,
+        name: &str,
+        (max, max_bytes, strict): (u32, usize, bool),
+        delivery: Delivery,
+        wait: bool,
+    ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
         let slot = self.queue(name)?;
         let mut queue = self.lock(&slot);
         if queue.deleted {
             drop(queue);
-            return self.get(session, name, max, max_bytes, delivery, wait);
+            return self.get_within(session, name, (max, max_bytes, strict), delivery, wait);
         }
-        let tasks = queue.take(session, max, max_bytes, delivery);
+        let tasks = queue.take(session, max, max_bytes, delivery, strict);
         if !tasks.is_empty() {
             queue.pump();
             return Ok(Step::Ready(tasks));
         }
-        if !wait {
+        // A front task too large to fit will not get smaller by waiting.
+        if !wait || !queue.items.is_empty() {
             return Ok(Step::Ready(tasks));
         }
         let id = queue.next_waiter();
@@ -554,6 +581,7 @@ impl Broker {
             session,
             max,
             max_bytes,
+            strict,
             delivery,
             tx,
         });

@@ -166,14 +166,15 @@ impl Queue {
         self.next_waiter += 1;
         self.next_waiter
     }
-    /// Takes up to `max` items (at least one if any are queued) whose reply fits `max_bytes`,
-    /// leasing them to `session` when asked to.
+    /// Takes up to `max` items whose reply fits `max_bytes` (at least one if any are queued,
+    /// unless `strict`), leasing them to `session` when asked to.
     pub(super) fn take(
         &mut self,
         session: SessionId,
         max: u32,
         max_bytes: usize,
         delivery: Delivery,
+        strict: bool,
     ) -> Vec<Task> {
         let lease = match delivery {
             Delivery::Lease { millis } => {
@@ -190,8 +191,9 @@ impl Queue {
         // slices of one buffer per reply, not an allocation each.
         let (mut count, mut bytes, mut small) = (0, 0, 0);
         for item in self.items.iter().take(max as usize) {
-            let size = item.payload_len() + TASK_OVERHEAD;
-            if count > 0 && bytes + size > max_bytes {
+            let reply = self.routes.reply(item.id).map_or(0, Bytes::len);
+            let size = item.payload_len() + reply + TASK_OVERHEAD;
+            if (count > 0 || strict) && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
@@ -413,7 +415,7 @@ impl Queue {
                 let Some(w) = self.getters.pop_front() else {
                     break;
                 };
-                let tasks = self.take(w.session, w.max, w.max_bytes, w.delivery);
+                let tasks = self.take(w.session, w.max, w.max_bytes, w.delivery, w.strict);
                 if let Err(tasks) = w.tx.send(tasks) {
                     // The waiter was dropped between giving up and unregistering.
                     self.untake(tasks, w.delivery, w.session);

@@ -399,15 +399,19 @@ impl NextGet {
         if p.pending() > 0 || self.drain.is_cancelled() {
             return Step::Ready(worked(p, Vec::new()));
         }
-        // The stale ids share the reply's frame with the tasks.
+        // The stale ids share the reply's frame with the tasks: with any, even the first task
+        // must fit what they leave, or the completion, done, would be answered ReplyTooLarge.
         let budget = max_payload(self.max_frame).saturating_sub(p.stale.len() * 10);
         let delivery = Delivery::Lease {
             millis: self.lease_ms,
         };
         let wait = self.wait != Wait::No && self.deadline.is_none_or(|d| d > Instant::now());
-        let step = self
-            .broker
-            .get(self.session, &self.queue, self.max, budget, delivery, wait);
+        let (broker, session, queue, max) = (&self.broker, self.session, &self.queue, self.max);
+        let step = if p.stale.is_empty() {
+            broker.get(session, queue, max, budget, delivery, wait)
+        } else {
+            broker.get_fitting(session, queue, max, budget, delivery, wait)
+        };
         match step {
             Ok(Step::Ready(tasks)) => Step::Ready(worked(p, tasks)),
             Ok(Step::Wait(w)) => Step::Wait(Box::pin(

@@ -230,3 +230,28 @@ async fn tasks_given_back_while_a_getter_waits_reach_it_oldest_first_and_togethe
     let got = w.wait(in_ms(1000), CancellationToken::new()).await;
     assert_eq!(payloads(&got), [b"4", b"5", b"6"]);
 }
+
+#[test]
+fn a_get_that_must_fit_takes_nothing_rather_than_a_task_too_large_for_its_room() {
+    let br = broker();
+    let s = br.open_session();
+    ready(
+        br.put(s, "q", vec![Bytes::from(vec![0u8; 3000]), b("x")], false)
+            .unwrap(),
+    );
+    let none = ready(br.get_fitting(s, "q", 2, 1000, LEASE, true).unwrap());
+    assert!(
+        none.is_empty(),
+        "the front task does not fit, and waiting cannot help"
+    );
+    let q = br.inspect("q").unwrap();
+    assert_eq!((q.len, q.leased), (2, 0), "nothing was leased");
+    let both = ready(br.get_fitting(s, "q", 2, 4000, LEASE, false).unwrap());
+    assert_eq!(both.len(), 2);
+    // A plain get always carries the first task, whatever its size.
+    ready(
+        br.put(s, "q", vec![Bytes::from(vec![0u8; 3000])], false)
+            .unwrap(),
+    );
+    assert_eq!(ready(br.get(s, "q", 1, 10, LEASE, false).unwrap()).len(), 1);
+}
