@@ -101,6 +101,18 @@ impl Queue {
         })
     }
 
+    /// Lets waiting putters in past capacity, as far as they can go now: dead letters, which
+    /// are never refused, are about to go in past it, and must not overtake requests already
+    /// in line (their ids are older, and ids grow with queue order).
+    pub(super) fn let_in_waiting(&mut self) {
+        if self.putters.is_empty() {
+            return;
+        }
+        let capacity = self.capacity.take();
+        self.pump();
+        self.capacity = capacity;
+    }
+
     /// Puts a task whose lease ended unsettled back at the front.
     pub(super) fn requeue(&mut self, item: Item, why: Returned) {
         if why == Returned::Expired {
@@ -148,6 +160,7 @@ impl Broker {
             slot
         };
         let mut queue = self.lock(&dead);
+        queue.let_in_waiting();
         let mut notices = Vec::new();
         let first = self.reserve(buried.len());
         for (buried, id) in buried.into_iter().zip(first..) {
