@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::item::{Item, Stored};
+use super::{Broker, QueueError};
 
 /// What the budget charges an item beyond its payload: its slot in the queue, or its lease
 /// entry with the expiry and session-list entries beside it, with the tables' growth slack.
@@ -40,6 +41,23 @@ impl Item {
             Stored::Inline { .. } => ITEM_OVERHEAD,
             Stored::Boxed { bytes, .. } => item_cost(bytes.len()),
         }
+    }
+}
+
+impl Broker {
+    /// The memory budget and what it has been charged.
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.shared.memory
+    }
+
+    /// Refuses new work of `cost` bytes that does not fit the memory budget.
+    pub(super) fn admit(&self, cost: u64) -> Result<(), QueueError> {
+        if self.shared.memory.admits(cost) {
+            return Ok(());
+        }
+        Err(QueueError::MemoryFull {
+            budget: self.shared.limits.max_memory,
+        })
     }
 }
 

@@ -232,21 +232,6 @@ impl Broker {
         }
     }
 
-    /// The memory budget and what it has been charged.
-    pub fn memory(&self) -> &Arc<Memory> {
-        &self.shared.memory
-    }
-
-    /// Refuses new work of `cost` bytes that does not fit the memory budget.
-    fn admit(&self, cost: u64) -> Result<(), QueueError> {
-        if self.shared.memory.admits(cost) {
-            return Ok(());
-        }
-        Err(QueueError::MemoryFull {
-            budget: self.shared.limits.max_memory,
-        })
-    }
-
     /// Reserves `n` consecutive task ids. Call with the lock of the queue they go into held.
     fn reserve(&self, n: usize) -> TaskId {
         self.shared.next_task.fetch_add(n as u64, Relaxed)
