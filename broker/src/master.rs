@@ -338,3 +338,29 @@ impl LogLimit {
                 .is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use taskmill_protocol::AuthKey;
+
+    use super::*;
+    use crate::store::Memory;
+
+    #[test]
+    fn stats_requests_close_together_share_one_reading_of_the_queues() {
+        let key = AuthKey::new("master-test-key-0123").unwrap();
+        let master = Master::open(ServerConfig::new(key), Arc::new(Memory)).unwrap();
+        let ctx = &master.ctx;
+        let first = ctx.cached_stats();
+        // As if read a moment ago however slow this machine is: (a reading "from the future"
+        // is as fresh as one from now).
+        *ctx.stats_cache.lock().unwrap() = Some((Instant::now() + STATS_FRESH, Arc::clone(&first)));
+        ctx.broker.declare("new", None).unwrap();
+        let again = ctx.cached_stats();
+        assert!(Arc::ptr_eq(&first, &again), "read once for both");
+        assert!(again.queues.is_empty(), "the reading is at most 100 ms old");
+        // Once it is older, the next request reads the queues again.
+        *ctx.stats_cache.lock().unwrap() = Some((Instant::now() - STATS_FRESH, first));
+        assert_eq!(ctx.cached_stats().queues.len(), 1);
+    }
+}
