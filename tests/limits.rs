@@ -173,19 +173,27 @@ async fn a_client_that_never_reads_is_disconnected_and_its_leases_requeued() {
     let master = TestMaster::start(cfg).await;
     let mut probe = master.client().await;
     let big = Bytes::from(vec![7u8; 200_000]);
-    probe.put("tasks", vec![big; 4], Wait::No).await.unwrap();
+    probe
+        .put("tasks", vec![big.clone(); 4], Wait::No)
+        .await
+        .unwrap();
+    probe.put("shown", vec![big; 4], Wait::No).await.unwrap();
     let mut conn = taskmill_testkit::raw_session(&master.addr).await;
     conn.send(&taskmill_testkit::lease(1, "tasks", 4, Wait::No))
         .await
         .unwrap();
-    // Then a flood of requests whose replies are never read: the master's writes back up.
+    // Then a flood of requests whose replies (800 KB each) are never read: the master's
+    // writes back up. (Not `Stats`: one connection gets ten of those a second.)
     let flood = async {
         for id in 2.. {
-            let stats = ClientMessage::Request {
+            let peek = ClientMessage::Request {
                 id,
-                request: Request::Stats,
+                request: Request::Peek {
+                    queue: "shown".into(),
+                    max: 4,
+                },
             };
-            if conn.send(&stats).await.is_err() {
+            if conn.send(&peek).await.is_err() {
                 return;
             }
         }

@@ -11,6 +11,17 @@ use crate::net::guard::GuardLimits;
 /// Smallest frame cap worth running with: every reply but a huge `Stats` fits.
 pub const MIN_MAX_FRAME: usize = 4096;
 
+/// The default memory budget (`--max-memory`): a fixed figure rather than a share of the
+/// machine's memory, so a master behaves the same on a laptop, a large host and in a container
+/// (where the host's memory is not the container's). 1 GiB holds about eight million small
+/// tasks, or a million of 1 KB, and fits the smallest usual container with room for
+/// connections' buffers.
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
+
+/// Most items (or outcomes, or task ids) one request may carry: bounds how long one request
+/// holds a queue's lock, whatever the frame cap.
+pub const MAX_ITEMS: usize = 65_536;
+
 /// What a running master enforces.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -26,6 +37,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Waiting requests one connection may have.
     pub max_waiting: usize,
+    /// Bytes one connection's waiting requests may hold together (each charged its items'
+    /// payloads plus [`crate::broker::memory::ITEM_OVERHEAD`] each, from when it starts waiting
+    /// until it ends); they also count against the memory budget.
+    pub max_waiting_bytes: u64,
     /// A client that does not take its replies for this long is disconnected.
     pub write_timeout: Duration,
     /// Time given to in-flight work after a shutdown signal: the master drains (no new tasks
@@ -51,6 +66,7 @@ impl ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_connections: 4096,
             max_waiting: 64,
+            max_waiting_bytes: 4 * DEFAULT_MAX_FRAME as u64,
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(5),
@@ -59,6 +75,7 @@ impl ServerConfig {
                 max_queues: 1024,
                 lease_timeout: Duration::from_secs(30),
                 max_attempts: 5,
+                max_memory: DEFAULT_MAX_MEMORY,
             },
             guard: GuardLimits::new(256, 32, 60),
             tls: None,

@@ -35,7 +35,7 @@ pub mod net;
 pub mod store;
 
 pub use broker::{Broker, QueueLimits, SessionId};
-pub use config::{ServerConfig, MIN_MAX_FRAME};
+pub use config::{ServerConfig, DEFAULT_MAX_MEMORY, MAX_ITEMS, MIN_MAX_FRAME};
 pub use ipnet::IpNet;
 pub use master::Master;
 pub use net::guard::GuardLimits;

@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use taskmill_protocol::Stats;
@@ -135,7 +135,14 @@ pub(crate) struct Context {
     pub peers: Peers,
     /// The taskmill port's address, once serving.
     pub listen_addr: OnceLock<SocketAddr>,
+    /// The last `Stats` answer and when it was read: every session's `Stats` within
+    /// [`STATS_FRESH`] of it gets the same, so a flood of them locks each queue at most ten
+    /// times a second.
+    pub stats_cache: Mutex<Option<(Instant, Arc<Stats>)>>,
 }
+
+/// How long one reading of the queues answers `Stats` requests.
+pub(crate) const STATS_FRESH: Duration = Duration::from_millis(100);
 
 /// A master: its queues and everything its listeners share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -163,6 +170,7 @@ impl Master {
                 store,
                 peers: Peers::new(started),
                 listen_addr: OnceLock::new(),
+                stats_cache: Mutex::default(),
             }),
         })
     }
@@ -277,6 +285,30 @@ impl Context {
         self.stats_of(queues, completing)
     }
 
+    /// The memory budget's totals, as the stats JSON gives them.
+    pub fn memory_json(&self) -> taskmill_protocol::json::MemoryJson {
+        let usage = self.broker.memory().usage();
+        taskmill_protocol::json::MemoryJson {
+            held_bytes: usage.held,
+            waiting_bytes: usage.waiting,
+            limit_bytes: Some(usage.budget).filter(|&b| b != u64::MAX),
+        }
+    }
+
+    /// [`Context::stats`] read at most [`STATS_FRESH`] ago.
+    pub fn cached_stats(&self) -> Arc<Stats> {
+        let mut cache = self.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, stats)) = &*cache {
+            if at.elapsed() < STATS_FRESH {
+                return Arc::clone(stats);
+            }
+        }
+        // Read under the cache's lock, so sessions asking together read the queues once.
+        let stats = Arc::new(self.stats());
+        *cache = Some((Instant::now(), Arc::clone(&stats)));
+        stats
+    }
+
     /// The stats around queues read already.
     pub fn stats_of(&self, queues: Vec<taskmill_protocol::QueueStats>, completing: u64) -> Stats {
         let counters = &self.counters;
@@ -328,5 +360,31 @@ impl LogLimit {
                 .last_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskmill_protocol::AuthKey;
+
+    use super::*;
+    use crate::store::Memory;
+
+    #[test]
+    fn stats_requests_close_together_share_one_reading_of_the_queues() {
+        let key = AuthKey::new("master-test-key-0123").unwrap();
+        let master = Master::open(ServerConfig::new(key), Arc::new(Memory)).unwrap();
+        let ctx = &master.ctx;
+        let first = ctx.cached_stats();
+        // As if read a moment ago however slow this machine is: (a reading "from the future"
+        // is as fresh as one from now).
+        *ctx.stats_cache.lock().unwrap() = Some((Instant::now() + STATS_FRESH, Arc::clone(&first)));
+        ctx.broker.declare("new", None).unwrap();
+        let again = ctx.cached_stats();
+        assert!(Arc::ptr_eq(&first, &again), "read once for both");
+        assert!(again.queues.is_empty(), "the reading is at most 100 ms old");
+        // Once it is older, the next request reads the queues again.
+        *ctx.stats_cache.lock().unwrap() = Some((Instant::now() - STATS_FRESH, first));
+        assert_eq!(ctx.cached_stats().queues.len(), 1);
     }
 }

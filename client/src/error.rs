@@ -80,7 +80,11 @@ impl ClientError {
                 Rejection::ShuttingDown | Rejection::Overloaded | Rejection::Throttled,
             )
             | ClientError::Server {
-                kind: ErrorKind::ShuttingDown | ErrorKind::StorageFull | ErrorKind::InProgress,
+                kind:
+                    ErrorKind::ShuttingDown
+                    | ErrorKind::StorageFull
+                    | ErrorKind::MemoryFull
+                    | ErrorKind::InProgress,
                 ..
             } => true,
             ClientError::Codec(CodecError::Io(_)) => true,
@@ -118,5 +122,16 @@ mod tests {
         assert!(tls(io::ErrorKind::UnexpectedEof).is_transient());
         assert!(tls(io::ErrorKind::ConnectionReset).is_transient());
         assert!(!tls(io::ErrorKind::InvalidData).is_transient());
+    }
+
+    #[test]
+    fn a_master_out_of_memory_or_disk_is_retried_later_and_a_bad_request_is_not() {
+        let server = |kind| ClientError::Server {
+            kind,
+            message: String::new(),
+        };
+        assert!(server(ErrorKind::MemoryFull).is_transient());
+        assert!(server(ErrorKind::StorageFull).is_transient());
+        assert!(!server(ErrorKind::BadRequest).is_transient());
     }
 }

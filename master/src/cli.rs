@@ -185,7 +185,7 @@ pub struct StatsArgs {
 
 /// The flags of a master's own (its address, limits, storage and TLS certificate), which
 /// `run --master` refuses: the master it names was configured where it runs.
-const MASTER_ONLY: [&str; 28] = [
+const MASTER_ONLY: [&str; 30] = [
     "listen",
     "http",
     "http_auth_file",
@@ -201,6 +201,8 @@ const MASTER_ONLY: [&str; 28] = [
     "max_queues",
     "queue_capacity",
     "max_waiting",
+    "max_waiting_bytes",
+    "max_memory",
     "write_timeout",
     "shutdown_grace",
     "lease_timeout",
@@ -264,6 +266,19 @@ pub struct ServerArgs {
     /// Waiting (blocked) requests one connection may have.
     #[arg(long, env = "TASKMILL_MAX_WAITING", default_value_t = 64)]
     pub max_waiting: usize,
+    /// Bytes one connection's waiting requests may hold together (their payloads plus 16
+    /// bytes an item; e.g. 8MiB). Past it, a further waiting request gets TooManyWaiting; a
+    /// connection with nothing waiting may always wait once. Default: 4 × --max-frame.
+    #[arg(long, env = "TASKMILL_MAX_WAITING_BYTES", value_parser = parse_bytes)]
+    pub max_waiting_bytes: Option<u64>,
+    /// Memory the queues may hold (e.g. 512MiB, 4GiB): every task and result the master keeps
+    /// (queued, leased, delayed, dead letters) counts its payload plus 128 bytes, and waiting
+    /// requests count too. Past it, new puts and results are refused with MemoryFull (retry
+    /// later) while completions, acks and give-backs go on; no task already taken is ever
+    /// dropped to keep within it. A fixed default, the same on every machine and in
+    /// containers: raise it to hold more.
+    #[arg(long, env = "TASKMILL_MAX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_memory: u64,
     /// Disconnect a client that does not read its replies for this long.
     #[arg(long, env = "TASKMILL_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
@@ -437,6 +452,21 @@ impl ServerArgs {
         if self.max_attempts == 0 {
             return bad("max-attempts", "must be at least 1".into());
         }
+        // Below this a master could not hold one full frame of tasks.
+        let least = 4 * self.max_frame as u64;
+        if self.max_memory < least {
+            return bad(
+                "max-memory",
+                format!(
+                    "{} bytes is less than 4 × --max-frame ({least} bytes)",
+                    self.max_memory
+                ),
+            );
+        }
+        let max_waiting_bytes = self.max_waiting_bytes.unwrap_or(least);
+        if max_waiting_bytes == 0 {
+            return bad("max-waiting-bytes", "must be more than 0".into());
+        }
         let tls =
             match (&tls.tls_cert, &tls.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsServer::from_pem_files(cert, key).map_err(
@@ -454,6 +484,7 @@ impl ServerArgs {
             max_frame: self.max_frame,
             max_connections: self.max_connections,
             max_waiting: self.max_waiting,
+            max_waiting_bytes,
             write_timeout: self.write_timeout,
             shutdown_grace: self.shutdown_grace,
             heartbeat_interval: self.heartbeat_interval,
@@ -462,6 +493,7 @@ impl ServerArgs {
                 max_queues: self.max_queues,
                 lease_timeout: self.lease_timeout,
                 max_attempts: self.max_attempts,
+                max_memory: self.max_memory,
             },
             guard: GuardLimits {
                 max_handshakes: self.max_handshakes,

@@ -10,6 +10,13 @@ use tokio_util::codec::{Framed, FramedParts};
 use crate::codec::MessageCodec;
 use crate::error::CodecError;
 
+/// What both buffers start at.
+const INITIAL: usize = 1024;
+
+/// An empty buffer larger than this is given back after a frame: one large frame (up to the
+/// frame cap) must not leave a long-lived, mostly idle connection holding its size.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 /// One peer's framed stream: receives `In`, sends `Out`.
 #[derive(Debug)]
 pub struct Connection<S, In, Out> {
@@ -26,7 +33,6 @@ where
         // Both buffers start small and grow with the frames that pass: an idle connection (most
         // of a master's, at 10,000 held) then keeps about 2 KiB of buffers, not tokio-util's
         // default 8 KiB each way.
-        const INITIAL: usize = 1024;
         let mut parts = FramedParts::new::<&Out>(stream, MessageCodec::new(max_frame));
         parts.read_buf = BytesMut::with_capacity(INITIAL);
         parts.write_buf = BytesMut::with_capacity(INITIAL);
@@ -38,12 +44,15 @@ where
     /// The next message; `Ok(None)` on a clean end of stream. A stream that ends in the middle
     /// of a frame is an error. Cancel-safe: a partly read frame stays buffered.
     pub async fn recv(&mut self) -> Result<Option<In>, CodecError> {
-        self.framed.next().await.transpose()
+        let msg = self.framed.next().await.transpose();
+        shrink(self.framed.read_buffer_mut());
+        msg
     }
 
     /// Writes one message and flushes.
     pub async fn send(&mut self, msg: &Out) -> Result<(), CodecError> {
-        self.framed.send(msg).await
+        self.feed(msg).await?;
+        self.flush().await
     }
 
     /// Queues one message without flushing, so many replies can leave in one write.
@@ -52,7 +61,17 @@ where
     }
 
     pub async fn flush(&mut self) -> Result<(), CodecError> {
-        SinkExt::<&Out>::flush(&mut self.framed).await
+        SinkExt::<&Out>::flush(&mut self.framed).await?;
+        shrink(self.framed.write_buffer_mut());
+        Ok(())
+    }
+
+    /// What the read and write buffers have allocated, for observers and tests.
+    pub fn buffer_capacity(&self) -> (usize, usize) {
+        (
+            self.framed.read_buffer().capacity(),
+            self.framed.write_buffer().capacity(),
+        )
     }
 
     /// Flushes and closes the sending half; receiving still works.
@@ -87,5 +106,55 @@ where
 
     pub fn get_ref(&self) -> &S {
         self.framed.get_ref()
+    }
+}
+
+/// Gives back an empty buffer's allocation past [`SHRINK_ABOVE`].
+fn shrink(buffer: &mut BytesMut) {
+    if buffer.is_empty() && buffer.capacity() > SHRINK_ABOVE {
+        *buffer = BytesMut::with_capacity(INITIAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{ClientMessage, MasterMessage, Reply, Request, Task, Wait};
+
+    #[tokio::test]
+    async fn buffers_shrink_back_after_one_large_frame() {
+        let (a, b) = tokio::io::duplex(4 << 20);
+        let mut client = Connection::<_, MasterMessage, ClientMessage>::new(a, 4 << 20);
+        let mut master = Connection::<_, ClientMessage, MasterMessage>::new(b, 4 << 20);
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let put = ClientMessage::Request {
+            id: 1,
+            request: Request::Put {
+                queue: "q".into(),
+                items: vec![big.clone()],
+                wait: Wait::No,
+                reply_to: None,
+            },
+        };
+        client.send(&put).await.unwrap();
+        assert_eq!(master.recv().await.unwrap(), Some(put));
+        let tasks = MasterMessage::Reply {
+            id: 1,
+            reply: Reply::Tasks(vec![Task {
+                id: 1,
+                attempt: 1,
+                payload: big,
+                reply_to: Bytes::new(),
+            }]),
+        };
+        master.send(&tasks).await.unwrap();
+        assert_eq!(client.recv().await.unwrap(), Some(tasks));
+        let (read, write) = master.buffer_capacity();
+        assert!(read <= SHRINK_ABOVE, "read buffer kept {read} bytes");
+        assert!(write <= SHRINK_ABOVE, "write buffer kept {write} bytes");
+        assert!(client.buffer_capacity().0 <= SHRINK_ABOVE);
+        assert!(client.buffer_capacity().1 <= SHRINK_ABOVE);
     }
 }

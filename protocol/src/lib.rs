@@ -12,6 +12,8 @@
 //! - [`handshake`]: both sides of the handshake.
 //! - [`connection`]: a framed stream of whole messages.
 //! - [`error`]: codec errors and the client side's handshake errors.
+//! - `error_kind`: [`ErrorKind`], encoded by hand so kinds added after `Unknown` keep their
+//!   indices.
 //! - [`tls`]: optional TLS, and the stream type connections run on.
 //! - [`json`]: `Stats` as the JSON document every `stats --json` and `/api/stats` give.
 //!
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod codec;
 pub mod connection;
 pub mod error;
+mod error_kind;
 mod frame_bytes;
 pub mod handshake;
 pub mod json;

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::error_kind::ErrorKind;
 use crate::frame_bytes;
 
 /// First four bytes of a client's hello: a cheap "is this even taskmill?" check.
@@ -380,44 +381,6 @@ pub enum Reply {
     },
     /// How many items a [`Request::Purge`], [`Request::Kick`] or [`Request::Delete`] moved.
     Count(u64),
-}
-
-/// Why a request failed. The connection stays open after any of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorKind {
-    /// A queue name that is empty, too long or has characters outside `[A-Za-z0-9._:-]`.
-    BadQueueName,
-    /// Creating the queue would pass the master's limit on the number of queues.
-    TooManyQueues,
-    /// A request field is out of range (for example `max` of 0).
-    BadRequest,
-    /// This connection already has as many waiting requests as the master allows.
-    TooManyWaiting,
-    /// `Inspect` named a queue that does not exist.
-    NoSuchQueue,
-    /// An item is larger than [`max_payload`] allows for this session's frame cap.
-    PayloadTooLarge,
-    /// The answer would not fit in one frame (e.g. `Stats` with very many queues under a small
-    /// frame cap).
-    ReplyTooLarge,
-    /// The master is draining before it stops: it takes no new tasks and leases none.
-    ShuttingDown,
-    // Variants are only ever appended.
-    /// The master's disk budget is spent: it takes no new tasks until completions and acks
-    /// (which still work) free room. Retry later.
-    StorageFull,
-    /// Writing the master's log failed: nothing more is acknowledged, and it stops.
-    StorageFailed,
-    /// A put with this producer and sequence number is still waiting for room; retry later.
-    InProgress,
-    /// `Delete` with `if_empty` of a queue that holds items.
-    NotEmpty,
-    /// `Delete` of a queue with leased tasks or waiting requests.
-    InUse,
-    /// A kind this client does not know, from a newer master of the same protocol version:
-    /// new kinds may be added within a version, and older clients read them as this.
-    #[serde(other)]
-    Unknown,
 }
 
 /// Bytes a frame needs around one item: message tags, ids and lengths, and room to wrap the

@@ -164,6 +164,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         ErrorKind::NotEmpty,
         ErrorKind::InUse,
         ErrorKind::Unknown,
+        ErrorKind::MemoryFull,
     ])
 }
 
@@ -373,7 +374,8 @@ fn every_reply_has_a_strategy(reply: &Reply, kind: ErrorKind) {
         | ErrorKind::InProgress
         | ErrorKind::NotEmpty
         | ErrorKind::InUse
-        | ErrorKind::Unknown => {}
+        | ErrorKind::Unknown
+        | ErrorKind::MemoryFull => {}
     }
 }
 

@@ -274,7 +274,7 @@ fn nack_delete_count_and_an_unknown_error_kind_match_section_9() {
     assert_eq!(frame(&count), "00 00 00 04 00 06 08 02");
     // A kind this version does not know, from a newer master: read as Unknown, message kept.
     let mut codec = MessageCodec::<MasterMessage, ()>::new(1 << 20);
-    let mut bytes = BytesMut::from(&unhex("00 00 00 09 00 07 06 0e 04 6e 65 77 21")[..]);
+    let mut bytes = BytesMut::from(&unhex("00 00 00 09 00 07 06 0f 04 6e 65 77 21")[..]);
     assert_eq!(
         codec.decode(&mut bytes).unwrap(),
         Some(MasterMessage::Reply {

@@ -34,6 +34,8 @@ impl Queue {
         }
         self.items.clear();
         self.delayed.clear();
+        // Only leased items are left.
+        self.held = self.leased.values().map(|l| l.item.cost()).sum();
         (removed, notices)
     }
 }

@@ -29,6 +29,18 @@ pub(super) struct Buried {
     pub(super) reply: Option<Bytes>,
 }
 
+/// `reason` cut to [`MAX_REASON`] bytes, at a character boundary.
+pub(super) fn cut_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let mut cut = MAX_REASON;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &reason[..cut]
+}
+
 impl Queue {
     /// True when `item`, given back now, has had all its deliveries and goes to the
     /// dead-letter queue, if this queue `buries` (dead-letter queues don't, so no chain of
@@ -45,17 +57,21 @@ impl Queue {
         buries: bool,
     ) -> Vec<Buried> {
         // Ids grow with put order: giving back the newest first leaves the oldest in front.
+        // Waiters are served once all are back, so a waiting getter gets them oldest first
+        // and as many as it asked for, not the newest alone.
         items.sort_unstable_by_key(|(item, _)| Reverse(item.id));
-        items
+        let buried = items
             .into_iter()
             .filter_map(|(item, why)| self.give_back(item, &why, buries))
-            .collect()
+            .collect();
+        self.pump();
+        buried
     }
 
     /// Puts an item whose lease ended unsettled back at the front or, once it is
     /// [`exhausted`](Queue::exhausted), returns it for the dead-letter queue, which the caller
-    /// fills after unlocking.
-    pub(super) fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
+    /// fills after unlocking. Serving waiters is the caller's to do, once for all.
+    fn give_back(&mut self, item: Item, why: &GiveBack, buries: bool) -> Option<Buried> {
         let index = reason_index(why.kind());
         let fatal = matches!(why, GiveBack::Fatal(_));
         if !(self.exhausted(&item, buries) || fatal && buries) {
@@ -67,19 +83,15 @@ impl Queue {
                 task,
                 why: why.kind(),
             });
-            self.pump();
             return None;
         }
         self.tally.dead[index] += 1;
         self.count_buried(why.kind());
+        // Charged again, as a letter, in the dead-letter queue.
+        self.held -= item.cost();
         let mut reason = why.reason();
-        if reason.len() > MAX_REASON {
-            let mut cut = MAX_REASON;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason.truncate(cut);
-        }
+        let kept = cut_reason(&reason).len();
+        reason.truncate(kept);
         let reply = self.routes.left(item.id);
         Some(Buried {
             item,
@@ -87,6 +99,18 @@ impl Queue {
             reason,
             reply,
         })
+    }
+
+    /// Lets waiting putters in past capacity, as far as they can go now: dead letters, which
+    /// are never refused, are about to go in past it, and must not overtake requests already
+    /// in line (their ids are older, and ids grow with queue order).
+    pub(super) fn let_in_waiting(&mut self) {
+        if self.putters.is_empty() {
+            return;
+        }
+        let capacity = self.capacity.take();
+        self.pump();
+        self.capacity = capacity;
     }
 
     /// Puts a task whose lease ended unsettled back at the front.
@@ -136,6 +160,7 @@ impl Broker {
             slot
         };
         let mut queue = self.lock(&dead);
+        queue.let_in_waiting();
         let mut notices = Vec::new();
         let first = self.reserve(buried.len());
         for (buried, id) in buried.into_iter().zip(first..) {

@@ -206,6 +206,7 @@ impl Broker {
                 item: item(image),
             }));
         }
+        q.recount();
         let ids = image.items.iter().map(|i| i.id);
         let ids = ids.chain(image.leased.iter().map(|l| l.item.id));
         let ids = ids.chain(image.delayed.iter().map(|(i, _)| i.id));

@@ -3,12 +3,13 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
 use std::time::Duration;
 
 use taskmill_protocol::TaskId;
 use tokio::time::Instant as Deadline;
 
-use super::dead::Buried;
+use super::dead::{cut_reason, Buried};
 use super::item::Item;
 use super::journal::{Change, Returned};
 use super::progress::{settled, Progress};
@@ -80,9 +81,12 @@ impl Ord for Delayed {
 pub(super) enum GiveBack {
     ConnectionClosed,
     Expired(Duration),
-    Nacked(String),
+    /// A nack's reason, cut to [`MAX_REASON`](taskmill_protocol::MAX_REASON) once per request
+    /// and shared by every task it names: a request naming thousands of tasks costs one
+    /// reason, not one per task.
+    Nacked(Arc<str>),
     /// A nack saying the task can never succeed: buried at once.
-    Fatal(String),
+    Fatal(Arc<str>),
 }
 
 impl GiveBack {
@@ -162,9 +166,10 @@ impl Queue {
     /// (BENCHMARKS.md, "Metrics (issue 15)").
     #[inline]
     pub(super) fn settle(&mut self, task: TaskId, session: SessionId) -> bool {
-        if self.unlease(task, Some(session)).is_none() {
+        let Some(leased) = self.unlease(task, Some(session)) else {
             return false;
-        }
+        };
+        self.held -= leased.item.cost();
         self.routes.left(task);
         self.settled_total += 1;
         self.latency.settled(self.epoch, task);
@@ -292,6 +297,8 @@ impl Broker {
         let Some(slot) = self.existing(queue) else {
             return Ok(settled(tasks.len(), tasks.to_vec()));
         };
+        // Before any lock: the reason can be almost a whole frame.
+        let reason: Arc<str> = Arc::from(cut_reason(reason));
         let _burying = self.burying();
         let mut queue = self.lock(&slot);
         let buries = slot.buries();
@@ -303,9 +310,9 @@ impl Broker {
                 continue;
             };
             if fatal {
-                now_back.push((item, GiveBack::Fatal(reason.to_owned())));
+                now_back.push((item, GiveBack::Fatal(Arc::clone(&reason))));
             } else if delay.is_zero() || queue.exhausted(&item, buries) {
-                now_back.push((item, GiveBack::Nacked(reason.to_owned())));
+                now_back.push((item, GiveBack::Nacked(Arc::clone(&reason))));
             } else {
                 let until = Deadline::now() + delay.min(MAX_LEASE);
                 queue.delay(item, until);

@@ -35,6 +35,7 @@
 //! - `lease`: leases, their expiry, touch and nack, and each session's list.
 //! - `waiter`: waiting gets, puts and completions, and the futures that hold their place.
 //! - `progress`: how far a put or completion got.
+//! - [`memory`]: the memory budget every item held and every waiting request is charged to.
 //! - `dead`: dead-lettering tasks that used up their attempts, telling their reply queues,
 //!   and kicking dead letters back.
 //! - `route`: which reply queue each task's outcome goes to.
@@ -49,6 +50,7 @@ mod image;
 mod item;
 pub mod journal;
 mod lease;
+pub mod memory;
 mod origin;
 mod progress;
 mod queue;
@@ -71,6 +73,7 @@ use tokio::time::Instant as Deadline;
 
 pub use image::{ImageItem, ImageLease, QueueImage};
 pub use lease::MAX_LEASE;
+pub use memory::{item_cost, Memory, MemoryUse, WaitCharge};
 pub use origin::{Origin, Outcome as PutOutcome};
 pub use progress::{Progress, Step};
 #[cfg(test)]
@@ -104,6 +107,9 @@ pub struct QueueLimits {
     pub lease_timeout: Duration,
     /// Deliveries a task gets; given back after the last one, it is dead-lettered.
     pub max_attempts: u32,
+    /// The memory budget in bytes ([`memory`]): past it, new tasks and results are refused
+    /// with [`QueueError::MemoryFull`]. `u64::MAX` for none.
+    pub max_memory: u64,
 }
 
 /// Why a queue operation was refused.
@@ -124,6 +130,11 @@ pub enum QueueError {
     NotEmpty(String),
     #[error("queue {0:?} is in use: tasks of it are leased, or requests wait on it")]
     InUse(String),
+    #[error(
+        "the master's memory budget (--max-memory, {budget} bytes) is spent: no new tasks or \
+         results until tasks are settled or taken; retry later"
+    )]
+    MemoryFull { budget: u64 },
 }
 
 /// What [`Broker::insert`] did: its step, or nothing, because the queue was deleted after it
@@ -158,6 +169,8 @@ struct Shared {
     completers: Mutex<Completers>,
     /// The origin of the queues' `due` times.
     epoch: Deadline,
+    /// What every queue's items and every waiting request are charged against.
+    memory: Arc<Memory>,
     /// Where changes are recorded, once the store has restored the queues; never set for a
     /// store that keeps no records.
     store: OnceLock<Arc<dyn Store>>,
@@ -213,6 +226,7 @@ impl Broker {
                 next_session: AtomicU64::new(0),
                 completers: Mutex::default(),
                 epoch: Deadline::now(),
+                memory: Arc::new(Memory::new(limits.max_memory)),
                 store: OnceLock::new(),
             }),
         }
@@ -345,6 +359,7 @@ impl Broker {
             Some(name) => Some(Bytes::copy_from_slice(name.as_bytes())),
             None => None,
         };
+        self.admit(items.iter().map(|i| item_cost(i.len())).sum())?;
         let mut batch = Batch::Items {
             items: items.into(),
             origin,
@@ -372,6 +387,13 @@ impl Broker {
         wait: bool,
         reply: bool,
     ) -> Result<Step<Progress, PutWaiting>, QueueError> {
+        // A result that settles its task frees the task's charge: only what the results add
+        // beyond that is new.
+        let adds: u64 = outcomes.iter().map(|o| item_cost(o.result.len())).sum();
+        let frees = outcomes.len() as u64 * memory::ITEM_OVERHEAD;
+        if adds > frees {
+            self.admit(adds - frees)?;
+        }
         let mut batch = Batch::Outcomes(outcomes.into());
         loop {
             let tasks = self.queue(queue)?;
@@ -451,6 +473,7 @@ impl Broker {
         } else {
             let id = queue.next_waiter();
             let (tx, rx) = oneshot::channel();
+            pending.pack();
             let cross = source.as_ref().map(|source| CrossQueue {
                 source: Arc::clone(source),
                 turn: Arc::new(Notify::new()),
@@ -495,18 +518,45 @@ impl Broker {
         delivery: Delivery,
         wait: bool,
     ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
+        self.get_within(session, name, (max, max_bytes, false), delivery, wait)
+    }
+
+    /// [`Broker::get`], except that not even the first task is taken if its reply would pass
+    /// `max_bytes`: for a reply that carries something else as well, which must fit the frame
+    /// before anything is leased.
+    pub fn get_fitting(
+        &self,
+        session: SessionId,
+        name: &str,
+        max: u32,
+        max_bytes: usize,
+        delivery: Delivery,
+        wait: bool,
+    ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
+        self.get_within(session, name, (max, max_bytes, true), delivery, wait)
+    }
+
+    fn get_within(
+        &self,
+        session: SessionId,
+        name: &str,
+        (max, max_bytes, strict): (u32, usize, bool),
+        delivery: Delivery,
+        wait: bool,
+    ) -> Result<Step<Vec<Task>, GetWaiting>, QueueError> {
         let slot = self.queue(name)?;
         let mut queue = self.lock(&slot);
         if queue.deleted {
             drop(queue);
-            return self.get(session, name, max, max_bytes, delivery, wait);
+            return self.get_within(session, name, (max, max_bytes, strict), delivery, wait);
         }
-        let tasks = queue.take(session, max, max_bytes, delivery);
+        let tasks = queue.take(session, max, max_bytes, delivery, strict);
         if !tasks.is_empty() {
             queue.pump();
             return Ok(Step::Ready(tasks));
         }
-        if !wait {
+        // A front task too large to fit will not get smaller by waiting.
+        if !wait || !queue.items.is_empty() {
             return Ok(Step::Ready(tasks));
         }
         let id = queue.next_waiter();
@@ -516,6 +566,7 @@ impl Broker {
             session,
             max,
             max_bytes,
+            strict,
             delivery,
             tx,
         });

@@ -21,22 +21,84 @@ pub(super) enum Batch {
         reply: Option<Bytes>,
     },
     Outcomes(VecDeque<Outcome>),
+    /// What a request that waits keeps of either: the rest of its payloads copied into one
+    /// buffer with where each ends, and the tasks an outcome settles (none for a put), so a
+    /// waiting batch costs its payloads plus 4 bytes an item (12 an outcome), not a 32-byte
+    /// handle an item pinning the whole frame it came in.
+    Packed {
+        data: Bytes,
+        ends: Vec<u32>,
+        tasks: Vec<TaskId>,
+        /// The items before it are done.
+        next: usize,
+        origin: Option<Origin>,
+        reply: Option<Bytes>,
+    },
 }
 
 impl Batch {
     /// The put this batch is, when it is to be carried out at most once.
     pub(super) fn origin(&self) -> Option<Origin> {
         match self {
-            Batch::Items { origin, .. } => *origin,
+            Batch::Items { origin, .. } | Batch::Packed { origin, .. } => *origin,
             Batch::Outcomes(_) => None,
         }
     }
 
+    /// Keeps what is left in the compact form a waiting request holds (see [`Batch::Packed`]).
+    pub(super) fn pack(&mut self) {
+        let (payloads, tasks, origin, reply): (Vec<&[u8]>, Vec<TaskId>, _, _) = match self {
+            Batch::Packed { .. } => return,
+            Batch::Items {
+                items,
+                origin,
+                reply,
+            } => (
+                items.iter().map(|b| &b[..]).collect(),
+                Vec::new(),
+                *origin,
+                reply.take(),
+            ),
+            Batch::Outcomes(outcomes) => (
+                outcomes.iter().map(|o| &o.result[..]).collect(),
+                outcomes.iter().map(|o| o.task).collect(),
+                None,
+                None,
+            ),
+        };
+        let mut data = Vec::with_capacity(payloads.iter().map(|p| p.len()).sum());
+        let mut ends = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            data.extend_from_slice(payload);
+            // A frame is at most 64 MiB, so its payloads' ends fit.
+            ends.push(data.len() as u32);
+        }
+        *self = Batch::Packed {
+            data: data.into(),
+            ends,
+            tasks,
+            next: 0,
+            origin,
+            reply,
+        };
+    }
+
     /// The next payload, and the lease it settles.
-    pub(super) fn front(&self) -> Option<(&Bytes, Option<TaskId>)> {
+    pub(super) fn front(&self) -> Option<(&[u8], Option<TaskId>)> {
         match self {
-            Batch::Items { items, .. } => items.front().map(|item| (item, None)),
-            Batch::Outcomes(outcomes) => outcomes.front().map(|o| (&o.result, Some(o.task))),
+            Batch::Items { items, .. } => items.front().map(|item| (&item[..], None)),
+            Batch::Outcomes(outcomes) => outcomes.front().map(|o| (&o.result[..], Some(o.task))),
+            Batch::Packed {
+                data,
+                ends,
+                tasks,
+                next,
+                ..
+            } => {
+                let end = *ends.get(*next)? as usize;
+                let start = next.checked_sub(1).map_or(0, |i| ends[i] as usize);
+                Some((&data[start..end], tasks.get(*next).copied()))
+            }
         }
     }
 
@@ -44,6 +106,7 @@ impl Batch {
         match self {
             Batch::Items { items, .. } => drop(items.pop_front()),
             Batch::Outcomes(outcomes) => drop(outcomes.pop_front()),
+            Batch::Packed { ends, next, .. } => *next = (*next + 1).min(ends.len()),
         }
     }
 
@@ -52,13 +115,14 @@ impl Batch {
         match self {
             Batch::Items { .. } => Vec::new(),
             Batch::Outcomes(outcomes) => outcomes.iter().map(|o| o.task).collect(),
+            Batch::Packed { tasks, next, .. } => tasks.get(*next..).unwrap_or_default().to_vec(),
         }
     }
 
     /// The queue a put's tasks name for their outcomes.
     pub(super) fn reply(&self) -> Option<&Bytes> {
         match self {
-            Batch::Items { reply, .. } => reply.as_ref(),
+            Batch::Items { reply, .. } | Batch::Packed { reply, .. } => reply.as_ref(),
             Batch::Outcomes(_) => None,
         }
     }
@@ -67,6 +131,7 @@ impl Batch {
         match self {
             Batch::Items { items, .. } => items.len(),
             Batch::Outcomes(outcomes) => outcomes.len(),
+            Batch::Packed { ends, next, .. } => ends.len() - next,
         }
     }
 

@@ -61,6 +61,10 @@ pub(super) struct Queue {
     pub(super) dead_total: u64,
     /// What the totals above do not split, for observers.
     pub(super) tally: Tally,
+    /// What the items this queue holds (queued, leased, delayed) are charged against the
+    /// memory budget ([`super::memory`]), and how much of it the budget has been told of.
+    pub(super) held: u64,
+    pub(super) published: u64,
     pub(super) latency: Latency,
 }
 
@@ -96,6 +100,8 @@ impl Queue {
             dead_total: 0,
             tally: Tally::default(),
             latency: Latency::default(),
+            held: 0,
+            published: 0,
         }
     }
 
@@ -108,7 +114,9 @@ impl Queue {
 
     /// Appends a new item.
     pub(super) fn push(&mut self, id: TaskId, payload: &[u8]) {
-        self.items.push_back(Item::new(id, 0, payload));
+        let item = Item::new(id, 0, payload);
+        self.held += item.cost();
+        self.items.push_back(item);
         self.put_total += 1;
     }
 
@@ -135,6 +143,14 @@ impl Queue {
         }
     }
 
+    /// What this queue's items are charged, counted from what it holds (after a restore).
+    pub(super) fn recount(&mut self) {
+        let queued = self.items.iter().map(Item::cost).sum::<u64>();
+        let leased = self.leased.values().map(|l| l.item.cost()).sum::<u64>();
+        let delayed = self.delayed.iter().map(|d| d.0.item.cost()).sum::<u64>();
+        self.held = queued + leased + delayed;
+    }
+
     pub(super) fn stamp(&self, at: Deadline) -> Stamp {
         stamp(self.epoch, at)
     }
@@ -150,14 +166,15 @@ impl Queue {
         self.next_waiter += 1;
         self.next_waiter
     }
-    /// Takes up to `max` items (at least one if any are queued) whose reply fits `max_bytes`,
-    /// leasing them to `session` when asked to.
+    /// Takes up to `max` items whose reply fits `max_bytes` (at least one if any are queued,
+    /// unless `strict`), leasing them to `session` when asked to.
     pub(super) fn take(
         &mut self,
         session: SessionId,
         max: u32,
         max_bytes: usize,
         delivery: Delivery,
+        strict: bool,
     ) -> Vec<Task> {
         let lease = match delivery {
             Delivery::Lease { millis } => {
@@ -174,8 +191,9 @@ impl Queue {
         // slices of one buffer per reply, not an allocation each.
         let (mut count, mut bytes, mut small) = (0, 0, 0);
         for item in self.items.iter().take(max as usize) {
-            let size = item.payload_len() + TASK_OVERHEAD;
-            if count > 0 && bytes + size > max_bytes {
+            let reply = self.routes.reply(item.id).map_or(0, Bytes::len);
+            let size = item.payload_len() + reply + TASK_OVERHEAD;
+            if (count > 0 || strict) && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
@@ -201,8 +219,12 @@ impl Queue {
         }
         let mut buffer = buffer.freeze();
         let mut tasks = Vec::with_capacity(count);
+        let mut released = 0;
         for mut item in self.items.drain(..count) {
             *item.deliveries_mut() += 1;
+            if lease.is_none() {
+                released += item.cost();
+            }
             let payload = match &item.stored {
                 Stored::Inline { len, .. } => buffer.split_to(usize::from(*len)),
                 Stored::Boxed { bytes, .. } => Bytes::clone(bytes),
@@ -228,6 +250,7 @@ impl Queue {
                 self.leased.insert(leased.item.id, leased);
             }
         }
+        self.held -= released;
         self.delivered_total += tasks.len() as u64;
         if !tasks.is_empty() {
             let epoch = self.epoch;
@@ -275,7 +298,9 @@ impl Queue {
                 },
                 Delivery::Remove => {
                     self.routes.returned(task.id, &task.reply_to);
-                    Item::new(task.id, task.attempt, &task.payload)
+                    let item = Item::new(task.id, task.attempt, &task.payload);
+                    self.held += item.cost();
+                    item
                 }
             };
             self.delivered_total -= 1;
@@ -390,7 +415,7 @@ impl Queue {
                 let Some(w) = self.getters.pop_front() else {
                     break;
                 };
-                let tasks = self.take(w.session, w.max, w.max_bytes, w.delivery);
+                let tasks = self.take(w.session, w.max, w.max_bytes, w.delivery, w.strict);
                 if let Err(tasks) = w.tx.send(tasks) {
                     // The waiter was dropped between giving up and unregistering.
                     self.untake(tasks, w.delivery, w.session);

@@ -79,6 +79,13 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         let due = self.queue.next_due().unwrap_or(NEVER);
         self.slot.due.store(due, Relaxed);
+        let queue = &mut *self.queue;
+        if queue.held != queue.published {
+            self.shared
+                .memory
+                .publish(queue.held.wrapping_sub(queue.published));
+            queue.published = queue.held;
+        }
         if !self.queue.new_completers.is_empty() {
             // A leaf lock: nothing else is ever taken while holding it.
             let mut completers = lock_unpoisoned(&self.shared.completers);

@@ -165,7 +165,9 @@ impl Broker {
                         .item
                 } else {
                     q.routes.returned(task.id, &task.reply_to);
-                    Item::new(task.id, task.attempt, &task.payload)
+                    let item = Item::new(task.id, task.attempt, &task.payload);
+                    q.held += item.cost();
+                    item
                 };
                 q.delivered_total -= 1;
                 *item.deliveries_mut() -= 1;
@@ -229,8 +231,10 @@ impl Broker {
                 let (source, dead_slot) = (self.slot(queue)?, self.slot(dead)?);
                 if applies(queue) {
                     let mut q = self.lock(&source);
-                    q.unlease(task, None)
+                    let leased = q
+                        .unlease(task, None)
                         .ok_or_else(|| misplaced(queue, task, "leased"))?;
+                    q.held -= leased.item.cost();
                     q.routes.left(task);
                     q.count_buried(why);
                 }

@@ -20,6 +20,8 @@ pub(super) struct GetWaiter {
     pub(super) session: SessionId,
     pub(super) max: u32,
     pub(super) max_bytes: usize,
+    /// Not even the first task may pass `max_bytes`.
+    pub(super) strict: bool,
     pub(super) delivery: Delivery,
     pub(super) tx: oneshot::Sender<Vec<Task>>,
 }

@@ -13,6 +13,7 @@ use prometheus_client::registry::{Registry, Unit};
 use taskmill_protocol::StorageStats;
 
 use crate::broker::report::{Histogram, QueueReport, LATENCY_BOUNDS, REASONS};
+use crate::broker::MemoryUse;
 use crate::master::HANDSHAKES;
 use crate::net::listener::REFUSALS;
 
@@ -33,6 +34,7 @@ pub struct Scrape {
     pub completing: u64,
     pub queues: Vec<QueueReport>,
     pub storage: Option<StorageStats>,
+    pub memory: MemoryUse,
     pub http_accepted: u64,
     pub http_refused: [u64; 3],
     pub http_requests: Vec<(&'static str, u64)>,
@@ -190,6 +192,7 @@ impl prometheus_client::collector::Collector for Scrape {
         )?;
         self.connections(&mut f)?;
         self.queues(&mut f)?;
+        self.memory(&mut f)?;
         self.storage(&mut f)?;
         self.http(&mut f)
     }
@@ -311,6 +314,32 @@ impl Scrape {
             "Time from a task's put to its lease being settled, for one task in 64 (by id).",
             latency,
         )
+    }
+
+    fn memory(&self, f: &mut Family) -> std::fmt::Result {
+        let one = |v: u64| [(none(), v as f64)];
+        let m = self.memory;
+        f.gauge(
+            "taskmill_memory_held",
+            "Memory budget charged for the tasks and results held: queued, leased, delayed, dead letters (payload plus 128 bytes each).",
+            Some(Unit::Bytes),
+            one(m.held),
+        )?;
+        f.gauge(
+            "taskmill_memory_waiting",
+            "Memory budget charged for requests waiting for room.",
+            Some(Unit::Bytes),
+            one(m.waiting),
+        )?;
+        if m.budget != u64::MAX {
+            f.gauge(
+                "taskmill_memory_limit",
+                "Memory budget (--max-memory); past it new puts and results are refused.",
+                Some(Unit::Bytes),
+                one(m.budget),
+            )?;
+        }
+        Ok(())
     }
 
     fn storage(&self, f: &mut Family) -> std::fmt::Result {

@@ -342,7 +342,11 @@ impl Http {
             "/api/stats" => {
                 let queues = self.read(ctx).0.iter().map(|q| q.stats.clone()).collect();
                 let stats = ctx.stats_of(queues, ctx.broker.completing_total());
-                json(&stats_json(&master_addr(ctx), &stats))
+                let doc = stats_json(&master_addr(ctx), &stats);
+                json(&taskmill_protocol::json::with_memory(
+                    doc,
+                    ctx.memory_json(),
+                ))
             }
             "/api/dashboard" => json(&self.dashboard(ctx, since(req.uri().query()))),
             _ => text(
@@ -411,6 +415,7 @@ impl Http {
             completing: ctx.broker.completing_total(),
             queues,
             storage: ctx.store.stats(),
+            memory: ctx.broker.memory().usage(),
             http_accepted: load(&self.counts.accepted),
             http_refused: self.counts.refused.each_ref().map(load),
             http_requests: ROUTES

@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use taskmill_protocol::{max_payload, Delivery, ErrorKind, Outcome, Reply, Request, TaskId, Wait};
+use taskmill_protocol::{
+    max_payload, Delivery, ErrorKind, Outcome, Reply, Request, Stats, TaskId, Wait,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Origin, Progress, PutWaiting, QueueError, SessionId, Step};
+use crate::config::MAX_ITEMS;
 use crate::master::{Context, Phases};
 
 /// A reply still to come, with its request's id.
@@ -37,6 +40,9 @@ pub(crate) struct Caller<'a> {
 
 /// Carries out one request: the reply now, or a future that yields it once its wait ends.
 pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Reply, Waiting> {
+    if let Err(reply) = check_items(&request) {
+        return Step::Ready(reply);
+    }
     let draining = caller.phases.drain.is_cancelled();
     let answer = match request {
         Request::Put { .. }
@@ -107,7 +113,10 @@ pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Rep
         Request::Delete { queue, if_empty } => count(broker(caller).delete(&queue, if_empty)),
         Request::Declare { queue, capacity } => declare(caller, &queue, capacity),
         Request::Inspect { queue } => inspect(caller, &queue),
-        Request::Stats => Ok(Step::Ready(Reply::Stats(Box::new(caller.ctx.stats())))),
+        Request::Stats => {
+            let stats = caller.ctx.cached_stats();
+            Ok(Step::Ready(Reply::Stats(Box::new(Stats::clone(&stats)))))
+        }
         Request::Ping => Ok(Step::Ready(Reply::Pong)),
     };
     answer.unwrap_or_else(Step::Ready)
@@ -293,6 +302,49 @@ fn check_room(caller: &Caller<'_>) -> Result<(), Reply> {
     ))
 }
 
+/// How many items, outcomes or task ids `request` carries.
+fn items(request: &Request) -> usize {
+    match request {
+        Request::Put { items, .. } | Request::PutOnce { items, .. } => items.len(),
+        Request::Complete { outcomes, .. } | Request::CompleteAndGet { outcomes, .. } => {
+            outcomes.len()
+        }
+        Request::Ack { tasks, .. } | Request::Touch { tasks, .. } | Request::Nack { tasks, .. } => {
+            tasks.len()
+        }
+        _ => 0,
+    }
+}
+
+/// Refuses a request carrying more than [`MAX_ITEMS`] items, outcomes or task ids, before
+/// any of it is carried out.
+fn check_items(request: &Request) -> Result<(), Reply> {
+    let n = items(request);
+    if n <= MAX_ITEMS {
+        return Ok(());
+    }
+    Err(error_reply(
+        ErrorKind::BadRequest,
+        format!("{n} items in one request; the limit is {MAX_ITEMS}: split it"),
+    ))
+}
+
+/// What `request` is charged while it waits: its payloads as a waiting batch keeps them (see
+/// the broker's `Batch::Packed`), and a little per item; 0 for requests that keep nothing.
+pub(crate) fn waiting_cost(request: &Request) -> u64 {
+    const PER_ITEM: u64 = 16;
+    let payloads: u64 = match request {
+        Request::Put { items, .. } | Request::PutOnce { items, .. } => {
+            items.iter().map(|i| i.len() as u64).sum()
+        }
+        Request::Complete { outcomes, .. } | Request::CompleteAndGet { outcomes, .. } => {
+            outcomes.iter().map(|o| o.result.len() as u64).sum()
+        }
+        _ => 0,
+    };
+    payloads + items(request) as u64 * PER_ITEM
+}
+
 fn check_max(max: u32) -> Result<(), Reply> {
     if max == 0 {
         return Err(error_reply(
@@ -347,15 +399,19 @@ impl NextGet {
         if p.pending() > 0 || self.drain.is_cancelled() {
             return Step::Ready(worked(p, Vec::new()));
         }
-        // The stale ids share the reply's frame with the tasks.
+        // The stale ids share the reply's frame with the tasks: with any, even the first task
+        // must fit what they leave, or the completion, done, would be answered ReplyTooLarge.
         let budget = max_payload(self.max_frame).saturating_sub(p.stale.len() * 10);
         let delivery = Delivery::Lease {
             millis: self.lease_ms,
         };
         let wait = self.wait != Wait::No && self.deadline.is_none_or(|d| d > Instant::now());
-        let step = self
-            .broker
-            .get(self.session, &self.queue, self.max, budget, delivery, wait);
+        let (broker, session, queue, max) = (&self.broker, self.session, &self.queue, self.max);
+        let step = if p.stale.is_empty() {
+            broker.get(session, queue, max, budget, delivery, wait)
+        } else {
+            broker.get_fitting(session, queue, max, budget, delivery, wait)
+        };
         match step {
             Ok(Step::Ready(tasks)) => Step::Ready(worked(p, tasks)),
             Ok(Step::Wait(w)) => Step::Wait(Box::pin(
@@ -426,6 +482,7 @@ impl From<QueueError> for Reply {
             QueueError::InProgress => ErrorKind::InProgress,
             QueueError::NotEmpty(_) => ErrorKind::NotEmpty,
             QueueError::InUse(_) => ErrorKind::InUse,
+            QueueError::MemoryFull { .. } => ErrorKind::MemoryFull,
         };
         error_reply(kind, err.to_string())
     }

@@ -10,17 +10,17 @@
 //! leases are requeued.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
 use taskmill_protocol::handshake::{reject, MasterConnection};
 use taskmill_protocol::{
     ClientHandshake, ClientMessage, CodecError, Connection, ErrorKind, MasterHandshake,
-    MasterMessage, Rejection, Reply, Stream, Wait,
+    MasterMessage, Rejection, Reply, Request, Stream, Wait,
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ use super::durable::Gate;
 use super::listener::{Admitted, Protocol};
 use super::peers::Heard;
 use crate::broker::{SessionId, Step};
-use crate::master::{Context, Handshake, Phases};
+use crate::master::{Context, Handshake, Phases, STATS_FRESH};
 
 /// The taskmill protocol, as served on the master's main port.
 pub(crate) struct Taskmill;
@@ -97,6 +97,8 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
         last_heard: now,
         last_written: now,
         heard,
+        waiting_bytes: Arc::default(),
+        next_stats: now,
     };
     let result = session.serve().await;
     let requeued = ctx.broker.close_session(id);
@@ -124,6 +126,10 @@ struct Session<'a> {
     /// `last_heard` for observers, published on each tick rather than per message: a few
     /// seconds' precision is all a dashboard needs, and the hot path stays as it was.
     heard: Heard,
+    /// What this connection's waiting requests are charged, in bytes.
+    waiting_bytes: Arc<AtomicU64>,
+    /// When this connection may next be answered a `Stats`.
+    next_stats: Instant,
 }
 
 enum Event {
@@ -137,6 +143,23 @@ enum Event {
 }
 
 impl Session<'_> {
+    /// What this connection's waiting requests hold, if another one costing `cost` would take
+    /// it over its limit. A connection with nothing waiting may always wait once, so any
+    /// request the frame cap lets through can wait.
+    fn over_waiting_bytes(&self, cost: u64) -> Option<u64> {
+        let held = self.waiting_bytes.load(Ordering::Relaxed);
+        let over = held > 0 && held.saturating_add(cost) > self.ctx.config.max_waiting_bytes;
+        over.then_some(held)
+    }
+
+    /// Holds this connection's next `Stats` until [`STATS_FRESH`] after its last: a reply can
+    /// be thousands of times its 6-byte request, so one connection gets at most ten a second
+    /// (the wait holds up only this connection, which asked for it).
+    async fn pace_stats(&mut self) {
+        tokio::time::sleep_until(self.next_stats).await;
+        self.next_stats = Instant::now() + STATS_FRESH;
+    }
+
     async fn serve(&mut self) -> Result<(), SessionError> {
         let mut waiting: FuturesUnordered<Waiting> = FuturesUnordered::new();
         let mut gate = Gate::new(&*self.ctx.store);
@@ -182,14 +205,30 @@ impl Session<'_> {
                         ClientMessage::Request { id, request } => (id, request),
                         ClientMessage::Heartbeat => continue,
                     };
-                    let reply = if request.wait() != Wait::No
-                        && waiting.len() >= self.ctx.config.max_waiting
-                    {
+                    if matches!(request, Request::Stats) {
+                        self.pace_stats().await;
+                    }
+                    let waits = request.wait() != Wait::No;
+                    let cost = if waits {
+                        dispatch::waiting_cost(&request)
+                    } else {
+                        0
+                    };
+                    let reply = if waits && waiting.len() >= self.ctx.config.max_waiting {
                         Some(error_reply(
                             ErrorKind::TooManyWaiting,
                             format!(
                                 "this connection already has {} waiting requests",
                                 waiting.len()
+                            ),
+                        ))
+                    } else if let Some(held) = self.over_waiting_bytes(cost) {
+                        Some(error_reply(
+                            ErrorKind::TooManyWaiting,
+                            format!(
+                                "this connection's waiting requests hold {held} bytes; this one \
+                                 would add {cost}, over the limit of {} (--max-waiting-bytes)",
+                                self.ctx.config.max_waiting_bytes
                             ),
                         ))
                     } else {
@@ -202,7 +241,13 @@ impl Session<'_> {
                         match dispatch::handle(&caller, id, request) {
                             Step::Ready(reply) => Some(reply),
                             Step::Wait(fut) => {
-                                waiting.push(fut);
+                                // Charged until it ends, however it ends.
+                                let memory = self.ctx.broker.memory();
+                                let charge = memory.wait(&self.waiting_bytes, cost);
+                                waiting.push(Box::pin(fut.map(move |done| {
+                                    drop(charge);
+                                    done
+                                })));
                                 None
                             }
                         }

@@ -118,3 +118,26 @@ fn client_made_dead_names_count_against_the_limit_and_long_dead_names_are_valid(
     assert!(valid_name(&format!("{long}{DEAD_SUFFIX}")));
     assert!(!valid_name(&format!("{long}x")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn dead_letters_do_not_overtake_puts_waiting_in_their_queue() {
+    let br = broker();
+    let s = br.open_session();
+    br.declare("q.dead", Some(1)).unwrap();
+    ready(br.put(s, "q.dead", vec![b("first")], false).unwrap());
+    let w = waiting(br.put(s, "q.dead", vec![b("waiting")], true).unwrap());
+    ready(br.put(s, "q", vec![b("doomed")], false).unwrap());
+    let task = ready(br.get(s, "q", 1, MB, LEASE, false).unwrap()).remove(0);
+    br.nack(s, "q", &[task.id], Duration::ZERO, "no", true)
+        .unwrap();
+    let put = w.wait(in_ms(1000), CancellationToken::new()).await;
+    assert_eq!(put.done(), 1, "the waiting put went in ahead of the letter");
+    let all = ready(br.get(s, "q.dead", 3, MB, Delivery::Remove, false).unwrap());
+    assert_eq!(&payloads(&all)[..2], [&b"first"[..], b"waiting"]);
+    let letter: DeadLetter = taskmill_protocol::decode_payload(&all[2].payload).unwrap();
+    assert_eq!(letter.payload, b("doomed"));
+    assert!(
+        all.windows(2).all(|w| w[0].id < w[1].id),
+        "ids grow with queue order"
+    );
+}

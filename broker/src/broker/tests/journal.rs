@@ -122,6 +122,7 @@ pub(super) fn recorded() -> (Broker, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
     let limits = QueueLimits {
         max_attempts: 2,
+        max_memory: u64::MAX,
         ..limits()
     };
     let br = Broker::open(limits, recorder.clone()).unwrap();

@@ -12,6 +12,7 @@ use taskmill_protocol::{DeadLetter, DEAD_SUFFIX};
 use tokio_util::sync::CancellationToken;
 
 mod admin;
+mod budget;
 mod dead_letters;
 mod journal;
 mod leases;
@@ -31,6 +32,7 @@ pub(super) fn limits() -> QueueLimits {
         max_queues: 8,
         lease_timeout: Duration::from_secs(30),
         max_attempts: 3,
+        max_memory: u64::MAX,
     }
 }
 

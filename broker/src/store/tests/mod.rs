@@ -33,6 +33,7 @@ pub(super) fn limits() -> QueueLimits {
         max_queues: 64,
         lease_timeout: Duration::from_secs(30),
         max_attempts: 2,
+        max_memory: u64::MAX,
     }
 }
 
