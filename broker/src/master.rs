@@ -35,6 +35,8 @@ pub(crate) struct Counters {
     pub admission: AdmissionCounts,
     /// Handshakes by how they ended, indexed by [`Handshake`].
     pub handshakes: [AtomicU64; 5],
+    /// The Python listener's own (`--python-listen`).
+    pub python: crate::compat::python::Counters,
 }
 
 /// How a handshake ended.
@@ -112,6 +114,8 @@ pub(crate) struct Context {
     pub peers: Peers,
     /// The taskmill port's address, once serving.
     pub listen_addr: OnceLock<SocketAddr>,
+    /// The Python listener's address, if it runs.
+    pub python_addr: OnceLock<SocketAddr>,
 }
 
 /// A master: its queues and everything its listeners share. Cheap to clone.
@@ -139,6 +143,7 @@ impl Master {
                 store,
                 peers: Peers::new(started),
                 listen_addr: OnceLock::new(),
+                python_addr: OnceLock::new(),
             }),
         })
     }
@@ -215,6 +220,13 @@ impl Master {
         http::start(Arc::clone(&self.ctx), listener, config);
     }
 
+    /// Serves Python's `multiprocessing.managers` protocol on `listener` (see
+    /// [`crate::compat::python`]), from now until this master drains. Call before
+    /// [`Master::serve`], on the runtime that will run it.
+    pub fn serve_python(&self, listener: TcpListener, config: crate::compat::python::PythonConfig) {
+        crate::compat::python::start(Arc::clone(&self.ctx), listener, config);
+    }
+
     /// Tells every session to take no new work and waits, up to the grace period, for the
     /// leased tasks to be settled.
     async fn drain(&self) {
@@ -248,6 +260,10 @@ impl Master {
 }
 
 impl Context {
+    pub fn python_listening(&self) -> bool {
+        self.python_addr.get().is_some()
+    }
+
     pub fn stats(&self) -> Stats {
         let (queues, completing) = self.broker.snapshot();
         self.stats_of(queues, completing)

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod http;
+pub mod python;
 pub mod run;
 pub mod serve;
 pub mod stats;

@@ -95,6 +95,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 say(line);
             }
         }
+        if let Some(python) =
+            super::python::start(&master, &args.python, args.server.max_frame).await?
+        {
+            let line = format!("python listening on {python}");
+            if args.json {
+                tell(line);
+            } else {
+                say(line);
+            }
+        }
         let stop = CancellationToken::new();
         let serving = tokio::spawn(master.serve(listener, stop.clone()));
         let report = job::run(&connect, &key, &job, &shutdown).await;

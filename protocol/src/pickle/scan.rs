@@ -51,22 +51,20 @@ pub(super) struct Entry {
 const MAX_KEPT_CHILDREN: usize = 16;
 
 impl Kind {
-    /// How deep this value nests kept children (0 for scalars): capped at 3 (the envelope,
-    /// its args, a tuple among them), so dropping an entry never recurses further.
-    fn level(&self) -> u8 {
-        match self {
-            Kind::Tuple(kids) | Kind::Dict(kids) => {
-                1 + kids.iter().map(|k| k.kind.level()).max().unwrap_or(0)
-            }
-            _ => 0,
-        }
-    }
-
-    /// A container's value, kept only while small and shallow.
-    fn container(kids: Vec<Entry>, tuple: bool) -> Kind {
+    /// A container's value, kept only while small: its children keep their own children
+    /// (the envelope's args tuple keeps its arguments), and anything deeper is opaque, so no
+    /// entry nests more than three levels and dropping one never recurses further.
+    fn container(mut kids: Vec<Entry>, tuple: bool) -> Kind {
         let truthy = !kids.is_empty();
-        if kids.len() > MAX_KEPT_CHILDREN || kids.iter().any(|k| k.kind.level() >= 3) {
+        if kids.len() > MAX_KEPT_CHILDREN {
             return Kind::Opaque { truthy };
+        }
+        for kid in &mut kids {
+            if let Kind::Tuple(grandkids) | Kind::Dict(grandkids) = &mut kid.kind {
+                for g in grandkids {
+                    g.kind = g.kind.memo();
+                }
+            }
         }
         if tuple {
             Kind::Tuple(kids)

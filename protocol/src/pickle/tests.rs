@@ -240,3 +240,17 @@ fn a_payload_that_is_not_a_pickle_goes_back_as_bytes() {
     want.extend([0x86, 0x2e]);
     assert_eq!(return_item(raw, Limits::default()), want);
 }
+
+#[test]
+fn cpython_312_server_requests_parse() {
+    for (data, method) in [
+        ("8004952300000000000000284e8c06637265617465948c0e6765745f7461736b5f71756575659485947d9474942e", "create"),
+        ("8004951700000000000000284e8c06696e63726566948c0271309485947d9474942e", "incref"),
+        ("8004952b00000000000000284e8c116163636570745f636f6e6e656374696f6e948c0b4d61696e50726f636573739485947d9474942e", "accept_connection"),
+    ] {
+        let data = hex(data);
+        let req = Request::parse(&data, Limits::default()).unwrap();
+        assert_eq!(req.method, method);
+        assert_eq!(req.args.len(), 1);
+    }
+}
