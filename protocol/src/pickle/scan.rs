@@ -211,6 +211,10 @@ struct Scanner<'a> {
     memo: HashMap<u32, MemoDef>,
     defs: Vec<(usize, u32)>,
     objects: bool,
+    /// Where the opcodes of values since discarded (POP, POP_MARK) begin: they may have
+    /// defined memo entries the next value reads (CPython writes a recursive tuple as its
+    /// parts, POP_MARK, then a memo read), so that value's span starts there.
+    popped: Option<usize>,
 }
 
 /// Scans a whole pickle: PROTO 2-5 first, exactly one value on the stack at STOP, nothing
@@ -227,6 +231,7 @@ pub(super) fn scan(data: &[u8], limits: Limits) -> Result<Scanned, PickleError> 
         memo: HashMap::new(),
         defs: Vec::new(),
         objects: false,
+        popped: None,
     };
     if s.r.u8()? != op::PROTO {
         return Err(PickleError::NoProto);
@@ -268,6 +273,7 @@ impl Scanner<'_> {
         if self.stack.len() >= self.limits.max_stack {
             return Err(PickleError::Limit("stack"));
         }
+        let start = self.popped.take().map_or(start, |p| p.min(start));
         let span = start..self.r.pos;
         self.stack.push(Entry { span, kind });
         Ok(())
@@ -283,7 +289,9 @@ impl Scanner<'_> {
     /// Everything above the innermost MARK, and the MARK's offset.
     fn pop_mark(&mut self, at: usize) -> Result<(Vec<Entry>, usize), PickleError> {
         let (depth, mark_at) = self.marks.pop().ok_or(PickleError::NoMark(at))?;
-        Ok((self.stack.split_off(depth), mark_at))
+        let kids = self.stack.split_off(depth);
+        let from = kids.first().map_or(mark_at, |k| k.span.start.min(mark_at));
+        Ok((kids, from))
     }
 
     /// An opcode that consumes `kids` (or a MARK at `from`) and pushes one value spanning them.
@@ -298,6 +306,8 @@ impl Scanner<'_> {
             return Err(PickleError::StackUnderflow(at));
         }
         let end = self.r.pos;
+        // Anything discarded since the top was pushed lies inside its span now.
+        self.popped = None;
         let top = self.stack.last_mut().expect("available");
         top.span.end = end;
         Ok(top)
@@ -347,8 +357,14 @@ impl Scanner<'_> {
                 }
                 self.marks.push((self.stack.len(), at));
             }
-            op::POP => drop(self.pop(1, at)?),
-            op::POP_MARK => drop(self.pop_mark(at)?),
+            op::POP => {
+                let gone = self.pop(1, at)?;
+                self.popped = Some(gone[0].span.start);
+            }
+            op::POP_MARK => {
+                let (_, from) = self.pop_mark(at)?;
+                self.popped = Some(from);
+            }
             op::DUP => {
                 let top = self.stack.last().filter(|_| self.available() > 0);
                 let top = top.ok_or(PickleError::StackUnderflow(at))?;
