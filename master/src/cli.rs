@@ -139,6 +139,14 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (alone: other lines go to stderr).
     #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
+    /// The tasks' and results' format. `bincode`: taskmill's own. `pickle` (or
+    /// `pickle-text`, the same but for --local-workers' answers): Python's, for Python
+    /// workers on --python-listen or `taskmill-worker --codec pickle`: pickled ints on
+    /// `tasks`, and on `results` pickled squares or the tutorial's "n * n = square" strings,
+    /// both accepted. Results are checked as a multiset (no sequence numbers travel), and
+    /// inputs must lie within ±3037000499.
+    #[arg(long, env = "TASKMILL_CODEC", default_value = "bincode", value_parser = taskmill_squares::pickled::parse_codec)]
+    pub codec: taskmill_squares::Codec,
     #[command(flatten, next_help_heading = "Key")]
     pub key: KeyArgs,
     /// TLS for the job's own clients (producer, collector, local workers): needed when this

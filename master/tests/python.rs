@@ -216,3 +216,68 @@ fn a_python_worker_killed_mid_task_has_its_task_redelivered() {
     rescuer.signal(libc::SIGKILL);
     let _ = rescuer.wait(Duration::from_secs(10));
 }
+
+#[test]
+fn an_unchanged_python_master_script_works_with_rust_workers() {
+    for (python, version) in interpreters() {
+        eprintln!("the tutorial's master with {version}, squared by taskmill-worker");
+        let (master, addr, _) = master(&[]);
+        let main = master.listening_addr();
+        let worker = Proc::spawn(Command::new(binary("taskmill-worker")).args([
+            "--master",
+            &main,
+            "--codec",
+            "pickle-text",
+        ]));
+        let out = run(&python, "task_master.py", &addr, &["40"]);
+        assert_eq!(squares(&out).len(), 40, "{version}");
+        drop(worker);
+    }
+}
+
+#[test]
+fn unchanged_python_workers_work_with_taskmill_master_run() {
+    let worker_bin = binary("taskmill-worker");
+    for (python, version) in interpreters() {
+        eprintln!("taskmill-master run --codec pickle, squared by the tutorial's workers on {version} and a taskmill-worker");
+        let mut job = Proc::spawn(Command::new(binary("taskmill-master")).args([
+            "run",
+            "--tasks",
+            "30",
+            "--codec",
+            "pickle",
+            "--listen",
+            "127.0.0.1:0",
+            "--python-listen",
+            "127.0.0.1:0",
+            "--json",
+            "--stall-timeout",
+            "20s",
+        ]));
+        let main = job.listening_addr();
+        let addr = job.line_after("python listening on ");
+        // Python and Rust workers on the same job: the Rust one writes pickled squares, the
+        // Python ones the tutorial's strings; the job accepts both.
+        let _python_workers: Vec<Proc> = (0..2)
+            .map(|_| script(&python, "task_worker.py", &addr, &[]))
+            .collect();
+        let _rust_worker = Proc::spawn(Command::new(&worker_bin).args([
+            "--master",
+            &main,
+            "--codec",
+            "pickle",
+            "--simulated-work",
+            "300ms",
+            "--concurrency",
+            "1",
+            "--prefetch",
+            "1",
+        ]));
+        let status = job.wait(LIMIT);
+        let report: serde_json::Value = serde_json::from_str(&job.stdout_rest())
+            .unwrap_or_else(|e| panic!("{version}: no JSON report ({e}): {}", job.stderr()));
+        assert!(status.success(), "{version}: {report}");
+        assert_eq!(report["verified"], 30, "{version}: {report}");
+        assert_eq!(report["foreign"], 0, "{version}: {report}");
+    }
+}

@@ -45,6 +45,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         worker_concurrency: args.concurrency,
         worker_prefetch: args.prefetch,
         progress: !args.json,
+        codec: args.codec,
         client: ClientOptions {
             tls: args.tls_client.client(&client_target).map_err(usage)?,
             ..ClientOptions::default()
