@@ -218,6 +218,18 @@ def hostile():
     assert kind == '#RETURN' and bomb[0] is bomb[1], kind
     ok('a pickle bomb is stored and handed back as sent, never expanded')
     c.close()
+    # After authentication, a length past the master's frame cap closes the connection
+    # without the body being read or allocated.
+    c = connection.Client(ADDR, authkey=KEY)
+    c.send((None, 'accept_connection', ('huge',), {}))
+    assert c.recv() == ('#RETURN', None)
+    c._send(struct.pack('!i', 0x7fffffff))
+    try:
+        c.recv()
+        raise AssertionError('an oversized frame was answered')
+    except (EOFError, ConnectionResetError):
+        pass
+    ok('a frame over the cap after authentication closes the connection')
 
 
 for group in sys.argv[1:]:
