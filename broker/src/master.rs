@@ -272,12 +272,21 @@ impl Context {
     /// The stats around queues read already.
     pub fn stats_of(&self, queues: Vec<taskmill_protocol::QueueStats>, completing: u64) -> Stats {
         let counters = &self.counters;
+        // The Python listener's connections count with the main port's here; /metrics
+        // tells them apart.
+        let python = &counters.python;
+        let python_handshakes = python.handshakes();
         Stats {
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            clients: counters.clients.load(Ordering::Relaxed),
-            connections_total: counters.admission.accepted.load(Ordering::Relaxed),
-            handshake_failures: counters.handshake_failures(),
-            probes: counters.handshakes[Handshake::Probe as usize].load(Ordering::Relaxed),
+            clients: counters.clients.load(Ordering::Relaxed) + python.open.load(Ordering::Relaxed),
+            connections_total: counters.admission.accepted.load(Ordering::Relaxed)
+                + python.admission.accepted.load(Ordering::Relaxed),
+            handshake_failures: counters.handshake_failures()
+                + python_handshakes[Handshake::Closed as usize..=Handshake::Failed as usize]
+                    .iter()
+                    .sum::<u64>(),
+            probes: counters.handshakes[Handshake::Probe as usize].load(Ordering::Relaxed)
+                + python_handshakes[Handshake::Probe as usize],
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),

@@ -373,8 +373,11 @@ fn parse_register(s: &str) -> Result<(String, String), String> {
     if !identifier(name) {
         return Err(format!("{name:?} is not a Python identifier"));
     }
-    if queue.is_empty() || queue.len() > 128 {
-        return Err(format!("{queue:?}: a queue name is 1 to 128 bytes"));
+    let queue_char = |c: char| c.is_ascii_alphanumeric() || ".:_-".contains(c);
+    if queue.is_empty() || queue.len() > 128 || !queue.chars().all(queue_char) {
+        return Err(format!(
+            "{queue:?}: a queue name is 1 to 128 of A-Z a-z 0-9 . _ : -"
+        ));
     }
     Ok((name.to_owned(), queue.to_owned()))
 }

@@ -127,13 +127,22 @@ fn the_tutorial_master_and_workers_run_unchanged_on_every_python() {
 fn cpythons_client_sees_pythons_exceptions_and_a_wrong_key_is_an_authentication_error() {
     for (python, version) in interpreters() {
         eprintln!("checking exceptions, join and a wrong key with {version}");
-        let (_master, addr, http) = master(&[]);
+        let (master, addr, http) = master(&[]);
         let out = run(
             &python,
             "checks.py",
             &addr,
             &["exceptions", "join", "wrong_key"],
         );
+        // `stats` counts the Python listener's connections with the main port's.
+        let stats = Command::new(binary("taskmill-master"))
+            .args(["stats", "--master", &master.listening_addr(), "--json"])
+            .env("TASKMILL_AUTHKEY", taskmill_testkit::KEY)
+            .output()
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+        assert!(stats["handshake_failures"].as_u64() >= Some(1), "{stats}");
+        assert!(stats["connections_total"].as_u64() >= Some(10), "{stats}");
         for check in [
             "Empty at once",
             "TypeError",

@@ -131,6 +131,18 @@ def exceptions():
     kind, text = c.recv()
     assert kind == '#TRACEBACK' and 'shutdown is disabled' in text, (kind, text)
     ok('unknown methods and names, and shutdown, get the errors CPython gives')
+    # A get blocked without a timeout whose client goes away takes nothing (CPython's server
+    # would take the next item and lose it on the failed send).
+    c = connection.Client(ADDR, authkey=KEY)
+    c.send((None, 'accept_connection', ('gone',), {}))
+    assert c.recv() == ('#RETURN', None)
+    c.send((task._token.id, 'get', (), {}))
+    time.sleep(0.3)
+    c.close()
+    time.sleep(0.3)
+    task.put('after')
+    assert task.get(timeout=5) == 'after'
+    ok('a blocked get whose client has gone takes nothing')
 
 
 def bounded():

@@ -155,11 +155,15 @@ impl Ops<'_> {
                 "the taskmill master is shutting down",
             ));
         }
-        let (_, capacity) = self.size_now();
-        let wait = match (capacity, nowait) {
-            (None, _) => Wait::Forever,
-            (Some(_), true) => Wait::No,
-            (Some(_), false) => wait_of(args.get(1).copied().flatten(), args[2])?,
+        // An unbounded queue ignores block and timeout, even bad ones: only then is the
+        // capacity needed, so the common put reads no stats.
+        let wait = match nowait {
+            true => Wait::No,
+            false => match wait_of(args[1], args[2]) {
+                Ok(wait) => wait,
+                Err(_) if self.size_now().1.is_none() => Wait::Forever,
+                Err(raise) => return Err(raise),
+            },
         };
         let step = self
             .ctx
