@@ -160,6 +160,22 @@ fn cpythons_client_sees_pythons_exceptions_and_a_wrong_key_is_an_authentication_
 }
 
 #[test]
+fn refusing_md5_shuts_out_python_3_11_and_lets_3_12_in() {
+    for (python, version) in interpreters() {
+        eprintln!("--python-refuse-md5 with {version}");
+        let (_master, addr, _) = master(&["--python-refuse-md5"]);
+        let out = run(&python, "checks.py", &addr, &["refuse_md5"]);
+        let minor: u32 = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .expect("Python 3.x.y");
+        let want = if minor < 12 { "refused" } else { "gets in" };
+        assert!(out.contains(want), "{version}: {out}");
+    }
+}
+
+#[test]
 fn a_bounded_queue_raises_full_after_the_timeout() {
     for (python, version) in interpreters() {
         eprintln!("checking a bounded queue with {version}");

@@ -1,6 +1,6 @@
 # Checks of taskmill-master's Python listener through CPython's own client
 # (multiprocessing.managers), one group per argument: exceptions, bounded, join, wrong_key,
-# hostile. Prints "ok <check>" per check and exits non-zero at the first failure.
+# refuse_md5, hostile. Prints "ok <check>" per check and exits non-zero at the first failure.
 # Environment: TASKMILL_PY_ADDR (host:port of --python-listen), TASKMILL_AUTHKEY.
 import collections, datetime, decimal, fractions, math, os, pickle, queue, socket, struct
 import sys, threading, time
@@ -192,6 +192,18 @@ def wrong_key():
     from multiprocessing import AuthenticationError
     raises(AuthenticationError, manager, b'not-the-key-of-this-master', at_most=10)
     ok('a wrong key raises AuthenticationError')
+
+
+def refuse_md5():
+    # The master runs with --python-refuse-md5: 3.11 and older answer with HMAC-MD5 and are
+    # refused; 3.12+ answer with HMAC-SHA256 and get in.
+    from multiprocessing import AuthenticationError
+    if sys.version_info < (3, 12):
+        raises(AuthenticationError, manager, at_most=10)
+        ok('an HMAC-MD5 client is refused')
+    else:
+        manager().get_task_queue().qsize()
+        ok('an HMAC-SHA256 client gets in')
 
 
 def hostile():
