@@ -306,3 +306,23 @@ fn unchanged_python_workers_work_with_taskmill_master_run() {
         assert_eq!(report["foreign"], 0, "{version}: {report}");
     }
 }
+
+#[test]
+fn python_puts_survive_a_master_killed_and_restarted_on_its_data_directory() {
+    let (python, version) = interpreters().remove(0);
+    let dir = std::env::temp_dir().join(format!("taskmill-python-durable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.to_str().unwrap();
+    let (mut first, addr, _) = master(&["--data-dir", data]);
+    let out = run(&python, "checks.py", &addr, &["durable_put"]);
+    assert!(out.contains("ok puts acknowledged"), "{version}: {out}");
+    first.signal(libc::SIGKILL);
+    first.wait(LIMIT);
+    let (_second, addr, _) = master(&["--data-dir", data]);
+    let out = run(&python, "checks.py", &addr, &["durable_get"]);
+    assert!(
+        out.contains("ok every acknowledged put survived"),
+        "{version}: {out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,6 @@
 # Checks of taskmill-master's Python listener through CPython's own client
 # (multiprocessing.managers), one group per argument: exceptions, bounded, join, wrong_key,
-# refuse_md5, hostile. Prints "ok <check>" per check and exits non-zero at the first failure.
+# refuse_md5, durable_put, durable_get, hostile. Prints "ok <check>" per check and exits non-zero at the first failure.
 # Environment: TASKMILL_PY_ADDR (host:port of --python-listen), TASKMILL_AUTHKEY.
 import collections, datetime, decimal, fractions, math, os, pickle, queue, socket, struct
 import sys, threading, time
@@ -204,6 +204,25 @@ def refuse_md5():
     else:
         manager().get_task_queue().qsize()
         ok('an HMAC-SHA256 client gets in')
+
+
+SURVIVORS = [('survives', 1), {'a': [1, 2]}, 'put', 2 ** 80]
+
+
+def durable_put():
+    task = manager().get_task_queue()
+    for item in SURVIVORS:
+        task.put(item)
+    ok('puts acknowledged')
+
+
+def durable_get():
+    # After the master was killed and restarted on its data directory.
+    task = manager().get_task_queue()
+    got = [task.get(timeout=5) for _ in SURVIVORS]
+    assert got == SURVIVORS, got
+    raises(queue.Empty, task.get_nowait)
+    ok('every acknowledged put survived the restart')
 
 
 def hostile():

@@ -250,6 +250,30 @@ async fn write(ctx: &Context, wr: &mut OwnedWriteHalf, reply: &[u8]) -> std::io:
     }
 }
 
+/// Waits until everything the master has recorded so far is durable (at once without a
+/// durable store), so that no reply acknowledges what a crash could still lose: a Python put
+/// survives a restart like any other. An error once the log has failed.
+async fn durable(ctx: &Context) -> Result<(), String> {
+    let Some(mut durability) = ctx.store.durability() else {
+        return Ok(());
+    };
+    let position = ctx.store.position();
+    loop {
+        {
+            let now = durability.borrow_and_update();
+            if let Some(failure) = &now.failed {
+                return Err(format!("the durable log failed: {failure}"));
+            }
+            if position <= now.upto {
+                return Ok(());
+            }
+        }
+        if durability.changed().await.is_err() {
+            return Err("the durable log stopped".into());
+        }
+    }
+}
+
 /// Resolves when the client closes its end, or sends before its reply (CPython's client
 /// never does: one request at a time per connection).
 async fn closed(rd: &mut BufReader<OwnedReadHalf>) {
@@ -309,6 +333,8 @@ impl Channel<'_> {
                     };
                 }
             };
+            // Group commit: the wait is one fsync, shared with every other connection.
+            durable(ctx).await?;
             match answer {
                 Answer::Reply(reply) => {
                     write(ctx, &mut self.wr, &reply)
