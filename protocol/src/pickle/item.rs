@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::scan::{scan, Kind, Reader, Scanned};
+use super::reader::Reader;
+use super::scan::{scan, Kind, Scanned};
 use super::write::Writer;
 use super::{op, Limits, PickleError};
 

@@ -8,12 +8,13 @@
 //! master needs to lift `args[0]` out of a request and splice it into a reply byte for byte.
 //!
 //! # Layout
-//! - `scan`: the opcode scanner with its limits.
+//! - `scan`: the opcode scanner with its limits; `reader`: opcode arguments.
 //! - `item`: an item's span made a standalone pickle, and splicing one into a reply.
 //! - `write`: the pickles the master writes (replies, ints and strings for workers).
 //! - this file: opcodes, limits, errors, and the typed view of an envelope.
 
 mod item;
+mod reader;
 mod scan;
 mod write;
 
