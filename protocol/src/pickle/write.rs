@@ -103,7 +103,7 @@ impl Writer {
         self.buf.extend_from_slice(b);
     }
 
-    /// A tuple of the `n` values written since `mark` (or, for 0 to 3, without a mark).
+    /// Opens a tuple of any length, closed by `tuple(n, true)`.
     pub fn mark(&mut self) {
         self.buf.push(op::MARK);
     }
