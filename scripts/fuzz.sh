@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every fuzz target in fuzz/ (the protocol's frame decoding and both sides of the
-# handshake; see fuzz/README.md) for SECONDS_PER_TARGET seconds each (default 60), then prints
-# one line per target:
+# Runs every fuzz target in fuzz/ (the protocol's frame decoding, both sides of the handshake,
+# and the Python listener's pickle scanner; see fuzz/README.md) for SECONDS_PER_TARGET seconds
+# each (default 60), then prints one line per target:
 #
 #   fuzz: <target> <N> execs, <K> crashes
 #
@@ -36,7 +36,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
     echo "usage: $0 [SECONDS_PER_TARGET]" >&2
     exit 2
 fi
-read -ra targets <<<"${FUZZ_TARGETS:-decode_frames master_handshake client_handshake}"
+read -ra targets <<<"${FUZZ_TARGETS:-decode_frames master_handshake client_handshake python_pickle}"
 
 say() { printf 'fuzz.sh: %s\n' "$*"; }
 

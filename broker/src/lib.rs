@@ -24,10 +24,13 @@
 //! - [`net`]: the accept loop, admission ([`net::guard`]), sessions and request dispatch.
 //! - [`http`]: the optional read-only HTTP port: `/metrics`, `/api/stats`, `/healthz` and the
 //!   dashboard.
+//! - [`compat`]: listeners for other protocols on the same queues: Python's
+//!   `multiprocessing.managers` ([`compat::python`]).
 //! - [`broker`]: queue state, waiters and leases; no I/O.
 //! - [`store`]: where queue changes are recorded ([`store::Memory`]: nowhere).
 
 pub mod broker;
+pub mod compat;
 pub mod config;
 pub mod http;
 pub mod master;

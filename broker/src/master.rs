@@ -37,6 +37,8 @@ pub(crate) struct Counters {
     pub handshakes: [AtomicU64; 8],
     /// Failed handshakes whose refusal was held back because their address group is in debt.
     pub failures_delayed: AtomicU64,
+    /// The Python listener's own (`--python-listen`).
+    pub python: crate::compat::python::Counters,
 }
 
 /// How a handshake ended.
@@ -139,6 +141,8 @@ pub(crate) struct Context {
     /// [`STATS_FRESH`] of it gets the same, so a flood of them locks each queue at most ten
     /// times a second.
     pub stats_cache: Mutex<Option<(Instant, Arc<Stats>)>>,
+    /// The Python listener's address, if it runs.
+    pub python_addr: OnceLock<SocketAddr>,
 }
 
 /// How long one reading of the queues answers `Stats` requests.
@@ -171,6 +175,7 @@ impl Master {
                 peers: Peers::new(started),
                 listen_addr: OnceLock::new(),
                 stats_cache: Mutex::default(),
+                python_addr: OnceLock::new(),
             }),
         })
     }
@@ -247,6 +252,13 @@ impl Master {
         http::start(Arc::clone(&self.ctx), listener, config);
     }
 
+    /// Serves Python's `multiprocessing.managers` protocol on `listener` (see
+    /// [`crate::compat::python`]), from now until this master drains. Call before
+    /// [`Master::serve`], on the runtime that will run it.
+    pub fn serve_python(&self, listener: TcpListener, config: crate::compat::python::PythonConfig) {
+        crate::compat::python::start(Arc::clone(&self.ctx), listener, config);
+    }
+
     /// Tells every session to take no new work and waits, up to the grace period, for the
     /// leased tasks to be settled.
     async fn drain(&self) {
@@ -280,6 +292,10 @@ impl Master {
 }
 
 impl Context {
+    pub fn python_listening(&self) -> bool {
+        self.python_addr.get().is_some()
+    }
+
     pub fn stats(&self) -> Stats {
         let (queues, completing) = self.broker.snapshot();
         self.stats_of(queues, completing)
@@ -312,12 +328,21 @@ impl Context {
     /// The stats around queues read already.
     pub fn stats_of(&self, queues: Vec<taskmill_protocol::QueueStats>, completing: u64) -> Stats {
         let counters = &self.counters;
+        // The Python listener's connections count with the main port's here; /metrics
+        // tells them apart.
+        let python = &counters.python;
+        let python_handshakes = python.handshakes();
         Stats {
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            clients: counters.clients.load(Ordering::Relaxed),
-            connections_total: counters.admission.accepted.load(Ordering::Relaxed),
-            handshake_failures: counters.handshake_failures(),
-            probes: counters.handshakes[Handshake::Probe as usize].load(Ordering::Relaxed),
+            clients: counters.clients.load(Ordering::Relaxed) + python.open.load(Ordering::Relaxed),
+            connections_total: counters.admission.accepted.load(Ordering::Relaxed)
+                + python.admission.accepted.load(Ordering::Relaxed),
+            handshake_failures: counters.handshake_failures()
+                + python_handshakes[Handshake::Closed as usize..=Handshake::Failed as usize]
+                    .iter()
+                    .sum::<u64>(),
+            probes: counters.handshakes[Handshake::Probe as usize].load(Ordering::Relaxed)
+                + python_handshakes[Handshake::Probe as usize],
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),

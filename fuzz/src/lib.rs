@@ -13,6 +13,8 @@
 //!   bytes as session frames; 3: an honest exchange up to the second message, then the bytes),
 //!   bits 2-4 the write size, bits 5-6 the in-memory pipe's capacity, bit 7 whether the peer
 //!   half-closes and reads to the end (0) or drops the whole stream once written (1).
+//! - `python_pickle`: bit 0 picks a manager request (0) or a stored payload (1); see
+//!   `pickle.rs`.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -570,6 +572,9 @@ async fn fake_master(stream: DuplexStream, steer: Steer, mut rest: &[u8]) -> Opt
     send_rest(&mut r, &mut w, rest, steer).await;
     welcomed
 }
+
+mod pickle;
+pub use pickle::python_pickle;
 
 #[cfg(test)]
 mod tests;

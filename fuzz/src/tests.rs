@@ -20,10 +20,11 @@ use super::*;
 /// A target's body.
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 3] = [
+const TARGETS: [(&str, Target); 4] = [
     ("decode_frames", decode_frames),
     ("master_handshake", master_handshake),
     ("client_handshake", client_handshake),
+    ("python_pickle", python_pickle),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -620,7 +621,79 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "challenged-then-challenge".into(),
         with_steer(0x43, &challenge),
     );
+    for (name, bytes) in pickle_seeds() {
+        add("python_pickle", name.into(), bytes);
+    }
     out
+}
+
+/// `python_pickle` seeds: CPython 3.11's own requests (PYTHON-MANAGERS.md §3.3), items of
+/// several kinds, and hostile pickles. Steering 0: a request; 1: a stored payload.
+fn pickle_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn s(text: &str) -> Vec<u8> {
+        [&[0x8c, text.len() as u8][..], text.as_bytes(), &[0x94]].concat()
+    }
+    fn request(ident: Option<&str>, method: &str, args: &[u8], kwds: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x28];
+        body.extend(ident.map_or(vec![0x4e], s));
+        body.extend(s(method));
+        body.extend(args);
+        body.extend(kwds);
+        body.extend([0x74, 0x94, 0x2e]);
+        let mut out = vec![0, 0x80, 4, 0x95];
+        out.extend(((body.len() - 1) as u64).to_le_bytes());
+        out.extend(body);
+        out
+    }
+    let timeout = [&[0x7d, 0x94][..], &s("timeout"), &[0x4b, 0x01, 0x73]].concat();
+    let mut bomb = vec![1, 0x80, 4, 0x5d, 0x94, 0x30];
+    for i in 0..28u8 {
+        bomb.extend([0x28, 0x68, i, 0x68, i, 0x6c, 0x94, 0x30]);
+    }
+    bomb.extend([0x68, 28, 0x2e]);
+    let object = [
+        &[1, 0x80, 4][..],
+        &s("collections"),
+        &s("OrderedDict"),
+        &[0x93, 0x94, 0x29, 0x52, 0x94, 0x28],
+        &s("a"),
+        &[0x4b, 0x01, 0x75, 0x2e],
+    ]
+    .concat();
+    vec![
+        ("dummy", request(None, "dummy", &[0x29], &[0x7d, 0x94])),
+        (
+            "create",
+            request(
+                None,
+                "create",
+                &[&s("get_task_queue")[..], &[0x85, 0x94]].concat(),
+                &[0x7d, 0x94],
+            ),
+        ),
+        ("get-timeout", request(Some("q0"), "get", &[0x29], &timeout)),
+        (
+            "put-int",
+            request(Some("q0"), "put", &[0x4b, 0x2a, 0x85, 0x94], &[0x7d, 0x94]),
+        ),
+        (
+            "put-method-name",
+            request(Some("q0"), "put", &[0x68, 0x01, 0x85, 0x94], &[0x7d, 0x94]),
+        ),
+        (
+            "put-shared-tuple",
+            request(
+                Some("q0"),
+                "put",
+                &[&s("x")[..], &[0x68, 0x02, 0x86, 0x94, 0x85, 0x94]].concat(),
+                &[0x7d, 0x94],
+            ),
+        ),
+        ("payload-int", vec![1, 0x80, 4, 0x4d, 0xe4, 0x06, 0x2e]),
+        ("payload-object", object),
+        ("payload-bomb", bomb),
+        ("payload-raw", b"\x01not a pickle".to_vec()),
+    ]
 }
 
 /// Writes the seed corpus: `cargo test --no-default-features --lib -- --ignored write_seed_corpus`

@@ -84,6 +84,8 @@ pub struct ServeArgs {
     pub tls: TlsServerArgs,
     #[command(flatten, next_help_heading = "HTTP")]
     pub http: HttpArgs,
+    #[command(flatten, next_help_heading = "Python multiprocessing")]
+    pub python: PythonArgs,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +140,14 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (alone: other lines go to stderr).
     #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
+    /// The tasks' and results' format. `bincode`: taskmill's own. `pickle` (or
+    /// `pickle-text`, the same but for --local-workers' answers): Python's, for Python
+    /// workers on --python-listen or `taskmill-worker --codec pickle`: pickled ints on
+    /// `tasks`, and on `results` pickled squares or the tutorial's "n * n = square" strings,
+    /// both accepted. Results are checked as a multiset (no sequence numbers travel), and
+    /// inputs must lie within ±3037000499.
+    #[arg(long, env = "TASKMILL_CODEC", default_value = "bincode", value_parser = taskmill_squares::pickled::parse_codec)]
+    pub codec: taskmill_squares::Codec,
     #[command(flatten, next_help_heading = "Key")]
     pub key: KeyArgs,
     /// TLS for the job's own clients (producer, collector, local workers): needed when this
@@ -165,6 +175,11 @@ pub struct RunArgs {
         next_help_heading = "HTTP of its own master (not with --master)"
     )]
     pub http: HttpArgs,
+    #[command(
+        flatten,
+        next_help_heading = "Python multiprocessing on its own master (not with --master)"
+    )]
+    pub python: PythonArgs,
 }
 
 /// `run`'s heading for the flags of the master it serves itself.
@@ -185,7 +200,7 @@ pub struct StatsArgs {
 
 /// The flags of a master's own (its address, limits, storage and TLS certificate), which
 /// `run --master` refuses: the master it names was configured where it runs.
-const MASTER_ONLY: [&str; 30] = [
+const MASTER_ONLY: [&str; 35] = [
     "listen",
     "http",
     "http_auth_file",
@@ -216,6 +231,11 @@ const MASTER_ONLY: [&str; 30] = [
     "repair",
     "segment_bytes",
     "snapshot_after",
+    "python_listen",
+    "python_authkey_file",
+    "python_refuse_md5",
+    "python_register",
+    "python_delivery",
 ];
 
 /// A master's limits, shared by `serve` and `run`.
@@ -326,6 +346,76 @@ pub struct HttpArgs {
     /// as the password of Basic credentials (any user name).
     #[arg(long, env = "TASKMILL_HTTP_AUTH_FILE", requires = "http")]
     pub http_auth_file: Option<PathBuf>,
+}
+
+/// The Python listener (flags shared by `serve` and `run`).
+#[derive(Debug, Args)]
+pub struct PythonArgs {
+    /// Also serve Python's multiprocessing.managers protocol on this address (e.g.
+    /// 0.0.0.0:50000), so unchanged scripts that connect() a BaseManager and call get/put on
+    /// its queue proxies use this master's queues. Off by default. Plain TCP, as in Python:
+    /// the authkey protects the handshake, not the traffic after it.
+    #[arg(long, env = "TASKMILL_PYTHON_LISTEN", value_parser = parse_listen_addr)]
+    pub python_listen: Option<String>,
+    /// With --python-listen: a file holding the authkey the Python scripts use (same rules as
+    /// the master's key). Default: the master's own key.
+    #[arg(long, env = "TASKMILL_PYTHON_AUTHKEY_FILE", requires = "python_listen")]
+    pub python_authkey_file: Option<PathBuf>,
+    /// With --python-listen: refuse the HMAC-MD5 handshake of Python 3.11 and older (3.12+
+    /// use HMAC-SHA256); those clients then fail with AuthenticationError.
+    #[arg(long, env = "TASKMILL_PYTHON_REFUSE_MD5", requires = "python_listen", value_parser = clap::builder::BoolishValueParser::new())]
+    pub python_refuse_md5: bool,
+    /// With --python-listen: a name the scripts register, and the queue it returns
+    /// (NAME=QUEUE, repeatable, or comma-separated in the variable). Default:
+    /// get_task_queue=tasks and get_result_queue=results, the tutorial's names.
+    #[arg(long, env = "TASKMILL_PYTHON_REGISTER", requires = "python_listen", value_delimiter = ',', value_parser = parse_register)]
+    pub python_register: Vec<(String, String)>,
+    /// With --python-listen: when a Python get's item counts as delivered. `on-write`: once
+    /// its reply is written (an item whose reply cannot be written goes back; Python's own
+    /// server loses it). `on-next-request`: once that connection sends its next request
+    /// (the worker's put of the result, or its next get), so a worker killed mid-task gives
+    /// its item back: at-least-once for unchanged workers, at the cost of a lease held per
+    /// connection (renewed while it is open: a connected worker that hangs keeps its item).
+    #[arg(long, env = "TASKMILL_PYTHON_DELIVERY", default_value = "on-write", requires = "python_listen", value_parser = parse_delivery)]
+    pub python_delivery: PythonDelivery,
+}
+
+/// `--python-delivery`'s choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PythonDelivery {
+    OnWrite,
+    OnNextRequest,
+}
+
+fn parse_delivery(s: &str) -> Result<PythonDelivery, String> {
+    match s.trim() {
+        "on-write" => Ok(PythonDelivery::OnWrite),
+        "on-next-request" => Ok(PythonDelivery::OnNextRequest),
+        other => Err(format!("{other:?}: use on-write or on-next-request")),
+    }
+}
+
+fn parse_register(s: &str) -> Result<(String, String), String> {
+    let (name, queue) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: use NAME=QUEUE, e.g. get_jobs=jobs"))?;
+    let (name, queue) = (name.trim(), queue.trim());
+    let identifier = |n: &str| {
+        n.chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_alphanumeric() || c == '_')
+    };
+    if !identifier(name) {
+        return Err(format!("{name:?} is not a Python identifier"));
+    }
+    let queue_char = |c: char| c.is_ascii_alphanumeric() || ".:_-".contains(c);
+    if queue.is_empty() || queue.len() > 128 || !queue.chars().all(queue_char) {
+        return Err(format!(
+            "{queue:?}: a queue name is 1 to 128 of A-Z a-z 0-9 . _ : -"
+        ));
+    }
+    Ok((name.to_owned(), queue.to_owned()))
 }
 
 /// Where the queues are kept (flags shared by `serve` and `run`).

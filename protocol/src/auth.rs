@@ -121,6 +121,12 @@ impl AuthKey {
         Ok(Self(bytes))
     }
 
+    /// The key's bytes, for the other handshakes keyed by the same secret (the Python manager
+    /// listener's HMACs). Never log or send them.
+    pub fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     /// A fresh random key, for a master that runs its own workers in-process.
     pub fn random() -> Self {
         let mut bytes = vec![0u8; 32];

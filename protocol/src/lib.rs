@@ -16,6 +16,8 @@
 //!   indices.
 //! - [`tls`]: optional TLS, and the stream type connections run on.
 //! - [`json`]: `Stats` as the JSON document every `stats --json` and `/api/stats` give.
+//! - [`pickle`]: Python pickles, scanned under limits and never run: the envelopes and items
+//!   of `multiprocessing.managers`, for the Python listener and pickle-speaking workers.
 //!
 //! `docs/protocol.md` in the repository is the wire specification.
 
@@ -28,6 +30,7 @@ mod frame_bytes;
 pub mod handshake;
 pub mod json;
 pub mod message;
+pub mod pickle;
 pub mod tls;
 
 pub use auth::{AuthKey, KeyError};

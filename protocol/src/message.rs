@@ -458,7 +458,8 @@ impl QueueStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub uptime_ms: u64,
-    /// Authenticated connections now open.
+    /// Authenticated connections now open. These connection counts cover the Python
+    /// listener's too, when the master runs one (its `/metrics` tell the ports apart).
     pub clients: u64,
     /// Connections accepted since start, authenticated or not.
     pub connections_total: u64,

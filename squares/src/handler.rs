@@ -5,6 +5,7 @@ use taskmill::{Answer, Failure, Handler, Task};
 use taskmill_protocol::{decode_payload, CodecError, PayloadBatch};
 
 use crate::payload::{SquareResult, SquareTask};
+use crate::pickled::{self, Codec};
 
 /// `n²`, exact for every `i64`: the largest square, `i64::MIN²` = 2¹²⁶, fits in an `i128`.
 pub fn square(n: i64) -> i128 {
@@ -41,6 +42,7 @@ pub fn process(
 #[derive(Debug, Clone)]
 pub struct Squares {
     id: u32,
+    codec: Codec,
 }
 
 impl Squares {
@@ -50,7 +52,16 @@ impl Squares {
     }
 
     pub fn with_id(id: u32) -> Self {
-        Self { id }
+        Self {
+            id,
+            codec: Codec::Bincode,
+        }
+    }
+
+    /// Tasks and results in `codec` (Python's pickles, for a job shared with Python).
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
     }
 }
 
@@ -62,6 +73,16 @@ impl Default for Squares {
 
 impl Handler for Squares {
     async fn handle(&self, tasks: &[Task]) -> Vec<Answer> {
+        if self.codec != Codec::Bincode {
+            return tasks
+                .iter()
+                .map(|task| {
+                    pickled::answer(&task.payload, self.codec).map_err(|why| Failure::Fatal {
+                        reason: format!("undecodable task: {why}"),
+                    })
+                })
+                .collect();
+        }
         // An encoded result is about 15 bytes; one buffer holds the batch's.
         let mut results = PayloadBatch::with_capacity(tasks.len(), 24);
         // Rare, so kept apart: no allocation for a batch without one.

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::handler::Squares;
 use crate::payload::{SquareTask, TASKS_QUEUE};
+use crate::pickled::Codec;
 use crate::progress::Progress;
 use crate::report::{Ending, JobReport};
 use crate::tally::{input_for, splitmix64, Tally};
@@ -72,6 +73,9 @@ pub struct JobConfig {
     pub progress: bool,
     /// How the job's own clients connect (timeouts, TLS).
     pub client: ClientOptions,
+    /// The tasks' and results' format; with a pickle codec the job runs as
+    /// [`crate::pickled::drive`] describes.
+    pub codec: Codec,
 }
 
 impl JobConfig {
@@ -89,6 +93,7 @@ impl JobConfig {
             worker_prefetch: 2,
             progress: false,
             client: ClientOptions::default(),
+            codec: Codec::Bincode,
         }
     }
 }
@@ -107,6 +112,8 @@ pub enum JobError {
     EmptyRange { min: i64, max: i64 },
     /// Not `#[from]`: the message already says what the client error says, and a source
     /// would make the error chain repeat it.
+    #[error("a job in Python's format takes inputs within ±{max} (their squares fit an i64)")]
+    Range { max: i64 },
     #[error("the job cannot go on: {0}")]
     Client(ClientError),
     #[error("no master answered at {addr} for {tried:?}: {cause}")]
@@ -146,7 +153,8 @@ pub async fn run(
         config.concurrency = job.worker_concurrency;
         config.prefetch = job.worker_prefetch;
         config.client = job.client.clone();
-        workers.spawn(Worker::new(config, Squares::new()).run(worker_stop.clone()));
+        let squares = Squares::new().with_codec(job.codec);
+        workers.spawn(Worker::new(config, squares).run(worker_stop.clone()));
     }
     info!(
         tasks = job.tasks,
@@ -155,7 +163,10 @@ pub async fn run(
         seed = job.seed,
         "squares job started"
     );
-    let report = drive(addr, key, job, shutdown).await;
+    let report = match job.codec {
+        Codec::Bincode => drive(addr, key, job, shutdown).await,
+        _ => crate::pickled::drive(addr, key, job, shutdown).await,
+    };
     // A complete job has every result in hand, so its workers hold nothing worth handing in:
     // they are dropped, not drained. Drained, each would first wait out its request for more
     // tasks (up to the worker's poll, a second), and the job would end that much later.

@@ -77,3 +77,43 @@ fn unique() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// The Python interpreters to run CPython-client tests with: `python3` (required: the test
+/// fails, saying so, without it), then each 3.12 and 3.13 that pyenv keeps, when present.
+/// Each comes with its version, for the test's output.
+pub fn interpreters() -> Vec<(PathBuf, String)> {
+    let version = |python: &std::path::Path| -> Option<String> {
+        let out = Command::new(python).arg("--version").output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let python3 = PathBuf::from("python3");
+    let Some(v) = version(&python3) else {
+        panic!("this test needs python3 (3.11 or later); install it and run {INSTALL}");
+    };
+    let mut found = vec![(python3, v)];
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
+    if let Some(Ok(dir)) = root.map(|r| std::fs::read_dir(r.join("versions"))) {
+        let mut more: Vec<PathBuf> = dir
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("3.12") || name.starts_with("3.13")
+            })
+            .map(|p| p.join("bin/python3"))
+            .collect();
+        more.sort();
+        for python in more {
+            if let Some(v) = version(&python) {
+                if !found.iter().any(|(_, seen)| *seen == v) {
+                    found.push((python, v));
+                }
+            }
+        }
+    }
+    found
+}

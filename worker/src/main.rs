@@ -65,6 +65,12 @@ struct Cli {
     /// Pretend each batch of tasks takes this long (e.g. 20ms), for load tests and demos.
     #[arg(long, env = "TASKMILL_SIMULATED_WORK", default_value = "0s", value_parser = parse_duration, conflicts_with = "exec")]
     simulated_work: Duration,
+    /// The tasks' and results' format when squaring: `bincode` (taskmill's own), `pickle`
+    /// (a pickled int in, its pickled square out) or `pickle-text` (a pickled int in, the
+    /// Python tutorial's "n * n = square" string out), for jobs shared with Python scripts
+    /// on the master's --python-listen.
+    #[arg(long, env = "TASKMILL_CODEC", default_value = "bincode", value_parser = taskmill_squares::pickled::parse_codec, conflicts_with = "exec")]
+    codec: taskmill_squares::Codec,
     /// The queue to take tasks from.
     #[arg(long, env = "TASKMILL_QUEUE", default_value = taskmill::TASKS_QUEUE)]
     queue: String,
@@ -153,7 +159,7 @@ async fn work(cli: Cli) -> anyhow::Result<ExitCode> {
             work_with(config, exec, &signals).await?
         }
         None => {
-            let handler = Sleep::new(Squares::new(), cli.simulated_work);
+            let handler = Sleep::new(Squares::new().with_codec(cli.codec), cli.simulated_work);
             work_with(config, handler, &signals).await?
         }
     };

@@ -39,6 +39,18 @@ pub struct Scrape {
     pub http_refused: [u64; 3],
     pub http_requests: Vec<(&'static str, u64)>,
     pub http_auth_failures: u64,
+    /// The Python listener's, when it runs.
+    pub python: Option<PythonScrape>,
+}
+
+/// The Python listener's counters.
+#[derive(Debug, Clone)]
+pub struct PythonScrape {
+    pub open: u64,
+    pub accepted: u64,
+    pub refused: [u64; 3],
+    pub handshakes: [u64; 5],
+    pub requests: u64,
 }
 
 /// The text a scrape returns.
@@ -194,7 +206,8 @@ impl prometheus_client::collector::Collector for Scrape {
         self.queues(&mut f)?;
         self.memory(&mut f)?;
         self.storage(&mut f)?;
-        self.http(&mut f)
+        self.http(&mut f)?;
+        self.python(&mut f)
     }
 }
 
@@ -400,6 +413,38 @@ impl Scrape {
             "Time the last start took to recover the queues.",
             Some(Unit::Seconds),
             [(none(), s.recovery_ms as f64 / 1000.0)],
+        )
+    }
+
+    fn python(&self, f: &mut Family) -> std::fmt::Result {
+        let Some(p) = &self.python else {
+            return Ok(());
+        };
+        f.gauge(
+            "taskmill_python_connections",
+            "Authenticated connections open now on the Python listener (requests and method channels).",
+            None,
+            [(none(), p.open as f64)],
+        )?;
+        f.counter(
+            "taskmill_python_connections_accepted",
+            "Connections accepted on the Python listener, authenticated or not.",
+            [(none(), p.accepted)],
+        )?;
+        f.counter(
+            "taskmill_python_connections_refused",
+            "Python listener connections refused before their handshake, by reason.",
+            by("reason", &REFUSALS, &p.refused),
+        )?;
+        f.counter(
+            "taskmill_python_handshakes",
+            "Python listener handshakes by outcome (as taskmill_handshakes).",
+            by("outcome", &HANDSHAKES, &p.handshakes),
+        )?;
+        f.counter(
+            "taskmill_python_requests",
+            "Requests answered on the Python listener: server requests and method calls.",
+            [(none(), p.requests)],
         )
     }
 

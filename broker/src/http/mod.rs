@@ -424,6 +424,16 @@ impl Http {
                 .zip(self.requests.each_ref().map(load))
                 .collect(),
             http_auth_failures: load(&self.auth_failures),
+            python: ctx.python_listening().then(|| {
+                let p = &c.python;
+                metrics::PythonScrape {
+                    open: load(&p.open),
+                    accepted: load(&p.admission.accepted),
+                    refused: p.admission.refused.each_ref().map(load),
+                    handshakes: p.handshakes(),
+                    requests: load(&p.requests),
+                }
+            }),
         }
     }
 

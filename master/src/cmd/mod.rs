@@ -2,6 +2,7 @@
 
 pub mod files;
 pub mod http;
+pub mod python;
 pub mod run;
 pub mod serve;
 pub mod stats;

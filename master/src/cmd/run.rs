@@ -45,6 +45,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         worker_concurrency: args.concurrency,
         worker_prefetch: args.prefetch,
         progress: !args.json,
+        codec: args.codec,
         client: ClientOptions {
             tls: args.tls_client.client(&client_target).map_err(usage)?,
             ..ClientOptions::default()
@@ -90,6 +91,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         if let Some(http) = super::http::start(&master, &args.http).await? {
             let line = format!("http listening on {http}");
+            if args.json {
+                tell(line);
+            } else {
+                say(line);
+            }
+        }
+        if let Some(python) =
+            super::python::start(&master, &args.python, args.server.max_frame).await?
+        {
+            let line = format!("python listening on {python}");
             if args.json {
                 tell(line);
             } else {

@@ -20,6 +20,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(http) = super::http::start(&master, &args.http).await? {
         say(format!("http listening on {http}"));
     }
+    if let Some(python) = super::python::start(&master, &args.python, args.server.max_frame).await?
+    {
+        say(format!("python listening on {python}"));
+    }
     master.serve(listener, signals.stop).await?;
     Ok(ExitCode::SUCCESS)
 }
