@@ -45,6 +45,9 @@ const POLL: Duration = Duration::from_millis(250);
 /// Replies read per request.
 const REPLY_BATCH: u32 = 1024;
 
+/// How long past [`POLL`] a stopping collector waits for its last get's answer.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// How long deleting a reply queue waits for its reader's last wait to end.
 const DELETE_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -422,10 +425,18 @@ pub async fn delete_reply_queue(link: &mut Reconnecting, queue: &str) -> Result<
 /// Reads the reply queue until `stop`, resolving each outcome's handle.
 async fn collect(mut replies: Replies, pending: Arc<Mutex<Pending>>, stop: CancellationToken) {
     while !stop.is_cancelled() {
-        let read = tokio::select! {
-            () = stop.cancelled() => break,
-            read = replies.next(REPLY_BATCH, POLL) => read,
+        let read = {
+            let read = replies.next(REPLY_BATCH, POLL);
+            tokio::pin!(read);
+            tokio::select! {
+                read = &mut read => Some(read),
+                // A get already sent is let finish (it ends within POLL): answered after
+                // close() deleted the queue (the delete goes on another connection), it would
+                // make the queue again.
+                () = stop.cancelled() => tokio::time::timeout(POLL + STOP_GRACE, read).await.ok(),
+            }
         };
+        let Some(read) = read else { break };
         match read {
             Ok(batch) if batch.is_empty() => {}
             Ok(batch) => {
