@@ -137,15 +137,15 @@ pub(crate) struct Context {
     pub peers: Peers,
     /// The taskmill port's address, once serving.
     pub listen_addr: OnceLock<SocketAddr>,
-    /// The last `Stats` answer and when it was read: every session's `Stats` within
-    /// [`STATS_FRESH`] of it gets the same, so a flood of them locks each queue at most ten
-    /// times a second.
+    /// The last `Stats` answer and when its reading of the queues began (see
+    /// [`Context::cached_stats`]).
     pub stats_cache: Mutex<Option<(Instant, Arc<Stats>)>>,
     /// The Python listener's address, if it runs.
     pub python_addr: OnceLock<SocketAddr>,
 }
 
-/// How long one reading of the queues answers `Stats` requests.
+/// The least time between two readings of the queues for `Stats`, and between two `Stats`
+/// answers on one connection.
 pub(crate) const STATS_FRESH: Duration = Duration::from_millis(100);
 
 /// A master: its queues and everything its listeners share. Cheap to clone.
@@ -311,18 +311,32 @@ impl Context {
         }
     }
 
-    /// [`Context::stats`] read at most [`STATS_FRESH`] ago.
+    /// [`Context::stats`] from a reading of the queues that began after this call did, so it
+    /// shows everything done before the request; callers that ask while one is being read
+    /// share it. [`Context::next_stats_reading`] paces the readings.
     pub fn cached_stats(&self) -> Arc<Stats> {
+        let asked = Instant::now();
+        // Read under the cache's lock, so sessions asking together read the queues once.
         let mut cache = self.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, stats)) = &*cache {
-            if at.elapsed() < STATS_FRESH {
+        if let Some((began, stats)) = &*cache {
+            if *began >= asked {
                 return Arc::clone(stats);
             }
         }
-        // Read under the cache's lock, so sessions asking together read the queues once.
+        let began = Instant::now();
         let stats = Arc::new(self.stats());
-        *cache = Some((Instant::now(), Arc::clone(&stats)));
+        *cache = Some((began, Arc::clone(&stats)));
         stats
+    }
+
+    /// When the next reading of the queues for `Stats` may begin: [`STATS_FRESH`] after the
+    /// last began, so a flood of `Stats` from many connections locks each queue at most ten
+    /// times a second.
+    pub fn next_stats_reading(&self) -> Instant {
+        let cache = self.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .as_ref()
+            .map_or_else(Instant::now, |(began, _)| *began + STATS_FRESH)
     }
 
     /// The stats around queues read already.
@@ -396,20 +410,28 @@ mod tests {
     use crate::store::Memory;
 
     #[test]
-    fn stats_requests_close_together_share_one_reading_of_the_queues() {
+    fn stats_requests_share_a_reading_only_if_it_began_after_they_asked() {
         let key = AuthKey::new("master-test-key-0123").unwrap();
         let master = Master::open(ServerConfig::new(key), Arc::new(Memory)).unwrap();
         let ctx = &master.ctx;
         let first = ctx.cached_stats();
-        // As if read a moment ago however slow this machine is: (a reading "from the future"
-        // is as fresh as one from now).
-        *ctx.stats_cache.lock().unwrap() = Some((Instant::now() + STATS_FRESH, Arc::clone(&first)));
+        assert!(
+            ctx.next_stats_reading() > Instant::now(),
+            "the next reading is paced"
+        );
+        // A reading that began before the request is never its answer: it would not show what
+        // the client did just before asking.
         ctx.broker.declare("new", None).unwrap();
-        let again = ctx.cached_stats();
-        assert!(Arc::ptr_eq(&first, &again), "read once for both");
-        assert!(again.queues.is_empty(), "the reading is at most 100 ms old");
-        // Once it is older, the next request reads the queues again.
-        *ctx.stats_cache.lock().unwrap() = Some((Instant::now() - STATS_FRESH, first));
-        assert_eq!(ctx.cached_stats().queues.len(), 1);
+        let second = ctx.cached_stats();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.queues.len(), 1);
+        // One that began after it (as when another session read the queues while this one
+        // waited for the lock) is shared.
+        *ctx.stats_cache.lock().unwrap() =
+            Some((Instant::now() + Duration::from_secs(1), Arc::clone(&first)));
+        assert!(
+            Arc::ptr_eq(&first, &ctx.cached_stats()),
+            "read once for both"
+        );
     }
 }

@@ -152,11 +152,13 @@ impl Session<'_> {
         over.then_some(held)
     }
 
-    /// Holds this connection's next `Stats` until [`STATS_FRESH`] after its last: a reply can
-    /// be thousands of times its 6-byte request, so one connection gets at most ten a second
-    /// (the wait holds up only this connection, which asked for it).
+    /// Holds this connection's next `Stats` until [`STATS_FRESH`] after its last, and until the
+    /// master's next reading of the queues may begin: a reply can be thousands of times its
+    /// 6-byte request, so one connection gets at most ten a second, and all of them together
+    /// about ten readings (the wait holds up only the connections that asked).
     async fn pace_stats(&mut self) {
-        tokio::time::sleep_until(self.next_stats).await;
+        let reading = Instant::from_std(self.ctx.next_stats_reading());
+        tokio::time::sleep_until(self.next_stats.max(reading)).await;
         self.next_stats = Instant::now() + STATS_FRESH;
     }
 
