@@ -125,7 +125,16 @@ fn a_master_killed_again_and_again_under_load_loses_nothing_and_repeats_nothing(
     let status = job.wait(LIMIT * 3);
     let report: serde_json::Value = {
         let out = job.stdout_rest();
-        let json = out.find('{').map(|at| &out[at..]).expect("a JSON report");
+        let Some(json) = out.find('{').map(|at| &out[at..]) else {
+            let err = job.stderr();
+            let tail: String = err
+                .chars()
+                .skip(err.chars().count().saturating_sub(4000))
+                .collect();
+            panic!(
+                "no JSON report from the job ({status:?}): stdout {out:?}\nstderr tail:\n{tail}"
+            );
+        };
         serde_json::from_str(json).expect("the report parses")
     };
     eprintln!(
