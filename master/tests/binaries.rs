@@ -108,8 +108,8 @@ fn a_worker_process_drains_on_sigterm_while_connected_to_a_serving_master() {
     assert!(master.wait(Duration::from_secs(15)).success());
 }
 
-#[test]
-fn a_worker_with_the_wrong_key_exits_with_a_clear_error_instead_of_retrying() {
+/// A worker with a wrong key, run with `flags`: its exit status and stderr.
+fn worker_with_the_wrong_key(flags: &[&str]) -> (std::process::ExitStatus, String) {
     let _master = Proc::spawn(Command::new(binary("taskmill-master")).args([
         "serve",
         "--listen",
@@ -118,17 +118,43 @@ fn a_worker_with_the_wrong_key_exits_with_a_clear_error_instead_of_retrying() {
     let addr = _master.listening_addr();
     let mut worker = Command::new(binary("taskmill-worker"))
         .args(["--master", &addr])
+        .args(flags)
         .env("TASKMILL_AUTHKEY", "a-different-key-here")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = worker.stderr.take().unwrap();
     let mut worker = Proc::adopt(worker);
-    // A worker that retried a wrong key would never exit: the bounded wait fails the test.
-    let status = worker.wait(Duration::from_secs(15));
+    // A worker that retried a wrong key forever would never exit: the bounded wait fails.
+    let status = worker.wait(Duration::from_secs(30));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    (status, err)
+}
+
+#[test]
+fn a_worker_asked_to_exit_on_auth_failure_exits_at_once_with_a_clear_error() {
+    let (status, err) = worker_with_the_wrong_key(&["--exit-on-auth-failure"]);
     assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("authentication failed: wrong authkey?"),
+        "{err}"
+    );
+    assert!(!err.contains("retrying"), "{err}");
+}
+
+#[test]
+fn a_worker_with_the_wrong_key_retries_loudly_and_gives_up_after_its_window() {
+    let (status, err) =
+        worker_with_the_wrong_key(&["--auth-failure-window", "1s", "--max-backoff", "100ms"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.matches("before the master proved it holds the key")
+            .count()
+            >= 2,
+        "each failed attempt is an error line: {err}"
+    );
+    assert!(err.contains("giving up"), "{err}");
     assert!(
         err.contains("authentication failed: wrong authkey?"),
         "{err}"
