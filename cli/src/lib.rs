@@ -307,6 +307,8 @@ pub fn run_main<F>(name: &str, body: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
+    // Before the runtime starts its threads: see `take_key_from_env`.
+    taskmill_protocol::auth::take_key_from_env();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

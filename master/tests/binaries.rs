@@ -73,6 +73,16 @@ fn serve_answers_stats_and_stops_cleanly_on_sigterm() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong authkey"));
 
+    // The key left the environment, /proc's view of it included.
+    let environ = std::fs::read(format!("/proc/{}/environ", master.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains("RUST_LOG="), "environ was read: {environ}");
+    assert!(!environ.contains("TASKMILL_AUTHKEY"), "{environ}");
+    assert!(!environ.contains(KEY), "{environ}");
+    // The test key is 22 bytes: accepted, with a warning that says what to do.
+    let log = master.stderr();
+    assert!(log.contains("use 32 or more random bytes"), "{log}");
+
     master.signal(libc::SIGTERM);
     let status = master.wait(Duration::from_secs(15));
     assert!(status.success(), "master exit on SIGTERM: {status:?}");

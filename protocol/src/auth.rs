@@ -7,9 +7,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Mutex;
+
 use hmac::{Hmac, Mac as _};
 use rand::{RngCore, TryRngCore};
 use sha2::Sha256;
+use zeroize::Zeroizing;
 
 use crate::message::{Mac, Nonce};
 
@@ -20,6 +23,10 @@ const DOMAIN: &[u8] = b"taskmill-handshake";
 
 /// Shorter keys are refused: a guessable key makes the whole handshake pointless.
 pub const MIN_KEY_LEN: usize = 16;
+
+/// Shorter keys are accepted with a warning: a recorded handshake lets anyone test guesses
+/// offline, and only a key of this much randomness (what `keygen` makes) is out of reach.
+pub const RECOMMENDED_KEY_LEN: usize = 32;
 
 /// Environment variable the authkey is read from when no key file is given.
 pub const AUTHKEY_ENV: &str = "TASKMILL_AUTHKEY";
@@ -50,14 +57,76 @@ impl Role {
     }
 }
 
-/// The shared secret. Its `Debug` output never shows the key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AuthKey(Vec<u8>);
+/// The shared secret. Its `Debug` output never shows the key, its bytes are wiped when it is
+/// dropped, and it has no `PartialEq` (a plain comparison would not be constant-time).
+#[derive(Clone)]
+pub struct AuthKey {
+    key: Zeroizing<Vec<u8>>,
+    /// The HMAC key schedule, computed once rather than on every handshake. (The `hmac`
+    /// crate cannot wipe it; it is key-derived, not the key, and dies with the key.)
+    hmac: HmacSha256,
+}
 
 impl fmt::Debug for AuthKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AuthKey(<{} bytes redacted>)", self.0.len())
+        write!(f, "AuthKey(<{} bytes redacted>)", self.key.len())
     }
+}
+
+/// The key taken out of the environment by [`take_key_from_env`], for [`AuthKey::load`].
+static ENV_KEY: Mutex<Option<Zeroizing<Vec<u8>>>> = Mutex::new(None);
+
+/// Moves [`AUTHKEY_ENV`] out of the process environment into memory that is wiped on drop, so
+/// `/proc/PID/environ`, `docker inspect`'s process view and every child process no longer see
+/// it; [`AuthKey::load`] finds it there. Call it first thing in `main`, before any thread
+/// starts: changing the environment while another thread reads it is undefined behaviour in C
+/// libraries.
+pub fn take_key_from_env() {
+    if let Some(value) = std::env::var_os(AUTHKEY_ENV) {
+        scrub_env_entry(AUTHKEY_ENV, || std::env::remove_var(AUTHKEY_ENV));
+        let mut stash = ENV_KEY.lock().unwrap_or_else(|e| e.into_inner());
+        *stash = Some(Zeroizing::new(value.into_encoded_bytes()));
+    }
+}
+
+/// Runs `remove` (which unlinks `name` from `environ`), then overwrites the `name=value`
+/// string it unlinked with zero bytes: `/proc/PID/environ` reads the block the kernel wrote
+/// at exec, which unlinking alone leaves as it was.
+#[cfg(unix)]
+fn scrub_env_entry(name: &str, remove: impl FnOnce()) {
+    let Ok(c_name) = std::ffi::CString::new(name) else {
+        return remove();
+    };
+    // SAFETY: called before other threads exist (see `take_key_from_env`). `getenv` returns
+    // null or a pointer to the NUL-terminated value of an entry `name=value`, so the entry
+    // starts `name.len() + 1` bytes before it. Unlinking frees nothing (C libraries never free
+    // environment strings, since `getenv` results may still be held), and the strings are
+    // writable memory of this process; zeroing up to, not including, the terminating NUL
+    // leaves every other entry intact.
+    unsafe {
+        let value = libc::getenv(c_name.as_ptr());
+        remove();
+        if value.is_null() {
+            return;
+        }
+        let entry = value.sub(name.len() + 1);
+        let len = name.len() + 1 + libc::strlen(value);
+        std::ptr::write_bytes(entry, 0, len);
+    }
+}
+
+#[cfg(not(unix))]
+fn scrub_env_entry(_: &str, remove: impl FnOnce()) {
+    remove()
+}
+
+/// The key from [`take_key_from_env`]'s stash, else from the environment itself.
+fn env_key() -> Option<Zeroizing<Vec<u8>>> {
+    let stash = ENV_KEY.lock().unwrap_or_else(|e| e.into_inner());
+    stash
+        .clone()
+        .or_else(|| std::env::var_os(AUTHKEY_ENV).map(|v| Zeroizing::new(v.into_encoded_bytes())))
+        .filter(|v| !v.is_empty())
 }
 
 /// Why no usable key could be found.
@@ -93,7 +162,7 @@ impl AuthKey {
     /// different bytes, and keys that are a shorter piece repeated (`0123456789` twice or
     /// more): each is a key an attacker tries early.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, KeyError> {
-        let bytes = bytes.into();
+        let bytes = Zeroizing::new(bytes.into());
         if bytes.len() < MIN_KEY_LEN {
             return Err(KeyError::TooShort { len: bytes.len() });
         }
@@ -118,14 +187,24 @@ impl AuthKey {
                 why: format!("it is its first {period} bytes repeated"),
             });
         }
-        Ok(Self(bytes))
+        Ok(Self::from_checked(bytes))
+    }
+
+    fn from_checked(key: Zeroizing<Vec<u8>>) -> Self {
+        let hmac = HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length");
+        Self { key, hmac }
+    }
+
+    /// Whether this is a shorter key than [`RECOMMENDED_KEY_LEN`].
+    pub fn is_short(&self) -> bool {
+        self.key.len() < RECOMMENDED_KEY_LEN
     }
 
     /// A fresh random key, for a master that runs its own workers in-process.
     pub fn random() -> Self {
-        let mut bytes = vec![0u8; 32];
+        let mut bytes = Zeroizing::new(vec![0u8; 32]);
         rand::rng().fill_bytes(&mut bytes);
-        Self(bytes)
+        Self::from_checked(bytes)
     }
 
     /// A fresh key as text to store and share: 32 bytes from the operating system's random
@@ -138,23 +217,36 @@ impl AuthKey {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The key from `file` if given, else from [`AUTHKEY_ENV`]. One trailing newline (`\n` or
-    /// `\r\n`) is dropped from either, since editors and `echo` add one. Returns warnings to
-    /// log: a file readable by users other than its owner; a file given while
-    /// [`AUTHKEY_ENV`] is set too (the file wins).
+    /// The key from `file` if given, else from [`AUTHKEY_ENV`] (or where
+    /// [`take_key_from_env`] put it). One trailing newline (`\n` or `\r\n`) is dropped from
+    /// either, since editors and `echo` add one. Returns warnings to log: a key shorter than
+    /// [`RECOMMENDED_KEY_LEN`]; a file readable by users other than its owner; a file given
+    /// while [`AUTHKEY_ENV`] is set too (the file wins).
     pub fn load(file: Option<&Path>) -> Result<(Self, Vec<String>), KeyError> {
-        let env = std::env::var_os(AUTHKEY_ENV).filter(|v| !v.is_empty());
-        let Some(path) = file else {
-            let value = env.ok_or(KeyError::Missing)?;
-            return Ok((
-                Self::new(without_newline(value.into_encoded_bytes()))?,
-                vec![],
+        let (key, mut warnings) = Self::load_unchecked_length(file)?;
+        if key.is_short() {
+            warnings.push(format!(
+                "the authkey is {} bytes; use {RECOMMENDED_KEY_LEN} or more random bytes \
+                 (`taskmill-master keygen`), since a recorded handshake lets anyone test \
+                 guesses offline",
+                key.key.len()
             ));
+        }
+        Ok((key, warnings))
+    }
+
+    fn load_unchecked_length(file: Option<&Path>) -> Result<(Self, Vec<String>), KeyError> {
+        let env = env_key();
+        let Some(path) = file else {
+            let mut value = env.ok_or(KeyError::Missing)?;
+            without_newline(&mut value);
+            return Ok((Self::new(std::mem::take(&mut *value))?, vec![]));
         };
-        let bytes = std::fs::read(path).map_err(|cause| KeyError::File {
+        let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|cause| KeyError::File {
             path: path.to_owned(),
             cause,
-        })?;
+        })?);
+        without_newline(&mut bytes);
         let mut warnings = Vec::new();
         if loose_permissions(path) {
             warnings.push(format!(
@@ -168,7 +260,7 @@ impl AuthKey {
                 path.display()
             ));
         }
-        Ok((Self::new(without_newline(bytes))?, warnings))
+        Ok((Self::new(std::mem::take(&mut *bytes))?, warnings))
     }
 
     /// The proof that `role` holds this key, for the handshake between these two nonces.
@@ -194,7 +286,7 @@ impl AuthKey {
     }
 
     fn mac(&self, role: Role, version: u16, client: &Nonce, master: &Nonce) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        let mut mac = self.hmac.clone();
         mac.update(DOMAIN);
         mac.update(&version.to_be_bytes());
         mac.update(role.tag());
@@ -204,15 +296,14 @@ impl AuthKey {
     }
 }
 
-/// `bytes` without one trailing `\n` or `\r\n`.
-fn without_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+/// Drops one trailing `\n` or `\r\n`.
+fn without_newline(bytes: &mut Vec<u8>) {
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
             bytes.pop();
         }
     }
-    bytes
 }
 
 /// Whether `bytes` is its first `period` bytes over and over (the last copy may be cut short).
@@ -331,7 +422,12 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             let loose = |warnings: &[String]| warnings.iter().any(|w| w.contains("chmod 600"));
             let (k, warnings) = AuthKey::load(Some(&path)).unwrap();
-            assert_eq!(k, key("0123456789abcdef"));
+            let (c, m) = (nonce(), nonce());
+            let proof = key("0123456789abcdef").proof(Role::Client, 1, &c, &m);
+            assert!(
+                k.verify(Role::Client, 1, &c, &m, &proof),
+                "the newline was dropped"
+            );
             assert!(loose(&warnings), "{warnings:?}");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             assert!(!loose(&AuthKey::load(Some(&path)).unwrap().1));

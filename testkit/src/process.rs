@@ -125,6 +125,11 @@ impl Proc {
         }
     }
 
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address from the `listening on ADDR` line, on stdout (or on stderr, where a
     /// command whose stdout is for machine output writes it).
     pub fn listening_addr(&self) -> String {
