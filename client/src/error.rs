@@ -10,7 +10,10 @@ pub enum ClientError {
     // (`cause`, not `source`: the message already says it, and error chains would repeat it.)
     #[error("cannot connect to the master at {addr}: {cause}")]
     Connect { addr: String, cause: io::Error },
-    #[error("authentication failed: wrong authkey? (the master rejected our proof)")]
+    #[error(
+        "authentication failed: wrong authkey? (the master rejected our hello; a relay that \
+         changes the transport on the way, e.g. plaintext to TLS, fails the same way)"
+    )]
     AuthenticationFailed,
     #[error(
         "TLS handshake with {addr} failed: {cause} (does the master use TLS, and does the CA \

@@ -1,8 +1,7 @@
-//! The authkey and the handshake's maths: HMAC-SHA256 proofs and their constant-time check.
+//! The authkey: loading and checking it, keeping it out of sight, and the pre-shared key the
+//! Noise handshake (`handshake.rs`) is keyed with.
 //!
-//! No I/O beyond reading the key. Each proof covers a domain tag, the protocol version, the
-//! prover's role and both nonces, so a proof is useless in any other handshake (replay) and a
-//! master's proof cannot pass as a client's (reflection).
+//! No I/O beyond reading the key.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,12 +13,12 @@ use rand::{RngCore, TryRngCore};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::message::{Mac, Nonce};
+use crate::message::Nonce;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Separates our MACs from any other use of the same key.
-const DOMAIN: &[u8] = b"taskmill-handshake";
+/// Separates the pre-shared key from any other use of the same authkey.
+const PSK_LABEL: &[u8] = b"taskmill-noise-psk-v4";
 
 /// Shorter keys are refused: a guessable key makes the whole handshake pointless.
 pub const MIN_KEY_LEN: usize = 16;
@@ -41,30 +40,14 @@ pub const PLACEHOLDER_KEYS: &[&str] =
 /// tries than anyone makes (16 hex digits drawn 32 times nearly always show all 16).
 pub const MIN_DISTINCT_BYTES: usize = 8;
 
-/// Which side of the handshake a proof speaks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Client,
-    Master,
-}
-
-impl Role {
-    fn tag(self) -> &'static [u8] {
-        match self {
-            Role::Client => b"client",
-            Role::Master => b"master",
-        }
-    }
-}
-
 /// The shared secret. Its `Debug` output never shows the key, its bytes are wiped when it is
 /// dropped, and it has no `PartialEq` (a plain comparison would not be constant-time).
 #[derive(Clone)]
 pub struct AuthKey {
     key: Zeroizing<Vec<u8>>,
-    /// The HMAC key schedule, computed once rather than on every handshake. (The `hmac`
-    /// crate cannot wipe it; it is key-derived, not the key, and dies with the key.)
-    hmac: HmacSha256,
+    /// `HMAC-SHA256(key, PSK_LABEL)`: Noise takes a 32-byte pre-shared key, ours may be any
+    /// length from 16 bytes. Computed once, not per handshake.
+    psk: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for AuthKey {
@@ -191,8 +174,15 @@ impl AuthKey {
     }
 
     fn from_checked(key: Zeroizing<Vec<u8>>) -> Self {
-        let hmac = HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length");
-        Self { key, hmac }
+        let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length");
+        mac.update(PSK_LABEL);
+        let psk = Zeroizing::new(mac.finalize().into_bytes().into());
+        Self { key, psk }
+    }
+
+    /// The pre-shared key for the Noise handshake.
+    pub(crate) fn psk(&self) -> &[u8; 32] {
+        &self.psk
     }
 
     /// Whether this is a shorter key than [`RECOMMENDED_KEY_LEN`].
@@ -262,38 +252,6 @@ impl AuthKey {
         }
         Ok((Self::new(std::mem::take(&mut *bytes))?, warnings))
     }
-
-    /// The proof that `role` holds this key, for the handshake between these two nonces.
-    pub fn proof(&self, role: Role, version: u16, client: &Nonce, master: &Nonce) -> Mac {
-        self.mac(role, version, client, master)
-            .finalize()
-            .into_bytes()
-            .into()
-    }
-
-    /// Checks a peer's proof in constant time.
-    pub fn verify(
-        &self,
-        role: Role,
-        version: u16,
-        client: &Nonce,
-        master: &Nonce,
-        proof: &Mac,
-    ) -> bool {
-        self.mac(role, version, client, master)
-            .verify_slice(proof)
-            .is_ok()
-    }
-
-    fn mac(&self, role: Role, version: u16, client: &Nonce, master: &Nonce) -> HmacSha256 {
-        let mut mac = self.hmac.clone();
-        mac.update(DOMAIN);
-        mac.update(&version.to_be_bytes());
-        mac.update(role.tag());
-        mac.update(client);
-        mac.update(master);
-        mac
-    }
 }
 
 /// Drops one trailing `\n` or `\r\n`.
@@ -341,23 +299,19 @@ mod tests {
     }
 
     #[test]
-    fn the_right_key_verifies_and_a_wrong_one_does_not() {
-        let (c, m) = (nonce(), nonce());
-        let proof = key("sixteen-byte-key!").proof(Role::Client, 1, &c, &m);
-        assert!(key("sixteen-byte-key!").verify(Role::Client, 1, &c, &m, &proof));
-        assert!(!key("another-key-16b!!").verify(Role::Client, 1, &c, &m, &proof));
-    }
-
-    #[test]
-    fn a_proof_is_bound_to_role_nonces_and_version() {
-        let k = key("sixteen-byte-key!");
-        let (c, m) = (nonce(), nonce());
-        let proof = k.proof(Role::Client, 1, &c, &m);
-        assert!(!k.verify(Role::Master, 1, &c, &m, &proof), "reflected");
-        assert!(!k.verify(Role::Client, 1, &c, &nonce(), &proof), "replayed");
-        assert!(!k.verify(Role::Client, 1, &nonce(), &m, &proof), "replayed");
-        assert!(!k.verify(Role::Client, 2, &c, &m, &proof), "other version");
-        assert!(!k.verify(Role::Client, 1, &m, &c, &proof), "nonces swapped");
+    fn the_psk_depends_on_every_byte_of_the_key_and_nothing_else() {
+        assert_eq!(
+            key("sixteen-byte-key!").psk(),
+            key("sixteen-byte-key!").psk()
+        );
+        assert_ne!(
+            key("sixteen-byte-key!").psk(),
+            key("sixteen-byte-key?").psk()
+        );
+        assert_ne!(
+            key("sixteen-byte-key!").psk().as_slice(),
+            b"sixteen-byte-key!"
+        );
     }
 
     #[test]
@@ -422,10 +376,9 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             let loose = |warnings: &[String]| warnings.iter().any(|w| w.contains("chmod 600"));
             let (k, warnings) = AuthKey::load(Some(&path)).unwrap();
-            let (c, m) = (nonce(), nonce());
-            let proof = key("0123456789abcdef").proof(Role::Client, 1, &c, &m);
-            assert!(
-                k.verify(Role::Client, 1, &c, &m, &proof),
+            assert_eq!(
+                k.psk(),
+                key("0123456789abcdef").psk(),
                 "the newline was dropped"
             );
             assert!(loose(&warnings), "{warnings:?}");

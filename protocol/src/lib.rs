@@ -8,8 +8,9 @@
 //! - [`codec`]: frames (4-byte big-endian length + bincode), with the frame cap and allocation
 //!   budget. The only file that knows the encoding.
 //! - `frame_bytes`: decoded payloads as views into their frame rather than copies.
-//! - [`auth`]: the authkey and the HMAC-SHA256 proofs.
-//! - [`handshake`]: both sides of the handshake.
+//! - [`auth`]: the authkey and the pre-shared key derived from it.
+//! - [`handshake`]: both sides of the handshake (Noise `NNpsk0`, bound to the transport).
+//! - [`seal`]: sealed frames after a plaintext handshake (AES-256-GCM, counter nonces).
 //! - [`connection`]: a framed stream of whole messages.
 //! - [`error`]: codec errors and the client side's handshake errors.
 //! - [`tls`]: optional TLS, and the stream type connections run on.
@@ -25,6 +26,7 @@ mod frame_bytes;
 pub mod handshake;
 pub mod json;
 pub mod message;
+pub mod seal;
 pub mod tls;
 
 pub use auth::{AuthKey, KeyError};

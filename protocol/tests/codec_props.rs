@@ -285,13 +285,25 @@ fn master_message() -> impl Strategy<Value = MasterMessage> {
 fn client_handshake() -> impl Strategy<Value = ClientHandshake> {
     prop_oneof![
         (any::<[u8; 4]>(), any::<u16>(), any::<[u8; 32]>()).prop_map(|(magic, version, nonce)| {
-            ClientHandshake::Hello {
+            ClientHandshake::LegacyHello {
                 magic,
                 version,
                 nonce,
             }
         }),
-        any::<[u8; 32]>().prop_map(|mac| ClientHandshake::Proof { mac }),
+        any::<[u8; 32]>().prop_map(|mac| ClientHandshake::LegacyProof { mac }),
+        (
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(magic, version, ephemeral, tag)| ClientHandshake::Hello {
+                magic,
+                version,
+                ephemeral,
+                tag,
+            }),
     ]
 }
 
@@ -309,15 +321,21 @@ fn rejection() -> impl Strategy<Value = Rejection> {
 fn master_handshake() -> impl Strategy<Value = MasterHandshake> {
     prop_oneof![
         (any::<u16>(), any::<[u8; 32]>())
-            .prop_map(|(version, nonce)| MasterHandshake::Challenge { version, nonce }),
+            .prop_map(|(version, nonce)| MasterHandshake::LegacyChallenge { version, nonce }),
         (any::<[u8; 32]>(), any::<u32>(), any::<u32>()).prop_map(
-            |(mac, max_frame, heartbeat_ms)| MasterHandshake::Welcome {
+            |(mac, max_frame, heartbeat_ms)| MasterHandshake::LegacyWelcome {
                 mac,
                 max_frame,
                 heartbeat_ms,
             }
         ),
         rejection().prop_map(MasterHandshake::Rejected),
+        (any::<[u8; 32]>(), any::<[u8; 16]>(), any::<[u8; 8]>()).prop_map(|(ephemeral, a, b)| {
+            let mut sealed = [0u8; 24];
+            sealed[..16].copy_from_slice(&a);
+            sealed[16..].copy_from_slice(&b);
+            MasterHandshake::Welcome { ephemeral, sealed }
+        }),
     ]
 }
 
@@ -405,12 +423,15 @@ fn every_handshake_message_has_a_strategy(
     rejection: Rejection,
 ) {
     match client {
-        ClientHandshake::Hello { .. } | ClientHandshake::Proof { .. } => {}
+        ClientHandshake::LegacyHello { .. }
+        | ClientHandshake::LegacyProof { .. }
+        | ClientHandshake::Hello { .. } => {}
     }
     match master {
-        MasterHandshake::Challenge { .. }
-        | MasterHandshake::Welcome { .. }
-        | MasterHandshake::Rejected(_) => {}
+        MasterHandshake::LegacyChallenge { .. }
+        | MasterHandshake::LegacyWelcome { .. }
+        | MasterHandshake::Rejected(_)
+        | MasterHandshake::Welcome { .. } => {}
     }
     match rejection {
         Rejection::NotTaskmill
