@@ -67,7 +67,9 @@ impl ClientError {
             self,
             ClientError::Closed(_)
                 | ClientError::ShuttingDown
-                | ClientError::Codec(CodecError::Io(_))
+                | ClientError::Codec(
+                    CodecError::Io(_) | CodecError::Tampered | CodecError::CounterExhausted
+                )
         )
     }
 
@@ -87,6 +89,9 @@ impl ClientError {
                 ..
             } => true,
             ClientError::Codec(CodecError::Io(_)) => true,
+            // Someone on the path altered the stream: this connection is spoilt, a new one
+            // may well be clean, and giving up would hand the attacker an outage.
+            ClientError::Codec(CodecError::Tampered | CodecError::CounterExhausted) => true,
             // The connection broke during the TLS handshake (a master restarting, or refusing
             // for load): worth retrying. A certificate it does not trust is not.
             ClientError::Tls { cause, .. } => matches!(
@@ -121,5 +126,12 @@ mod tests {
         assert!(tls(io::ErrorKind::UnexpectedEof).is_transient());
         assert!(tls(io::ErrorKind::ConnectionReset).is_transient());
         assert!(!tls(io::ErrorKind::InvalidData).is_transient());
+    }
+
+    #[test]
+    fn a_tampered_frame_ends_the_connection_and_is_retried_on_a_new_one() {
+        let err = ClientError::Codec(CodecError::Tampered);
+        assert!(err.is_connection_lost());
+        assert!(err.is_transient());
     }
 }
