@@ -2,13 +2,16 @@
 //! plaintext master flips a bit in, replays, drops or reorders one frame, and the connection
 //! ends with a clear error instead of acting on it.
 
-use taskmill::{Client, ClientError};
+use taskmill::{Client, ClientError, Worker, WorkerConfig};
 use taskmill_protocol::handshake::{self, ClientConnection};
 use taskmill_protocol::{CodecError, MasterMessage, Request, Wait};
+use taskmill_squares::job::{self, JobConfig};
+use taskmill_squares::Squares;
 use taskmill_testkit::{b, config, key, within, TestMaster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Dir {
@@ -78,20 +81,33 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, dir: Dir, tamper:
     let _ = to.shutdown().await;
 }
 
-/// A proxy on a fresh loopback port to `master`, for one connection.
+/// A proxy on a fresh loopback port to `master`: it does `tamper` on its first connection
+/// and passes every later one through untouched.
 async fn proxy(master: &str, tamper: Tamper) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let master = master.to_owned();
     tokio::spawn(async move {
-        let (client, _) = listener.accept().await.unwrap();
-        let upstream = TcpStream::connect(&master).await.unwrap();
-        let (client_read, client_write) = client.into_split();
-        let (master_read, master_write) = upstream.into_split();
-        tokio::join!(
-            pump(client_read, master_write, Dir::ToMaster, tamper),
-            pump(master_read, client_write, Dir::ToClient, tamper),
-        );
+        let mut tamper = Some(tamper);
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(&master).await else {
+                return;
+            };
+            // Later connections get a tamper that never matches.
+            let this = tamper.take().unwrap_or(Tamper {
+                dir: Dir::ToClient,
+                index: usize::MAX,
+                action: Action::Drop,
+            });
+            tokio::spawn(async move {
+                let (client_read, client_write) = client.into_split();
+                let (master_read, master_write) = upstream.into_split();
+                tokio::join!(
+                    pump(client_read, master_write, Dir::ToMaster, this),
+                    pump(master_read, client_write, Dir::ToClient, this),
+                );
+            });
+        }
     });
     addr
 }
@@ -225,4 +241,35 @@ async fn welcome_fields_cannot_be_altered() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::AuthenticationFailed), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_connection_is_tampered_with_reconnects_and_the_job_completes() {
+    let master = TestMaster::start(config()).await;
+    // The worker's first connection: the master's 3rd frame to it has a bit flipped.
+    let tamper = Tamper {
+        dir: Dir::ToClient,
+        index: 3,
+        action: Action::Flip,
+    };
+    let mut worker = WorkerConfig::new(proxy(&master.addr, tamper).await, key());
+    worker.max_backoff = std::time::Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(Worker::new(worker, Squares::new()).run(stop.clone()));
+    let report = within(
+        "a job through a worker that lost one connection to tampering",
+        job::run(
+            &master.addr,
+            &key(),
+            &JobConfig::new(2000),
+            &CancellationToken::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(report.success(), "{report:?}");
+    assert_eq!(report.verified, 2000);
+    stop.cancel();
+    let report = within("worker exit", worker).await.unwrap().unwrap();
+    assert!(report.connections >= 2, "it reconnected: {report:?}");
 }
