@@ -283,3 +283,50 @@ async fn a_relay_between_a_plaintext_client_and_a_tls_master_fails_the_handshake
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_tls_client_that_does_not_negotiate_alpn_taskmill_is_refused() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    let pki = Pki::new("alpn");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    // Past the test's own bound: only the ALPN check can close the connection in time.
+    cfg.handshake_timeout = taskmill_testkit::LIMIT * 2;
+    let master = TestMaster::start(cfg).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let connect = |alpn: Vec<Vec<u8>>| {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let addr = master.addr.clone();
+        async move {
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+        }
+    };
+    // Another protocol's id: refused in the TLS handshake itself.
+    let err = within("tls offering h2", connect(vec![b"h2".to_vec()]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
+    // No ALPN at all: the TLS handshake completes, then the master closes without a word.
+    let mut tls = within("tls without alpn", connect(vec![]))
+        .await
+        .expect("the TLS handshake itself completes");
+    let mut buf = [0u8; 64];
+    let read = within("the master closing", tls.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
