@@ -568,7 +568,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "raw-forged-welcome".into(),
         with_steer(0x1c, &forged_welcome),
     );
-    add(c, "raw-legacy-challenge".into(), with_steer(0x60, &challenge));
+    add(
+        c,
+        "raw-legacy-challenge".into(),
+        with_steer(0x60, &challenge),
+    );
     for (i, why) in rejections().into_iter().enumerate() {
         add(
             c,
