@@ -1,5 +1,7 @@
-# Independent NNpsk0 (AESGCM, SHA256) computation of section 4.4's vector, per the Noise spec.
-import hmac, hashlib
+# Independent NNpsk0 (AESGCM, SHA256) computation of section 4.2's vector, per the Noise spec.
+# With an argument, the vector for a scoped key of that id (its prologue ends "key-id" + the
+# id zero-padded to 16 bytes): `python3 scripts/noise-vector.py worker-1`.
+import hmac, hashlib, sys
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +23,7 @@ def mixhash(d):
 key=bytes.fromhex(b"0123456789abcdef".hex())
 psk=hmac.new(b"0123456789abcdef", b"taskmill-noise-psk-v4", hashlib.sha256).digest()
 prologue=b"taskmill"+b"TMIL"+(4).to_bytes(2,'big')+b'\0'
+if len(sys.argv)>1: prologue+=b"key-id"+sys.argv[1].encode().ljust(16,b'\0')
 mixhash(prologue)
 k=None;n=0
 def enc(pt):

@@ -38,3 +38,4 @@ pub use broker::{Broker, QueueLimits, SessionId};
 pub use config::{ServerConfig, MIN_MAX_FRAME};
 pub use master::Master;
 pub use net::guard::GuardLimits;
+pub use net::keys::{Grants, Keyring};

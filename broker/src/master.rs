@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use taskmill_protocol::Stats;
@@ -22,6 +22,7 @@ use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::http::{self, HttpConfig};
 use crate::net::guard::Guard;
+use crate::net::keys::Keyring;
 use crate::net::listener::{self, Admission, AdmissionCounts};
 use crate::net::peers::Peers;
 use crate::net::session::Taskmill;
@@ -35,6 +36,8 @@ pub(crate) struct Counters {
     pub admission: AdmissionCounts,
     /// Handshakes by how they ended, indexed by [`Handshake`].
     pub handshakes: [AtomicU64; 5],
+    /// Requests refused because the session's key lacks the right.
+    pub forbidden: AtomicU64,
 }
 
 /// How a handshake ended.
@@ -112,6 +115,8 @@ pub(crate) struct Context {
     pub peers: Peers,
     /// The taskmill port's address, once serving.
     pub listen_addr: OnceLock<SocketAddr>,
+    /// The scoped keys now valid; replaced whole on reload.
+    pub keys: RwLock<Arc<Keyring>>,
 }
 
 /// A master: its queues and everything its listeners share. Cheap to clone.
@@ -129,6 +134,7 @@ impl Master {
         Ok(Self {
             ctx: Arc::new(Context {
                 guard: Guard::new(config.guard),
+                keys: RwLock::new(Arc::new(config.keys.clone())),
                 config,
                 broker,
                 counters: Counters::default(),
@@ -245,6 +251,12 @@ impl Master {
     pub fn stats(&self) -> Stats {
         self.ctx.stats()
     }
+
+    /// Replaces the scoped keys (a reload of the keys file): new connections use `keys`;
+    /// sessions already open keep the rights they authenticated with.
+    pub fn set_keys(&self, keys: Keyring) {
+        *self.ctx.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
 }
 
 impl Context {
@@ -265,6 +277,7 @@ impl Context {
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),
+            forbidden_total: counters.forbidden.load(Ordering::Relaxed),
         }
     }
 }

@@ -305,6 +305,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
                 storage: None,
+                forbidden_total: 6,
             })),
         ),
         ("pong", Reply::Pong),
@@ -330,6 +331,11 @@ fn replies() -> Vec<(&'static str, Reply)> {
 
 fn hello() -> ClientHandshake {
     ClientHello::start(key(), &Binding::Plain, Some(&CLIENT_EPHEMERAL)).1
+}
+
+fn scoped_hello() -> ClientHandshake {
+    let key = key().clone().with_id("worker-1".parse().unwrap());
+    ClientHello::start(&key, &Binding::Plain, Some(&CLIENT_EPHEMERAL)).1
 }
 
 /// A hello from an older client.
@@ -405,6 +411,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                 hello(),
                 legacy_hello(3),
                 ClientHandshake::LegacyProof { mac: [9; 32] },
+                scoped_hello(),
             ]),
         ),
     );
@@ -539,6 +546,9 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         with_steer(0x0a, &oversize),
     );
     add(m, "tampered-hello".into(), with_steer(0x23, &[37]));
+    // A scoped key's hello to a master without scoped keys: refused as a wrong key.
+    let scoped = framed(&[scoped_hello()]);
+    add(m, "raw-scoped-hello".into(), with_steer(0x1c, &scoped));
 
     // client_handshake: the same steering; scenario 2 reads max_frame and heartbeat_ms as two
     // little-endian u32 before the session bytes.

@@ -77,6 +77,13 @@ pub struct ServeArgs {
     pub server: ServerArgs,
     #[command(flatten, next_help_heading = "Key")]
     pub key: KeyArgs,
+    /// Scoped keys: a file of named keys, each limited to some operations on some queues
+    /// (one a line: `name rights queues key`; see the README, "Scoped keys"). Clients pick
+    /// one with --key-id. Re-read on SIGHUP: keys added or removed apply to new connections.
+    /// With it, TASKMILL_AUTHKEY / --authkey-file (every right, for clients without a key
+    /// id) may be left unset: then every client needs a named key.
+    #[arg(long, env = "TASKMILL_KEYS_FILE", help_heading = "Key")]
+    pub keys_file: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Storage")]
     pub storage: StorageArgs,
     #[command(flatten, next_help_heading = "TLS")]
@@ -417,6 +424,7 @@ impl ServerArgs {
             };
         Ok(ServerConfig {
             key,
+            keys: Default::default(),
             handshake_timeout: self.handshake_timeout,
             max_frame: self.max_frame,
             max_connections: self.max_connections,

@@ -45,6 +45,9 @@ pub const MIN_DISTINCT_BYTES: usize = 8;
 #[derive(Clone)]
 pub struct AuthKey {
     key: Zeroizing<Vec<u8>>,
+    /// The key's name for a master with scoped keys: sent in a `ScopedHello` and bound into
+    /// both proofs. `None`: the master's default key, with every right.
+    id: Option<KeyId>,
     /// `HMAC-SHA256(key, PSK_LABEL)`: Noise takes a 32-byte pre-shared key, ours may be any
     /// length from 16 bytes. Computed once, not per handshake.
     psk: Zeroizing<[u8; 32]>,
@@ -52,7 +55,71 @@ pub struct AuthKey {
 
 impl fmt::Debug for AuthKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AuthKey(<{} bytes redacted>)", self.key.len())
+        write!(f, "AuthKey(<{} bytes redacted>", self.key.len())?;
+        match &self.id {
+            Some(id) => write!(f, ", id {id})"),
+            None => write!(f, ")"),
+        }
+    }
+}
+
+/// Longest key id, in bytes: ids travel in a fixed-size field, padded with zero bytes.
+pub const KEY_ID_LEN: usize = 16;
+
+/// Environment variable a client's key id is read from when `--key-id` is not given.
+pub const KEY_ID_ENV: &str = "TASKMILL_KEY_ID";
+
+/// The name of a scoped key: 1 to [`KEY_ID_LEN`] bytes of `[A-Za-z0-9._-]`, so it is padded
+/// without ambiguity and prints safely in logs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; KEY_ID_LEN]);
+
+impl KeyId {
+    /// The id as it travels in a `ScopedHello`.
+    pub fn to_wire(self) -> [u8; KEY_ID_LEN] {
+        self.0
+    }
+
+    /// The id a `ScopedHello` carries, or `None` if it is not a valid one.
+    pub fn from_wire(bytes: [u8; KEY_ID_LEN]) -> Option<Self> {
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(KEY_ID_LEN);
+        let name = std::str::from_utf8(&bytes[..len]).ok()?;
+        let id: KeyId = name.parse().ok()?;
+        // Bytes after the first zero must be zero too: one id, one encoding.
+        (id.0 == bytes).then_some(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(KEY_ID_LEN);
+        std::str::from_utf8(&self.0[..len]).unwrap_or("?")
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        let ok = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+        if name.is_empty() || name.len() > KEY_ID_LEN || !name.bytes().all(ok) {
+            return Err(format!(
+                "key id {name:?}: use 1 to {KEY_ID_LEN} characters of A-Z a-z 0-9 . _ -"
+            ));
+        }
+        let mut bytes = [0u8; KEY_ID_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.as_str())
     }
 }
 
@@ -177,7 +244,19 @@ impl AuthKey {
         let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length");
         mac.update(PSK_LABEL);
         let psk = Zeroizing::new(mac.finalize().into_bytes().into());
-        Self { key, psk }
+        Self { key, psk, id: None }
+    }
+
+    /// This key under the name `id`: a client sends it in a `ScopedHello`, and both sides
+    /// bind it into the handshake (`handshake.rs`).
+    pub fn with_id(mut self, id: KeyId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// The key's name, if it is a scoped key.
+    pub fn id(&self) -> Option<&KeyId> {
+        self.id.as_ref()
     }
 
     /// The pre-shared key for the Noise handshake.
@@ -312,6 +391,22 @@ mod tests {
             key("sixteen-byte-key!").psk().as_slice(),
             b"sixteen-byte-key!"
         );
+    }
+
+    #[test]
+    fn key_ids_have_one_encoding_and_a_small_alphabet() {
+        let id: KeyId = "worker-1".parse().unwrap();
+        assert_eq!(id.to_string(), "worker-1");
+        assert_eq!(KeyId::from_wire(id.to_wire()), Some(id));
+        for bad in ["", "has space", "seventeen-chars-x", "é"] {
+            assert!(bad.parse::<KeyId>().is_err(), "{bad}");
+        }
+        let mut wire = id.to_wire();
+        wire[KEY_ID_LEN - 1] = b'x';
+        assert_eq!(KeyId::from_wire(wire), None, "bytes after the zero padding");
+        assert_eq!(KeyId::from_wire([0; KEY_ID_LEN]), None);
+        let k = key("super-secret-value").with_id(id);
+        assert!(format!("{k:?}").contains("worker-1"));
     }
 
     #[test]

@@ -552,6 +552,7 @@ mod tests {
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
                 storage: None,
+                forbidden_total: 6,
             })),
             Reply::Pong,
             Reply::Error {
@@ -878,12 +879,14 @@ mod tests {
     #[test]
     fn an_error_kind_from_a_newer_master_reads_as_unknown() {
         use crate::ErrorKind;
-        for index in [14u32, 99, 1_000_000] {
+        for index in [15u32, 99, 1_000_000] {
             let kind: ErrorKind = decode_payload(&encode_payload(&index).unwrap()).unwrap();
             assert_eq!(kind, ErrorKind::Unknown, "index {index}");
         }
         let known: ErrorKind = decode_payload(&encode_payload(&12u32).unwrap()).unwrap();
         assert_eq!(known, ErrorKind::InUse);
+        let known: ErrorKind = decode_payload(&encode_payload(&13u32).unwrap()).unwrap();
+        assert_eq!(known, ErrorKind::Forbidden);
     }
 
     #[test]

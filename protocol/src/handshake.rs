@@ -18,6 +18,9 @@
 //! session's two ends are the two that hold the authkey, so a second layer would cost time and
 //! add no protection.
 //!
+//! A scoped key's id (`ScopedHello`) is appended to the prologue, so a hello made for one id
+//! does not verify under another, even where two ids share a key.
+//!
 //! Deadlines are the caller's: wrap these in `tokio::time::timeout`.
 
 use std::time::Duration;
@@ -27,7 +30,7 @@ use snow::HandshakeState;
 use tokio::io::{AsyncRead, AsyncWrite};
 use zeroize::Zeroizing;
 
-use crate::auth::AuthKey;
+use crate::auth::{AuthKey, KeyId};
 use crate::codec::{clamp_max_frame, HANDSHAKE_MAX_FRAME};
 use crate::error::{CodecError, ConnectError};
 use crate::message::{
@@ -61,6 +64,11 @@ pub enum Binding {
 impl Binding {
     /// The Noise prologue: what both proofs cover besides the key and the ephemeral keys.
     pub fn prologue(&self) -> Vec<u8> {
+        self.prologue_for(None)
+    }
+
+    /// The prologue for a hello with key id `id` (`None`: a plain `Hello`).
+    pub fn prologue_for(&self, id: Option<&KeyId>) -> Vec<u8> {
         let mut p = b"taskmill".to_vec();
         p.extend_from_slice(&MAGIC);
         p.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
@@ -70,6 +78,10 @@ impl Binding {
                 p.push(1);
                 p.extend_from_slice(exporter);
             }
+        }
+        if let Some(id) = id {
+            p.extend_from_slice(b"key-id");
+            p.extend_from_slice(&id.to_wire());
         }
         p
     }
@@ -127,8 +139,8 @@ pub enum HandshakeError {
     #[error("client speaks protocol version {0}, we speak {PROTOCOL_VERSION}")]
     Version(u16),
     #[error(
-        "wrong authkey, or a relay in between (the client's hello did not verify for this \
-         transport)"
+        "wrong authkey or key id, or a relay in between (the client's hello did not verify for \
+         this transport)"
     )]
     AuthenticationFailed,
     #[error("unexpected {0} during the handshake")]
@@ -169,7 +181,7 @@ impl ClientHello {
         binding: &Binding,
         ephemeral: Option<&[u8; 32]>,
     ) -> (Self, ClientHandshake) {
-        let prologue = binding.prologue();
+        let prologue = binding.prologue_for(key.id());
         let mut b = builder(key, &prologue);
         if let Some(e) = ephemeral {
             b = b.fixed_ephemeral_key_for_testing_only(e);
@@ -184,11 +196,20 @@ impl ClientHello {
         let mut tag = Tag::default();
         ephemeral.copy_from_slice(&msg[..32]);
         tag.copy_from_slice(&msg[32..]);
-        let hello = ClientHandshake::Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            ephemeral,
-            tag,
+        let hello = match key.id() {
+            None => ClientHandshake::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                ephemeral,
+                tag,
+            },
+            Some(id) => ClientHandshake::ScopedHello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                key_id: id.to_wire(),
+                ephemeral,
+                tag,
+            },
         };
         (Self { state }, hello)
     }
@@ -212,7 +233,8 @@ impl ClientHello {
 
 /// The master's answer to a `Hello` that passed the magic and version checks: the `Welcome`
 /// and the session keys, or `None` if the hello's tag does not verify (wrong key, or a
-/// different transport on the client's side). `ephemeral` is for test vectors only.
+/// different transport on the client's side). The hello's key id is `key`'s own
+/// ([`AuthKey::id`]). `ephemeral` is for test vectors only.
 pub fn answer(
     key: &AuthKey,
     binding: &Binding,
@@ -221,7 +243,7 @@ pub fn answer(
     limits: Limits,
     ephemeral: Option<&[u8; 32]>,
 ) -> Option<(MasterHandshake, SessionKeys)> {
-    let prologue = binding.prologue();
+    let prologue = binding.prologue_for(key.id());
     let mut b = builder(key, &prologue);
     if let Some(e) = ephemeral {
         b = b.fixed_ephemeral_key_for_testing_only(e);
@@ -257,10 +279,28 @@ pub async fn accept<S: Channel>(
     max_frame: usize,
     heartbeat: Duration,
 ) -> Result<MasterConnection<S>, HandshakeError> {
+    let keys = |id: Option<&KeyId>| match id {
+        None => vec![(key.clone(), ())],
+        Some(_) => vec![],
+    };
+    Ok(accept_scoped(stream, keys, max_frame, heartbeat).await?.0)
+}
+
+/// [`accept`] for a master with scoped keys: `keys` gives the keys a hello may have been made
+/// with, each with what the session gets if it verifies (the key's rights), for the hello's
+/// key id (`None`: a plain `Hello`). The keys' own ids must be the id asked for. An id without
+/// keys fails exactly like a wrong key, after the same work, so a client cannot learn which
+/// ids exist.
+pub async fn accept_scoped<S: Channel, T>(
+    stream: S,
+    keys: impl FnOnce(Option<&KeyId>) -> Vec<(AuthKey, T)>,
+    max_frame: usize,
+    heartbeat: Duration,
+) -> Result<(MasterConnection<S>, T), HandshakeError> {
     let binding = stream.binding().map_err(HandshakeError::Binding)?;
     let mut conn =
         Connection::<S, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
-    let (ephemeral, tag) = match conn.recv().await? {
+    let (id, ephemeral, tag) = match conn.recv().await? {
         Some(ClientHandshake::Hello {
             magic,
             version,
@@ -268,7 +308,19 @@ pub async fn accept<S: Channel>(
             tag,
         }) => {
             check_hello(&mut conn, magic, version).await?;
-            (ephemeral, tag)
+            (None, ephemeral, tag)
+        }
+        Some(ClientHandshake::ScopedHello {
+            magic,
+            version,
+            key_id,
+            ephemeral,
+            tag,
+        }) => {
+            check_hello(&mut conn, magic, version).await?;
+            // An id that is not even well-formed is a wrong key like any other.
+            let id = KeyId::from_wire(key_id).unwrap_or_else(|| "-".parse().expect("valid"));
+            (Some(id), ephemeral, tag)
         }
         Some(ClientHandshake::LegacyHello { magic, version, .. }) => {
             check_hello(&mut conn, magic, version).await?;
@@ -287,7 +339,25 @@ pub async fn accept<S: Channel>(
         max_frame: max_frame as u32,
         heartbeat_ms: heartbeat.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
     };
-    let Some((welcome, keys)) = answer(key, &binding, &ephemeral, &tag, limits, None) else {
+    let mut candidates = keys(id.as_ref());
+    if candidates.is_empty() {
+        // No such id: spend the same work on a key nobody holds, then fail as a wrong key does.
+        if let Some(id) = id {
+            let _ = answer(
+                &AuthKey::random().with_id(id),
+                &binding,
+                &ephemeral,
+                &tag,
+                limits,
+                None,
+            );
+        }
+    }
+    let verified = candidates.drain(..).find_map(|(key, grant)| {
+        debug_assert_eq!(key.id(), id.as_ref());
+        answer(&key, &binding, &ephemeral, &tag, limits, None).map(|done| (done, grant))
+    });
+    let Some(((welcome, keys), grant)) = verified else {
         reject(&mut conn, Rejection::AuthenticationFailed).await;
         return Err(HandshakeError::AuthenticationFailed);
     };
@@ -298,7 +368,7 @@ pub async fn accept<S: Channel>(
         conn.encrypt(seal, open);
     }
     conn.set_max_frame(max_frame);
-    Ok(conn)
+    Ok((conn, grant))
 }
 
 async fn check_hello<S: Channel>(

@@ -54,6 +54,15 @@ pub enum ClientHandshake {
         ephemeral: PublicKey,
         tag: Tag,
     },
+    /// `Hello` with a scoped key: `key_id` names the master's key the tag was made with
+    /// (zero-padded, see [`crate::auth::KeyId`]), and it is bound into both proofs.
+    ScopedHello {
+        magic: [u8; 4],
+        version: u16,
+        key_id: [u8; crate::auth::KEY_ID_LEN],
+        ephemeral: PublicKey,
+        tag: Tag,
+    },
 }
 
 /// The Welcome's payload as sealed in the second Noise message: `max_frame` and
@@ -443,6 +452,8 @@ pub enum ErrorKind {
     NotEmpty,
     /// `Delete` of a queue with leased tasks or waiting requests.
     InUse,
+    /// The session's key may not make this request on this queue (scoped keys).
+    Forbidden,
     /// A kind this client does not know, from a newer master of the same protocol version:
     /// new kinds may be added within a version, and older clients read them as this.
     #[serde(other)]
@@ -539,6 +550,8 @@ pub struct Stats {
     pub queues: Vec<QueueStats>,
     /// The durable log, for a master with a data directory.
     pub storage: Option<StorageStats>,
+    /// Requests refused with `Forbidden` since start: a scoped key asked beyond its rights.
+    pub forbidden_total: u64,
 }
 
 /// What a master keeps on disk, and how its log is doing.

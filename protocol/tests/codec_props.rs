@@ -163,6 +163,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         ErrorKind::InProgress,
         ErrorKind::NotEmpty,
         ErrorKind::InUse,
+        ErrorKind::Forbidden,
         ErrorKind::Unknown,
     ])
 }
@@ -239,7 +240,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         }),
         queue_stats().prop_map(|q| Reply::Queue(Box::new(q))),
         (
-            proptest::array::uniform6(any::<u64>()),
+            proptest::array::uniform7(any::<u64>()),
             vec(queue_stats(), 0..3),
             option::of(storage_stats()),
         )
@@ -252,6 +253,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 completing_clients_total: n[5],
                 queues,
                 storage,
+                forbidden_total: n[6],
             }))),
         Just(Reply::Pong),
         (error_kind(), text()).prop_map(|(kind, message)| Reply::Error { kind, message }),
@@ -303,6 +305,22 @@ fn client_handshake() -> impl Strategy<Value = ClientHandshake> {
                 version,
                 ephemeral,
                 tag,
+            }),
+        (
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(magic, version, key_id, ephemeral, tag)| {
+                ClientHandshake::ScopedHello {
+                    magic,
+                    version,
+                    key_id,
+                    ephemeral,
+                    tag,
+                }
             }),
     ]
 }
@@ -391,6 +409,7 @@ fn every_reply_has_a_strategy(reply: &Reply, kind: ErrorKind) {
         | ErrorKind::InProgress
         | ErrorKind::NotEmpty
         | ErrorKind::InUse
+        | ErrorKind::Forbidden
         | ErrorKind::Unknown => {}
     }
 }
@@ -425,7 +444,8 @@ fn every_handshake_message_has_a_strategy(
     match client {
         ClientHandshake::LegacyHello { .. }
         | ClientHandshake::LegacyProof { .. }
-        | ClientHandshake::Hello { .. } => {}
+        | ClientHandshake::Hello { .. }
+        | ClientHandshake::ScopedHello { .. } => {}
     }
     match master {
         MasterHandshake::LegacyChallenge { .. }

@@ -357,7 +357,7 @@ fn nack_delete_count_and_an_unknown_error_kind_match_section_9() {
     assert_eq!(frame(&count), "00 00 00 04 00 06 08 02");
     // A kind this version does not know, from a newer master: read as Unknown, message kept.
     let mut codec = MessageCodec::<MasterMessage, ()>::new(1 << 20);
-    let mut bytes = BytesMut::from(&unhex("00 00 00 09 00 07 06 0e 04 6e 65 77 21")[..]);
+    let mut bytes = BytesMut::from(&unhex("00 00 00 09 00 07 06 0f 04 6e 65 77 21")[..]);
     assert_eq!(
         codec.decode(&mut bytes).unwrap(),
         Some(MasterMessage::Reply {
@@ -368,4 +368,55 @@ fn nack_delete_count_and_an_unknown_error_kind_match_section_9() {
             },
         })
     );
+}
+
+/// Section 4.2's scoped vector: the same keys and ephemerals, key id `"worker-1"` (its
+/// prologue ends `"key-id"` and the id padded to 16 bytes): the tags change, the ephemeral
+/// keys do not. Checked against `python3 scripts/noise-vector.py worker-1`.
+#[test]
+fn a_scoped_hello_binds_its_key_id() {
+    let id = "worker-1".parse().unwrap();
+    let key = AuthKey::new("0123456789abcdef").unwrap().with_id(id);
+    let compact = |bytes: &[u8]| hex(bytes).replace(' ', "");
+    let (client, hello) = ClientHello::start(&key, &Binding::Plain, Some(&seq_bytes(0x40)));
+    let frame = frame(&hello);
+    assert!(
+        frame.starts_with("00 00 00 46 03 54 4d 49 4c 04 77 6f 72 6b 65 72 2d 31 00 00"),
+        "{frame}"
+    );
+    let ClientHandshake::ScopedHello { ephemeral, tag, .. } = hello else {
+        panic!("a scoped hello");
+    };
+    assert_eq!(compact(&tag), "e375dabd6135b1b6ebd8c05c83918fb4");
+    let limits = Limits {
+        max_frame: 1 << 20,
+        heartbeat_ms: 5000,
+    };
+    let answer = |key: &AuthKey| {
+        handshake::answer(
+            key,
+            &Binding::Plain,
+            &ephemeral,
+            &tag,
+            limits,
+            Some(&seq_bytes(0x60)),
+        )
+    };
+    let unscoped = AuthKey::new("0123456789abcdef").unwrap();
+    assert!(answer(&unscoped).is_none(), "the id is bound");
+    let other = unscoped.clone().with_id("worker-2".parse().unwrap());
+    assert!(answer(&other).is_none(), "the id is bound");
+    let (welcome, _) = answer(&key).expect("the hello verifies");
+    let MasterHandshake::Welcome {
+        ephemeral: m_ephemeral,
+        sealed,
+    } = welcome
+    else {
+        panic!("a welcome");
+    };
+    assert_eq!(
+        compact(&sealed),
+        "489c7d6a11618084f09c31fbf94917f2a059cd7b328e1eaf"
+    );
+    assert_eq!(client.finish(&m_ephemeral, &sealed).unwrap().0, limits);
 }

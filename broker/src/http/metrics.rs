@@ -28,6 +28,8 @@ pub struct Scrape {
     pub accepted: u64,
     pub refused: [u64; 3],
     pub handshakes: [u64; 5],
+    /// Requests refused for want of the key's right (scoped keys).
+    pub forbidden: u64,
     pub completing: u64,
     pub queues: Vec<QueueReport>,
     pub storage: Option<StorageStats>,
@@ -212,6 +214,11 @@ impl Scrape {
             by("reason", &REFUSALS, &self.refused),
         )?;
         f.counter("taskmill_handshakes", "Handshakes by outcome: authenticated, closed (left part way), timed_out, failed (wrong key, version or protocol), probe (left without sending a byte: port probes, health checks).", by("outcome", &HANDSHAKES, &self.handshakes))?;
+        f.counter(
+            "taskmill_forbidden_requests",
+            "Requests refused with Forbidden: the session's scoped key lacks the right.",
+            [(none(), self.forbidden)],
+        )?;
         f.counter(
             "taskmill_completing_connections",
             "Connections that completed at least one task.",

@@ -405,6 +405,7 @@ impl Http {
             accepted: load(&c.admission.accepted),
             refused: c.admission.refused.each_ref().map(load),
             handshakes: c.handshakes.each_ref().map(load),
+            forbidden: load(&c.forbidden),
             completing: ctx.broker.completing_total(),
             queues,
             storage: ctx.store.stats(),

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use taskmill_protocol::auth::KeyId;
 use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
 use taskmill_protocol::handshake::{self, reject, HandshakeError, MasterConnection};
 use taskmill_protocol::{
@@ -28,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::dispatch::{self, error_reply, Caller, Waiting};
 use super::durable::Gate;
+use super::keys::Grants;
 use super::listener::{Admitted, Protocol};
 use super::peers::Heard;
 use crate::broker::{SessionId, Step};
@@ -96,14 +98,17 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
                 .map_err(|e| HandshakeError::Codec(CodecError::Io(e)))?,
             None => Stream::Plain(stream),
         };
-        handshake::accept(
-            stream,
-            &config.key,
-            config.max_frame,
-            config.heartbeat_interval,
-        )
-        .await
-        .map(Some)
+        let keys = |id: Option<&KeyId>| match id {
+            None => vec![(config.key.clone(), Arc::new(Grants::all()))],
+            Some(id) => ctx
+                .keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(id),
+        };
+        handshake::accept_scoped(stream, keys, config.max_frame, config.heartbeat_interval)
+            .await
+            .map(Some)
     });
     let outcome = tokio::select! {
         outcome = handshake => outcome,
@@ -132,7 +137,7 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
             format!("handshake timed out after {:?}", config.handshake_timeout),
         )),
     };
-    let conn = match cause {
+    let (conn, grants) = match cause {
         Ok(conn) => conn,
         Err((how, cause)) => {
             ctx.counters.handshake(how);
@@ -166,6 +171,7 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
         last_heard: now,
         last_written: now,
         heard,
+        grants,
     };
     let result = session.serve().await;
     let requeued = ctx.broker.close_session(id);
@@ -189,6 +195,8 @@ async fn first_byte(stream: &TcpStream) -> bool {
 
 struct Session<'a> {
     conn: MasterConnection<Stream>,
+    /// What this session's key may do, as it was when the session authenticated.
+    grants: Arc<Grants>,
     ctx: &'a Context,
     id: SessionId,
     phases: Phases,
@@ -274,6 +282,7 @@ impl Session<'_> {
                             session: self.id,
                             max_frame: self.conn.max_frame(),
                             phases: &self.ends,
+                            grants: &self.grants,
                         };
                         match dispatch::handle(&caller, id, request) {
                             Step::Ready(reply) => Some(reply),
