@@ -330,3 +330,66 @@ async fn a_key_rotates_on_sighup_while_a_job_runs() {
     assert!(stderr.contains("keys not reloaded"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The binaries end to end: a worker picks its key by `TASKMILL_KEY_ID`, the job by
+/// `--key-id`, each with only the rights it needs, and the squares job completes.
+#[test]
+fn the_squares_job_runs_on_scoped_keys_from_the_command_line() {
+    const JOB: &str = "job-runner-key-01234567";
+    let dir = std::env::temp_dir().join(format!("taskmill-scoped-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(
+        &keys,
+        format!("job producer,collector,admin * file:job.key\nw worker tasks,results {WORKER}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("job.key"), JOB).unwrap();
+    std::fs::write(dir.join("worker.key"), WORKER).unwrap();
+    let worker_bin = binary("taskmill-worker");
+    let master = Proc::spawn(
+        std::process::Command::new(binary("taskmill-master"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--keys-file"])
+            .arg(&keys),
+    );
+    let addr = master.listening_addr();
+    let mut worker = Proc::spawn(
+        std::process::Command::new(&worker_bin)
+            .args(["--master", &addr, "--authkey-file"])
+            .arg(dir.join("worker.key"))
+            .env("TASKMILL_KEY_ID", "w"),
+    );
+    let mut job = Proc::spawn(
+        std::process::Command::new(binary("taskmill-master"))
+            .args([
+                "run", "--master", &addr, "--tasks", "2000", "--json", "--key-id", "job",
+            ])
+            .arg("--authkey-file")
+            .arg(dir.join("job.key")),
+    );
+    let status = job.wait(taskmill_testkit::LIMIT);
+    let report: serde_json::Value =
+        serde_json::from_str(&job.stdout_rest()).expect("the job prints its report as JSON");
+    assert!(status.success(), "job failed: {report} {}", job.stderr());
+    assert_eq!(report["ending"], "complete");
+    assert_eq!(report["verified"], 2000);
+    worker.signal(libc::SIGTERM);
+    assert!(worker.wait(Duration::from_secs(15)).success());
+
+    // `run` with its own master has no use for a key id.
+    let out = std::process::Command::new(binary("taskmill-master"))
+        .args([
+            "run",
+            "--local-workers",
+            "1",
+            "--tasks",
+            "10",
+            "--key-id",
+            "job",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --master"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

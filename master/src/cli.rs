@@ -9,7 +9,7 @@ use taskmill_broker::store::Fsync;
 use taskmill_broker::{GuardLimits, QueueLimits, ServerConfig, MIN_MAX_FRAME};
 use taskmill_cli::{
     parse_bytes, parse_count, parse_duration, parse_listen_addr, parse_master_addr,
-    parse_positive_duration, ConnectArgs, KeyArgs, TlsClientArgs,
+    parse_positive_duration, ClientKeyArgs, ConnectArgs, KeyArgs, TlsClientArgs,
 };
 use taskmill_protocol::codec::MAX_FRAME_CEILING;
 use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
@@ -144,8 +144,9 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout (alone: other lines go to stderr).
     #[arg(long, env = "TASKMILL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
+    // --key-id only with --master: this process's own master uses the authkey.
     #[command(flatten, next_help_heading = "Key")]
-    pub key: KeyArgs,
+    pub key: ClientKeyArgs,
     /// TLS for the job's own clients (producer, collector, local workers): needed when this
     /// master serves TLS or --master names one that does.
     #[command(flatten, next_help_heading = "TLS of the job's clients")]

@@ -455,7 +455,8 @@ pub enum ErrorKind {
     /// The session's key may not make this request on this queue (scoped keys).
     Forbidden,
     /// A kind this client does not know, from a newer master of the same protocol version:
-    /// new kinds may be added within a version, and older clients read them as this.
+    /// new kinds may be added within a version, and older clients read them as this. Never
+    /// sent; serde needs it last, so new kinds go just before it.
     #[serde(other)]
     Unknown,
 }
