@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use taskmill::{Client, ClientError};
+use taskmill_broker::http::HttpConfig;
 use taskmill_broker::{Grants, Keyring};
 use taskmill_protocol::auth::KeyId;
 use taskmill_protocol::{AuthKey, Delivery, ErrorKind, Outcome, Request, Wait};
@@ -26,6 +27,10 @@ fn named(secret: &str, name: &str) -> AuthKey {
 }
 
 async fn scoped_master() -> TestMaster {
+    scoped_master_with_http().await.0
+}
+
+async fn scoped_master_with_http() -> (TestMaster, std::net::SocketAddr) {
     let mut keys = Keyring::default();
     let mut add = |name: &str, secret: &str, rights: &str, queues: &str| {
         let grants = Grants::parse(rights, queues).unwrap();
@@ -37,7 +42,7 @@ async fn scoped_master() -> TestMaster {
     add("ops", ADMIN, "admin", "*");
     let mut config = config();
     config.keys = keys;
-    TestMaster::start(config).await
+    TestMaster::start_with_http(config, HttpConfig::default()).await
 }
 
 async fn connect(master: &TestMaster, key: &AuthKey) -> Result<Client, ClientError> {
@@ -94,7 +99,7 @@ fn complete(results: &str, task: u64) -> Request {
 
 #[tokio::test]
 async fn each_role_may_do_its_part_and_is_refused_the_rest() {
-    let master = scoped_master().await;
+    let (master, http) = scoped_master_with_http().await;
     let mut producer = connect(&master, &named(PRODUCER, "prod")).await.unwrap();
     let mut worker = connect(&master, &named(WORKER, "work")).await.unwrap();
     let mut collector = connect(&master, &named(COLLECTOR, "coll")).await.unwrap();
@@ -190,6 +195,17 @@ async fn each_role_may_do_its_part_and_is_refused_the_rest() {
     root.put("anything", vec![b("1")], Wait::No).await.unwrap();
     root.take("anything", 1, Wait::No).await.unwrap();
     assert_eq!(root.stats().await.unwrap().forbidden_total, 14);
+    let metrics = taskmill_testkit::http::get(http, "/metrics", &[]).await;
+    assert!(
+        metrics
+            .body
+            .contains("taskmill_forbidden_requests_total 14\n"),
+        "{}",
+        metrics.body
+    );
+    let api = taskmill_testkit::http::get(http, "/api/stats", &[]).await;
+    let api: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+    assert_eq!(api["forbidden_total"], 14);
     master.stop().await;
 }
 
@@ -262,6 +278,10 @@ async fn a_key_rotates_on_sighup_while_a_job_runs() {
     std::fs::create_dir_all(&dir).unwrap();
     let keys = dir.join("keys");
     write_keys(&keys, &[OLD]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let master = Proc::spawn(
         std::process::Command::new(binary("taskmill-master"))
             .args(["serve", "--listen", "127.0.0.1:0", "--keys-file"])
@@ -328,6 +348,7 @@ async fn a_key_rotates_on_sighup_while_a_job_runs() {
     assert_eq!(got, ["0", "1", "2", "3"].map(b), "the job completed");
     let stderr = master.stderr();
     assert!(stderr.contains("keys not reloaded"), "{stderr}");
+    assert!(stderr.contains("is readable by other users"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

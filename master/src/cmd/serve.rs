@@ -36,6 +36,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn load_keys(path: &Path) -> Result<Keyring, String> {
     let keys = Keyring::load(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!(
+                "keys file {} is readable by other users; chmod 600 it",
+                path.display()
+            );
+        }
+    }
     tracing::info!(keys = keys.len(), file = %path.display(), "scoped keys loaded");
     Ok(keys)
 }
