@@ -414,3 +414,47 @@ fn the_squares_job_runs_on_scoped_keys_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --master"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With a keys file and no authkey, only named keys get in: the default key is one nobody
+/// holds.
+#[tokio::test]
+async fn a_master_with_only_a_keys_file_takes_only_named_keys() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("taskmill-scoped-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, format!("w worker tasks {WORKER}\n")).unwrap();
+    let mut child = std::process::Command::new(binary("taskmill-master"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--keys-file"])
+        .arg(&keys)
+        .env_remove("TASKMILL_AUTHKEY")
+        .env_remove("TASKMILL_AUTHKEY_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _master = Proc::adopt(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    });
+    let line = within("the listening line", line).await.unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    match within("connect", Client::connect(&addr, &key())).await {
+        Err(ClientError::AuthenticationFailed) => {}
+        other => panic!("the test key as default key: {other:?}"),
+    }
+    let mut worker = within("connect", Client::connect(&addr, &named(WORKER, "w")))
+        .await
+        .unwrap();
+    refused(&mut worker, put("tasks")).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
