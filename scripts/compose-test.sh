@@ -88,8 +88,17 @@ job_pid="" # the job running in the background, if any
 unset COMPOSE_FILE COMPOSE_PROFILES COMPOSE_PROJECT_NAME COMPOSE_PATH_SEPARATOR
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^TASKMILL_' | grep -v '^TASKMILL_TEST_' || true)
 : >"$tmp/empty.env"
-export TASKMILL_AUTHKEY
-TASKMILL_AUTHKEY="test-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# The key, as the README says: a file the containers' user (uid 10001) may read, handed to
+# them as a Docker secret. A second file holds a key too short to use (scenario 6).
+key_file() {
+    printf '%s\n' "$2" >"$tmp/$1"
+    chown 10001:10001 "$tmp/$1" 2>/dev/null || chmod 644 "$tmp/$1"
+    chmod go-w "$tmp/$1"
+    [ "$(id -u)" != 0 ] || chmod 400 "$tmp/$1"
+}
+key_file authkey "test-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+key_file short-authkey short
+export TASKMILL_AUTHKEY_FILE="$tmp/authkey"
 export TASKMILL_PUBLISH="127.0.0.1:" # loopback, a free port the engine picks
 export TASKMILL_HTTP_PUBLISH="127.0.0.1:"
 export TASKMILL_LEASE_TIMEOUT=5s
@@ -354,7 +363,7 @@ compose 60 config -q || fail "docker-compose.yml does not validate"
 scenario_6() {
     log "== scenario 6: a key too short: the services restart in a loop, and it shows"
     local cid state deadline t0 ok=0
-    TASKMILL_AUTHKEY=short compose 120 up -d --scale worker=1 master worker >"$tmp/up.log" 2>&1 ||
+    TASKMILL_AUTHKEY_FILE="$tmp/short-authkey" compose 120 up -d --scale worker=1 master worker >"$tmp/up.log" 2>&1 ||
         { cat "$tmp/up.log"; fail "compose up"; }
     cid="$(compose 30 ps -q master)"
     [ -n "$cid" ] || fail "no master container"
@@ -372,7 +381,7 @@ scenario_6() {
     log "docker-compose logs master: $(grep -m1 'authkey is' "$tmp/s6.log" | sed 's/.*| //')"
     # The job, which waits for a healthy master, refuses at once instead of running.
     t0=$SECONDS
-    TASKMILL_AUTHKEY=short compose 90 run --rm -T job </dev/null >"$tmp/s6.out" 2>"$tmp/s6.err" || ok=$?
+    TASKMILL_AUTHKEY_FILE="$tmp/short-authkey" compose 90 run --rm -T job </dev/null >"$tmp/s6.out" 2>"$tmp/s6.err" || ok=$?
     [ "$ok" -ne 0 ] || fail "the job ran against a master that cannot start"
     grep -qi unhealthy "$tmp/s6.err" || { cat "$tmp/s6.err"; fail "the job's refusal does not name the unhealthy master"; }
     [ $((SECONDS - t0)) -lt 60 ] || fail "the job took $((SECONDS - t0)) s to refuse"

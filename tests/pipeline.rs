@@ -7,11 +7,16 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 use taskmill::{Client, Worked};
+use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
+use taskmill_protocol::handshake::{Binding, ClientHello};
+use taskmill_protocol::seal::Side;
 use taskmill_protocol::{
-    ClientMessage, Connection, Delivery, MasterMessage, MessageCodec, Outcome, Reply, Request, Wait,
+    ClientHandshake, ClientMessage, Connection, Delivery, MasterHandshake, MasterMessage,
+    MessageCodec, Outcome, Reply, Request, Wait,
 };
-use taskmill_testkit::{b, config, raw_session, within, TestMaster};
+use taskmill_testkit::{b, config, key, within, TestMaster};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio_util::codec::Encoder;
 
 /// A worker's step on "tasks": complete `done` (if any) with a result, then lease up to `max`.
@@ -172,28 +177,55 @@ async fn pipelined_requests_get_every_reply_and_waiting_ones_can_be_overtaken() 
     );
 }
 
-/// Writes `requests`, then `tail`, in one write on a fresh session, and reads until the master
-/// closes: every reply it sent by request id.
+/// Writes `requests`, then `tail` (frame bodies, sealed like the requests), in one write on a
+/// fresh session, and reads until the master closes: every reply it sent by request id.
 async fn replies_before_close(
     master: &TestMaster,
     requests: Vec<ClientMessage>,
-    tail: &[u8],
+    tail: &[Vec<u8>],
     half_close: bool,
 ) -> HashMap<u64, Reply> {
-    let conn = raw_session(&master.addr).await;
-    let max_frame = conn.max_frame();
-    let mut stream = conn.into_inner();
-    let mut codec = MessageCodec::<(), ClientMessage>::new(max_frame);
-    let mut bytes = BytesMut::new();
-    for request in &requests {
-        codec.encode(request, &mut bytes).unwrap();
+    // The handshake by hand, to hold the session keys and seal frames of our own making.
+    let mut hs = Connection::<_, MasterHandshake, ClientHandshake>::new(
+        TcpStream::connect(&master.addr).await.unwrap(),
+        HANDSHAKE_MAX_FRAME,
+    );
+    let (state, hello) = ClientHello::start(&key(), &Binding::Plain, None);
+    hs.send(&hello).await.unwrap();
+    let Some(MasterHandshake::Welcome { ephemeral, sealed }) =
+        within("welcome", hs.recv()).await.unwrap()
+    else {
+        panic!("no welcome");
+    };
+    let (limits, keys) = state.finish(&ephemeral, &sealed).unwrap();
+    let max_frame = limits.max_frame as usize;
+    let mut stream = hs.into_inner();
+    let (mut seal, _) = keys.for_side(Side::Client);
+    let mut plain = MessageCodec::<(), ClientMessage>::new(max_frame);
+    let mut bodies: Vec<Vec<u8>> = requests
+        .iter()
+        .map(|request| {
+            let mut frame = BytesMut::new();
+            plain.encode(request, &mut frame).unwrap();
+            frame[4..].to_vec()
+        })
+        .collect();
+    bodies.extend(tail.iter().cloned());
+    let mut bytes = Vec::new();
+    for mut body in bodies {
+        let tag = seal.seal(&mut body).unwrap();
+        bytes.extend_from_slice(&((body.len() + tag.len()) as u32).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&tag);
     }
-    bytes.extend_from_slice(tail);
     stream.write_all(&bytes).await.unwrap();
     if half_close {
         stream.shutdown().await.unwrap();
     }
     let mut conn = Connection::<_, MasterMessage, ClientMessage>::new(stream, max_frame);
+    let (unused, open) = keys.for_side(Side::Client);
+    conn.encrypt(unused, open);
+    conn.set_max_frame(max_frame);
     let mut replies = HashMap::new();
     loop {
         match within("replies, then the close", conn.recv()).await {
@@ -235,9 +267,9 @@ fn three_requests(queue: &str) -> Vec<ClientMessage> {
 #[tokio::test]
 async fn requests_read_before_a_bad_frame_are_answered_before_the_master_closes() {
     let master = TestMaster::start(config()).await;
-    // A frame whose body does not decode (no request has index 200), then a put that is never
-    // read.
-    let mut tail = vec![0, 0, 0, 3, 0x00, 0x09, 200];
+    // A sealed frame whose body does not decode (no request has index 200), then a put that
+    // is never read.
+    let bad = vec![0x00, 0x09, 200];
     let mut after = BytesMut::new();
     MessageCodec::<(), ClientMessage>::new(1 << 20)
         .encode(
@@ -253,7 +285,7 @@ async fn requests_read_before_a_bad_frame_are_answered_before_the_master_closes(
             &mut after,
         )
         .unwrap();
-    tail.extend_from_slice(&after);
+    let tail = [bad, after[4..].to_vec()];
     let replies = replies_before_close(&master, three_requests("bad"), &tail, false).await;
     assert!(
         matches!(replies.get(&1), Some(Reply::Put { accepted: 1, .. })),

@@ -1,5 +1,6 @@
-//! TLS end to end, with certificates made by the test: the job over TLS, and clear errors when
-//! one side speaks TLS and the other does not, or the CA is wrong.
+//! TLS end to end, with certificates made by the test: the job over TLS, clear errors when
+//! one side speaks TLS and the other does not, or the CA is wrong, and relays that splice
+//! transports (review M3) failing the handshake.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use taskmill::{Client, ClientError, ClientOptions};
 use taskmill_protocol::{Rejection, TlsClient, TlsServer};
 use taskmill_squares::job::{self, JobConfig};
 use taskmill_testkit::{config, key, within, TestMaster};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files in a fresh folder.
@@ -221,4 +222,114 @@ fn unreadable_or_empty_pem_files_are_clear_errors() {
     let err = TlsClient::from_ca_file(&dir.join("empty.pem"), "localhost").unwrap_err();
     assert!(err.to_string().contains("no certificate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A relay on a fresh loopback port for one connection: it takes the client's side as
+/// `accept` says (plain, or TLS ended with the master's own certificate: the relay holds it),
+/// opens its own TLS connection to `master`, and copies bytes both ways unchanged.
+async fn relay(master: &str, accept: Option<TlsServer>, connect: TlsClient) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let master = master.to_owned();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let mut client = match accept {
+            Some(tls) => tls.accept(client).await.unwrap(),
+            None => taskmill_protocol::Stream::Plain(client),
+        };
+        let upstream = TcpStream::connect(&master).await.unwrap();
+        let mut upstream = connect.connect(upstream).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_relay_between_a_plaintext_client_and_a_tls_master_fails_the_handshake() {
+    let pki = Pki::new("relay");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    let master = TestMaster::start(cfg).await;
+    let to_master = pki.client("localhost").tls.unwrap();
+
+    // Plaintext towards the client, TLS towards the master: the hello the client made for a
+    // plain transport does not verify for the master's TLS session.
+    let addr = relay(&master.addr, None, to_master.clone()).await;
+    let err = within(
+        "plain client through the relay",
+        Client::connect(&addr, &key()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::AuthenticationFailed), "{err:?}");
+    assert!(err.to_string().contains("relay"), "{err}");
+
+    // TLS on both legs, the relay even holding the master's certificate: two TLS sessions,
+    // two exporter values, and the hello fails all the same.
+    let addr = relay(&master.addr, Some(pki.server()), to_master).await;
+    let err = within(
+        "tls client through a tls relay",
+        Client::connect_with(&addr, &key(), &pki.client("localhost")),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::AuthenticationFailed), "{err:?}");
+
+    // Straight to the master, the same client and key work.
+    within(
+        "direct",
+        Client::connect_with(&master.addr, &key(), &pki.client("localhost")),
+    )
+    .await
+    .unwrap()
+    .ping()
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_client_that_does_not_negotiate_alpn_taskmill_is_refused() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    let pki = Pki::new("alpn");
+    let mut cfg = config();
+    cfg.tls = Some(pki.server());
+    // Past the test's own bound: only the ALPN check can close the connection in time.
+    cfg.handshake_timeout = taskmill_testkit::LIMIT * 2;
+    let master = TestMaster::start(cfg).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let connect = |alpn: Vec<Vec<u8>>| {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let addr = master.addr.clone();
+        async move {
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+        }
+    };
+    // Another protocol's id: refused in the TLS handshake itself.
+    let err = within("tls offering h2", connect(vec![b"h2".to_vec()]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
+    // No ALPN at all: the TLS handshake completes, then the master closes without a word.
+    let mut tls = within("tls without alpn", connect(vec![]))
+        .await
+        .expect("the TLS handshake itself completes");
+    let mut buf = [0u8; 64];
+    let read = within("the master closing", tls.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }

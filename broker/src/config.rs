@@ -7,6 +7,7 @@ use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
 
 use crate::broker::QueueLimits;
 use crate::net::guard::GuardLimits;
+use crate::net::keys::Keyring;
 
 /// Smallest frame cap worth running with: every reply but a huge `Stats` fits.
 pub const MIN_MAX_FRAME: usize = 4096;
@@ -25,7 +26,10 @@ pub const MAX_ITEMS: usize = 65_536;
 /// What a running master enforces.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The default key: every right, for clients that send no key id.
     pub key: AuthKey,
+    /// Scoped keys, besides the default one ([`crate::Master::set_keys`] replaces them).
+    pub keys: Keyring,
     /// Bound on the whole handshake; a silent or slow peer is dropped when it passes.
     pub handshake_timeout: Duration,
     /// Bound on the wait for a connection's first byte (at most `handshake_timeout`): honest
@@ -61,6 +65,7 @@ impl ServerConfig {
     pub fn new(key: AuthKey) -> Self {
         Self {
             key,
+            keys: Keyring::default(),
             handshake_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(1),
             max_frame: DEFAULT_MAX_FRAME,

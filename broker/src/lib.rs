@@ -42,3 +42,4 @@ pub use config::{ServerConfig, DEFAULT_MAX_MEMORY, MAX_ITEMS, MIN_MAX_FRAME};
 pub use ipnet::IpNet;
 pub use master::Master;
 pub use net::guard::GuardLimits;
+pub use net::keys::{Grants, Keyring};

@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use taskmill_protocol::Stats;
@@ -22,6 +22,7 @@ use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::http::{self, HttpConfig};
 use crate::net::guard::Guard;
+use crate::net::keys::Keyring;
 use crate::net::listener::{self, Admission, AdmissionCounts};
 use crate::net::peers::Peers;
 use crate::net::session::Taskmill;
@@ -39,6 +40,8 @@ pub(crate) struct Counters {
     pub failures_delayed: AtomicU64,
     /// The Python listener's own (`--python-listen`).
     pub python: crate::compat::python::Counters,
+    /// Requests refused because the session's key lacks the right.
+    pub forbidden: AtomicU64,
 }
 
 /// How a handshake ended.
@@ -142,6 +145,8 @@ pub(crate) struct Context {
     pub stats_cache: Mutex<Option<(Instant, Arc<Stats>)>>,
     /// The Python listener's address, if it runs.
     pub python_addr: OnceLock<SocketAddr>,
+    /// The scoped keys now valid; replaced whole on reload.
+    pub keys: RwLock<Arc<Keyring>>,
 }
 
 /// The least time between two readings of the queues for `Stats`, and between two `Stats`
@@ -164,6 +169,7 @@ impl Master {
             ctx: Arc::new(Context {
                 guard: Guard::new(config.guard.clone()),
                 delayed_replies: Arc::new(tokio::sync::Semaphore::new(MAX_DELAYED_REPLIES)),
+                keys: RwLock::new(Arc::new(config.keys.clone())),
                 config,
                 broker,
                 counters: Counters::default(),
@@ -289,6 +295,12 @@ impl Master {
     pub fn stats(&self) -> Stats {
         self.ctx.stats()
     }
+
+    /// Replaces the scoped keys (a reload of the keys file): new connections use `keys`;
+    /// sessions already open keep the rights they authenticated with.
+    pub fn set_keys(&self, keys: Keyring) {
+        *self.ctx.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
 }
 
 impl Context {
@@ -360,6 +372,7 @@ impl Context {
             completing_clients_total: completing,
             queues,
             storage: self.store.stats(),
+            forbidden_total: counters.forbidden.load(Ordering::Relaxed),
         }
     }
 }

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use taskmill_protocol::auth::KeyId;
 use taskmill_protocol::{AuthKey, KeyError, TlsClient, TlsError};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,32 @@ impl KeyArgs {
     }
 }
 
+/// A client's key: the authkey, and its name if it is one of the master's scoped keys.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientKeyArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// The name of the key, when the master gives out scoped keys (its --keys-file); without
+    /// it the key is the master's default key.
+    #[arg(long, env = taskmill_protocol::auth::KEY_ID_ENV, value_parser = parse_key_id)]
+    pub key_id: Option<KeyId>,
+}
+
+impl ClientKeyArgs {
+    /// The key under its id, if any; see [`KeyArgs::load`].
+    pub fn load(&self) -> Result<AuthKey, KeyError> {
+        let key = self.key.load()?;
+        Ok(match self.key_id {
+            Some(id) => key.with_id(id),
+            None => key,
+        })
+    }
+}
+
+fn parse_key_id(text: &str) -> Result<KeyId, String> {
+    text.parse()
+}
+
 /// How a client binary reaches a master: its address, the key, and TLS.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
@@ -53,7 +80,7 @@ pub struct ConnectArgs {
     #[arg(long, env = "TASKMILL_MASTER", default_value = "127.0.0.1:5000", value_parser = parse_master_addr)]
     pub master: String,
     #[command(flatten)]
-    pub key: KeyArgs,
+    pub key: ClientKeyArgs,
     #[command(flatten)]
     pub tls: TlsClientArgs,
 }
@@ -307,6 +334,8 @@ pub fn run_main<F>(name: &str, body: F) -> ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
+    // Before the runtime starts its threads: see `take_key_from_env`.
+    taskmill_protocol::auth::take_key_from_env();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

@@ -38,6 +38,13 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
         stats.probes,
         stats.completing_clients_total,
     );
+    if stats.forbidden_total > 0 {
+        let _ = writeln!(
+            out,
+            "{} requests refused as beyond their key's rights (Forbidden)",
+            stats.forbidden_total
+        );
+    }
     out.push_str(&queue_table(&stats.queues));
     if stats.queues.is_empty() {
         out.push_str("(no queues yet)\n");
@@ -129,6 +136,7 @@ mod tests {
             probes: 2,
             completing_clients_total: 1,
             storage: None,
+            forbidden_total: 3,
             queues: vec![QueueStats {
                 name: "tasks".into(),
                 len: 3,
@@ -158,6 +166,7 @@ mod tests {
         assert_eq!(json["queues"][0]["size"], 3);
         assert_eq!(json["queues"][0]["capacity"], serde_json::Value::Null);
         assert_eq!(json["handshake_failures"], 1);
+        assert_eq!(json["forbidden_total"], 3);
         assert_eq!(json["queues"][0]["dead_total"], 1);
     }
 }

@@ -10,7 +10,10 @@ pub enum ClientError {
     // (`cause`, not `source`: the message already says it, and error chains would repeat it.)
     #[error("cannot connect to the master at {addr}: {cause}")]
     Connect { addr: String, cause: io::Error },
-    #[error("authentication failed: wrong authkey? (the master rejected our proof)")]
+    #[error(
+        "authentication failed: wrong authkey? (the master rejected our hello; a relay that \
+         changes the transport on the way, e.g. plaintext to TLS, fails the same way)"
+    )]
     AuthenticationFailed,
     #[error(
         "TLS handshake with {addr} failed: {cause} (does the master use TLS, and does the CA \
@@ -64,7 +67,9 @@ impl ClientError {
             self,
             ClientError::Closed(_)
                 | ClientError::ShuttingDown
-                | ClientError::Codec(CodecError::Io(_))
+                | ClientError::Codec(
+                    CodecError::Io(_) | CodecError::Tampered | CodecError::CounterExhausted
+                )
         )
     }
 
@@ -88,6 +93,9 @@ impl ClientError {
                 ..
             } => true,
             ClientError::Codec(CodecError::Io(_)) => true,
+            // Someone on the path altered the stream: this connection is spoilt, a new one
+            // may well be clean, and giving up would hand the attacker an outage.
+            ClientError::Codec(CodecError::Tampered | CodecError::CounterExhausted) => true,
             // The connection broke during the TLS handshake (a master restarting, or refusing
             // for load): worth retrying. A certificate it does not trust is not.
             ClientError::Tls { cause, .. } => matches!(
@@ -133,5 +141,13 @@ mod tests {
         assert!(server(ErrorKind::MemoryFull).is_transient());
         assert!(server(ErrorKind::StorageFull).is_transient());
         assert!(!server(ErrorKind::BadRequest).is_transient());
+        assert!(!server(ErrorKind::Forbidden).is_transient());
+    }
+
+    #[test]
+    fn a_tampered_frame_ends_the_connection_and_is_retried_on_a_new_one() {
+        let err = ClientError::Codec(CodecError::Tampered);
+        assert!(err.is_connection_lost());
+        assert!(err.is_transient());
     }
 }

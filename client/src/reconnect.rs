@@ -1,10 +1,10 @@
 //! Staying connected: the one backoff policy, and a connection that is made again after a
 //! transient failure. Workers, producers and collectors all reconnect this way.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use taskmill_protocol::AuthKey;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::client::{Client, ClientOptions};
 use crate::error::ClientError;
@@ -62,6 +62,14 @@ pub struct Reconnecting {
     backoff: Backoff,
     /// Why the last attempt to connect or call failed, until a connection succeeds again.
     last_error: Option<String>,
+    /// How long connect attempts that fail before a verified `Welcome` (a wrong key, a bad
+    /// version, garbage, a certificate we do not trust) are retried; `None` returns them at
+    /// once. See [`Reconnecting::persist_before_welcome`].
+    patience: Option<Duration>,
+    /// The last attempt was a connect that failed, not a call on a live connection.
+    connect_failed: bool,
+    /// When the current run of failed connect attempts began.
+    failing_since: Option<Instant>,
 }
 
 impl Reconnecting {
@@ -82,7 +90,21 @@ impl Reconnecting {
             client: None,
             backoff: Backoff::new(max_backoff),
             last_error: None,
+            patience: None,
+            connect_failed: false,
+            failing_since: None,
         }
+    }
+
+    /// Retries every failure before the master has proved it holds the key, for up to
+    /// `window` of consecutive failed attempts, logging each at error level. Such a failure
+    /// comes from whoever answers the master's address, and only the master's proof shows
+    /// that this is the master: a local user who binds the port while the master restarts,
+    /// or a spoofed DNS answer, must not be able to stop a worker for good with one frame.
+    /// A wrong key of our own also lands here, which is why each attempt is logged loudly.
+    pub fn persist_before_welcome(mut self, window: Duration) -> Self {
+        self.patience = Some(window);
+        self
     }
 
     /// The master's address.
@@ -94,7 +116,10 @@ impl Reconnecting {
     /// [`Reconnecting::failed`]).
     pub async fn client(&mut self) -> Result<&mut Client, ClientError> {
         if self.client.is_none() {
+            self.connect_failed = true;
             let client = Client::connect_with(&self.addr, &self.key, &self.options).await?;
+            self.connect_failed = false;
+            self.failing_since = None;
             self.backoff.reset();
             self.last_error = None;
             self.client = Some(client);
@@ -116,8 +141,25 @@ impl Reconnecting {
     /// waits out the backoff; anything else is returned. Cancel-safe: dropping the future
     /// only cuts the wait short.
     pub async fn failed(&mut self, err: ClientError) -> Result<(), ClientError> {
+        let before_welcome = std::mem::take(&mut self.connect_failed);
+        let since = if before_welcome {
+            *self.failing_since.get_or_insert_with(Instant::now)
+        } else {
+            Instant::now()
+        };
         if !err.is_transient() {
-            return Err(err);
+            let Some(window) = self.patience.filter(|_| before_welcome) else {
+                return Err(err);
+            };
+            if since.elapsed() >= window {
+                error!(role = self.role, master = %self.addr, cause = %err, failing_for = ?since.elapsed(), "every connect attempt failed before the master proved itself; giving up");
+                return Err(err);
+            }
+            let retry_in = self.backoff.next_delay();
+            self.last_error = Some(err.to_string());
+            error!(role = self.role, master = %self.addr, cause = %err, ?retry_in, "the handshake failed before the master proved it holds the key (wrong authkey, wrong version, or not our master?); retrying");
+            tokio::time::sleep(retry_in).await;
+            return Ok(());
         }
         let retry_in = self.backoff.next_delay();
         self.last_error = Some(err.to_string());

@@ -9,10 +9,12 @@
 //! - `decode_frames`: bits 0-1 pick the session frame cap, bits 2-7 seed the chunk sizes the
 //!   stream is fed in.
 //! - `master_handshake`, `client_handshake`: bits 0-1 pick the scenario (0: raw bytes; 1: an
-//!   honest first message from the harness, then the bytes; 2: an honest handshake, then the
-//!   bytes as session frames; 3: an honest exchange up to the second message, then the bytes),
-//!   bits 2-4 the write size, bits 5-6 the in-memory pipe's capacity, bit 7 whether the peer
-//!   half-closes and reads to the end (0) or drops the whole stream once written (1).
+//!   honest first message from the harness, then the bytes as they are; 2: an honest handshake,
+//!   then the bytes as session frames, each whole frame sealed by the harness with the session
+//!   key so the decoder behind the seal is reached; 3: the harness's handshake message with one
+//!   bit flipped, which must be refused, then the bytes), bits 2-4 the write size, bits 5-6 the
+//!   in-memory pipe's capacity, bit 7 whether the peer half-closes and reads to the end (0) or
+//!   drops the whole stream once written (1).
 //! - `python_pickle`: bit 0 picks a manager request (0) or a stored payload (1); see
 //!   `pickle.rs`.
 
@@ -24,13 +26,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use serde::{de::DeserializeOwned, Serialize};
-use taskmill_protocol::auth::Role;
 use taskmill_protocol::codec::{clamp_max_frame, HANDSHAKE_MAX_FRAME, MAX_FRAME_CEILING};
-use taskmill_protocol::handshake::{accept, connect};
+use taskmill_protocol::handshake::{self, accept, connect, Binding, ClientHello, Limits};
+use taskmill_protocol::seal::{FrameKey, Side, TAG_LEN};
 use taskmill_protocol::{
     decode_payload, encode_payload, AuthKey, ClientHandshake, ClientMessage, CodecError,
-    DeadLetter, MasterHandshake, MasterMessage, MessageCodec, Nonce, DEFAULT_MAX_FRAME, MAGIC,
-    PROTOCOL_VERSION,
+    DeadLetter, MasterHandshake, MasterMessage, MessageCodec, DEFAULT_MAX_FRAME,
 };
 use taskmill_squares::{SquareResult, SquareTask};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -70,9 +71,10 @@ const HANG: Duration = Duration::from_secs(60);
 /// The master's heartbeat interval in the harness; any value will do.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Nonces the harness's honest side uses: their value changes no code path.
-const CLIENT_NONCE: Nonce = [0x5a; 32];
-const MASTER_NONCE: Nonce = [0xa5; 32];
+/// Ephemeral private keys the harness's honest side uses: their value changes no code path,
+/// and fixed ones keep every run of an input the same.
+const CLIENT_EPHEMERAL: [u8; 32] = [0x5a; 32];
+const MASTER_EPHEMERAL: [u8; 32] = [0xa5; 32];
 
 /// The authkey both honest sides hold.
 pub fn key() -> &'static AuthKey {
@@ -111,6 +113,10 @@ fn end_of(err: CodecError) -> End {
         CodecError::Decode(_) => End::Undecodable,
         CodecError::Io(_) => End::Truncated,
         CodecError::Encode(e) => panic!("decoding reported an encode error: {e}"),
+        // decode_frames reads unsealed frames: a codec with no keys cannot report these.
+        CodecError::Tampered | CodecError::CounterExhausted => {
+            panic!("an unsealed decoder reported a sealing error: {err}")
+        }
     }
 }
 
@@ -424,6 +430,35 @@ where
     }
 }
 
+/// Seals each whole frame in `bytes` (length header, then body) as the codec does after a
+/// plaintext handshake; whatever follows the last whole frame is passed on as it is.
+fn seal_frames(key: &mut FrameKey, mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    while bytes.len() >= HEADER_LEN {
+        let len = u32::from_be_bytes(bytes[..HEADER_LEN].try_into().unwrap()) as usize;
+        if bytes.len() - HEADER_LEN < len {
+            break;
+        }
+        let mut body = bytes[HEADER_LEN..HEADER_LEN + len].to_vec();
+        let Ok(tag) = key.seal(&mut body) else {
+            break;
+        };
+        out.extend_from_slice(&((len + TAG_LEN) as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&tag);
+        bytes = &bytes[HEADER_LEN + len..];
+    }
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Flips one bit of a handshake frame's body, chosen by `pick`.
+fn flip_bit(frame: &mut BytesMut, pick: u8) {
+    let body = frame.len() - HEADER_LEN;
+    let at = HEADER_LEN + usize::from(pick) % body;
+    frame[at] ^= 1 << (pick % 8);
+}
+
 /// Target `master_handshake`: `handshake::accept` against a client made of the input.
 pub fn master_handshake(data: &[u8]) {
     let Some((&b, rest)) = data.split_first() else {
@@ -436,6 +471,7 @@ pub fn master_handshake(data: &[u8]) {
             match accept(master_end, key(), DEFAULT_MAX_FRAME, HEARTBEAT).await {
                 Ok(mut conn) => {
                     assert_eq!(conn.max_frame(), DEFAULT_MAX_FRAME);
+                    assert!(conn.is_encrypted(), "a plaintext session must be sealed");
                     // Past the handshake: the rest of the input is session frames.
                     while let Ok(Some(_)) = conn.recv().await {}
                     true
@@ -443,45 +479,58 @@ pub fn master_handshake(data: &[u8]) {
                 Err(_) => false,
             }
         };
-        let (accepted, honest) = against(master, fake_client(client_end, steer, rest)).await;
-        if honest {
-            assert!(accepted, "an honest client was refused");
+        let (accepted, client) = against(master, fake_client(client_end, steer, rest)).await;
+        match client {
+            Client::Honest => assert!(accepted, "an honest client was refused"),
+            Client::Tampered => assert!(!accepted, "a hello altered on the way was accepted"),
+            Client::Other => {}
         }
     });
 }
 
-/// The client side of `master_handshake`. Returns whether it ran an honest handshake to the
-/// end, which the master must then have accepted.
-async fn fake_client(stream: DuplexStream, steer: Steer, rest: &[u8]) -> bool {
+/// What the harness's client did, and so what the master must have made of it.
+enum Client {
+    Honest,
+    Tampered,
+    Other,
+}
+
+/// The client side of `master_handshake`.
+async fn fake_client(stream: DuplexStream, steer: Steer, mut rest: &[u8]) -> Client {
     let (mut r, mut w) = tokio::io::split(stream);
     let mut buf = BytesMut::new();
-    let hello = frame(&ClientHandshake::Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        nonce: CLIENT_NONCE,
-    });
-    let mut honest = false;
-    if steer.scenario != 0 && w.write_all(&hello).await.is_err() {
-        return false;
+    let (state, hello) = ClientHello::start(key(), &Binding::Plain, Some(&CLIENT_EPHEMERAL));
+    let mut hello = frame(&hello);
+    let mut client = Client::Other;
+    if steer.scenario == 3 {
+        let Some((&pick, tail)) = rest.split_first() else {
+            return Client::Other;
+        };
+        rest = tail;
+        flip_bit(&mut hello, pick);
+        client = Client::Tampered;
     }
-    if steer.scenario >= 2 {
-        let master_nonce = match read_frame(&mut r, &mut buf).await {
-            Some(MasterHandshake::Challenge { nonce, .. }) => nonce,
+    if steer.scenario != 0 && w.write_all(&hello).await.is_err() {
+        return Client::Other;
+    }
+    if matches!(steer.scenario, 1 | 2) && !steer.drop_after {
+        client = Client::Honest;
+    }
+    if steer.scenario == 2 {
+        let (ephemeral, sealed) = match read_frame(&mut r, &mut buf).await {
+            Some(MasterHandshake::Welcome { ephemeral, sealed }) => (ephemeral, sealed),
             other => panic!("an honest hello was answered with {other:?}"),
         };
-        if steer.scenario == 2 {
-            let mac = key().proof(Role::Client, PROTOCOL_VERSION, &CLIENT_NONCE, &master_nonce);
-            if w.write_all(&frame(&ClientHandshake::Proof { mac }))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            honest = !steer.drop_after;
-        }
+        let (_, keys) = state
+            .finish(&ephemeral, &sealed)
+            .expect("the master's welcome opens");
+        let (mut seal, _) = keys.for_side(Side::Client);
+        let sealed = seal_frames(&mut seal, rest);
+        send_rest(&mut r, &mut w, &sealed, steer).await;
+        return client;
     }
     send_rest(&mut r, &mut w, rest, steer).await;
-    honest
+    client
 }
 
 /// Target `client_handshake`: `handshake::connect` against a master made of the input.
@@ -496,6 +545,7 @@ pub fn client_handshake(data: &[u8]) {
             match connect(client_end, key(), "fuzz").await {
                 Ok((mut conn, heartbeat)) => {
                     assert!(heartbeat >= Duration::from_millis(1));
+                    assert!(conn.is_encrypted(), "a plaintext session must be sealed");
                     let cap = conn.max_frame();
                     while let Ok(Some(_)) = conn.recv().await {}
                     Some(cap)
@@ -504,50 +554,37 @@ pub fn client_handshake(data: &[u8]) {
             }
         };
         let (cap, welcomed) = against(client, fake_master(master_end, steer, rest)).await;
-        if let Some(max_frame) = welcomed {
-            assert_eq!(
+        match welcomed {
+            Welcomed::Honest(max_frame) => assert_eq!(
                 cap,
                 Some(clamp_max_frame(max_frame as usize)),
                 "an honest master was refused, or its frame cap was not taken"
-            );
+            ),
+            Welcomed::Tampered => assert_eq!(cap, None, "an altered welcome was taken"),
+            Welcomed::No => {}
         }
     });
 }
 
-/// The master side of `client_handshake`. Returns the `max_frame` of the genuine `Welcome` it
-/// sent, if it ran an honest handshake to the end.
-async fn fake_master(stream: DuplexStream, steer: Steer, mut rest: &[u8]) -> Option<u32> {
+/// What the harness's master sent, and so what the client must have made of it.
+enum Welcomed {
+    /// A genuine welcome with this `max_frame`.
+    Honest(u32),
+    Tampered,
+    No,
+}
+
+/// The master side of `client_handshake`.
+async fn fake_master(stream: DuplexStream, steer: Steer, mut rest: &[u8]) -> Welcomed {
     let (mut r, mut w) = tokio::io::split(stream);
     let mut buf = BytesMut::new();
-    let mut welcomed = None;
+    let mut welcomed = Welcomed::No;
     if steer.scenario != 0 {
-        let client_nonce = match read_frame(&mut r, &mut buf).await {
-            Some(ClientHandshake::Hello { nonce, .. }) => nonce,
+        let (ephemeral, tag) = match read_frame(&mut r, &mut buf).await {
+            Some(ClientHandshake::Hello { ephemeral, tag, .. }) => (ephemeral, tag),
             other => panic!("the client opened with {other:?}"),
         };
         if steer.scenario >= 2 {
-            let challenge = frame(&MasterHandshake::Challenge {
-                version: PROTOCOL_VERSION,
-                nonce: MASTER_NONCE,
-            });
-            if w.write_all(&challenge).await.is_err() {
-                return None;
-            }
-            match read_frame(&mut r, &mut buf).await {
-                Some(ClientHandshake::Proof { mac }) => assert!(
-                    key().verify(
-                        Role::Client,
-                        PROTOCOL_VERSION,
-                        &client_nonce,
-                        &MASTER_NONCE,
-                        &mac
-                    ),
-                    "the client's proof does not verify"
-                ),
-                other => panic!("the client answered the challenge with {other:?}"),
-            }
-        }
-        if steer.scenario == 2 {
             // The session's limits come from the input too.
             let mut word = || {
                 let (head, tail) = rest.split_at(rest.len().min(4));
@@ -556,17 +593,37 @@ async fn fake_master(stream: DuplexStream, steer: Steer, mut rest: &[u8]) -> Opt
                 le[..head.len()].copy_from_slice(head);
                 u32::from_le_bytes(le)
             };
-            let (max_frame, heartbeat_ms) = (word(), word());
-            let mac = key().proof(Role::Master, PROTOCOL_VERSION, &client_nonce, &MASTER_NONCE);
-            let welcome = frame(&MasterHandshake::Welcome {
-                mac,
-                max_frame,
-                heartbeat_ms,
-            });
-            if w.write_all(&welcome).await.is_err() {
-                return None;
+            let limits = Limits {
+                max_frame: word(),
+                heartbeat_ms: word(),
+            };
+            let (welcome, keys) = handshake::answer(
+                key(),
+                &Binding::Plain,
+                &ephemeral,
+                &tag,
+                limits,
+                Some(&MASTER_EPHEMERAL),
+            )
+            .expect("the client's hello verifies");
+            let mut welcome = frame(&welcome);
+            if steer.scenario == 3 {
+                let pick = rest.first().copied().unwrap_or(0);
+                rest = rest.get(1..).unwrap_or_default();
+                flip_bit(&mut welcome, pick);
             }
-            welcomed = Some(max_frame);
+            if w.write_all(&welcome).await.is_err() {
+                return Welcomed::No;
+            }
+            if steer.scenario == 3 {
+                welcomed = Welcomed::Tampered;
+            } else {
+                welcomed = Welcomed::Honest(limits.max_frame);
+                let (mut seal, _) = keys.for_side(Side::Master);
+                let sealed = seal_frames(&mut seal, rest);
+                send_rest(&mut r, &mut w, &sealed, steer).await;
+                return welcomed;
+            }
         }
     }
     send_rest(&mut r, &mut w, rest, steer).await;

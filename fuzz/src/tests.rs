@@ -306,6 +306,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
                 storage: None,
+                forbidden_total: 6,
             })),
         ),
         ("pong", Reply::Pong),
@@ -330,10 +331,20 @@ fn replies() -> Vec<(&'static str, Reply)> {
 }
 
 fn hello() -> ClientHandshake {
-    ClientHandshake::Hello {
+    ClientHello::start(key(), &Binding::Plain, Some(&CLIENT_EPHEMERAL)).1
+}
+
+fn scoped_hello() -> ClientHandshake {
+    let key = key().clone().with_id("worker-1".parse().unwrap());
+    ClientHello::start(&key, &Binding::Plain, Some(&CLIENT_EPHEMERAL)).1
+}
+
+/// A hello from an older client.
+fn legacy_hello(version: u16) -> ClientHandshake {
+    ClientHandshake::LegacyHello {
         magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        nonce: CLIENT_NONCE,
+        version,
+        nonce: [0x5a; 32],
     }
 }
 
@@ -397,18 +408,22 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "client-handshake".into(),
         with_steer(
             0,
-            &framed(&[hello(), ClientHandshake::Proof { mac: [9; 32] }]),
+            &framed(&[
+                hello(),
+                legacy_hello(3),
+                ClientHandshake::LegacyProof { mac: [9; 32] },
+                scoped_hello(),
+            ]),
         ),
     );
     let mut master_hs = vec![
-        MasterHandshake::Challenge {
-            version: PROTOCOL_VERSION,
-            nonce: MASTER_NONCE,
+        MasterHandshake::LegacyChallenge {
+            version: 3,
+            nonce: [0xa5; 32],
         },
         MasterHandshake::Welcome {
-            mac: [3; 32],
-            max_frame: 1 << 20,
-            heartbeat_ms: 5000,
+            ephemeral: [3; 32],
+            sealed: [4; 24],
         },
     ];
     master_hs.extend(rejections().into_iter().map(MasterHandshake::Rejected));
@@ -480,7 +495,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 
     // master_handshake: steering byte = scenario | write size << 2 | pipe << 5 | drop << 7.
     let hello_frame = framed(&[hello()]);
-    let proof = framed(&[ClientHandshake::Proof { mac: [7; 32] }]);
+    let proof = framed(&[ClientHandshake::LegacyProof { mac: [7; 32] }]);
     let session = framed(&[
         ClientMessage::Request {
             id: 1,
@@ -495,21 +510,24 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let bad_magic = framed(&[ClientHandshake::Hello {
         magic: *b"HTTP",
         version: PROTOCOL_VERSION,
-        nonce: CLIENT_NONCE,
+        ephemeral: [0x5a; 32],
+        tag: [0; 16],
     }]);
     let bad_version = framed(&[ClientHandshake::Hello {
         magic: MAGIC,
         version: 2,
-        nonce: CLIENT_NONCE,
+        ephemeral: [0x5a; 32],
+        tag: [0; 16],
     }]);
     let m = "master_handshake";
-    add(
-        m,
-        "raw-hello-proof".into(),
-        with_steer(0x1c, &[hello_frame.clone(), proof.clone()].concat()),
-    );
+    add(m, "raw-hello".into(), with_steer(0x1c, &hello_frame));
     add(m, "raw-bad-magic".into(), with_steer(0x60, &bad_magic));
     add(m, "raw-bad-version".into(), with_steer(0x04, &bad_version));
+    add(
+        m,
+        "raw-legacy-hello".into(),
+        with_steer(0x44, &framed(&[legacy_hello(3)])),
+    );
     add(m, "raw-proof-first".into(), with_steer(0x40, &proof));
     add(
         m,
@@ -519,8 +537,8 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add(m, "hello-then-hello".into(), with_steer(0x61, &hello_frame));
     add(
         m,
-        "hello-then-proof".into(),
-        with_steer(0x01 | 0x80, &proof),
+        "hello-then-unsealed-session".into(),
+        with_steer(0x01 | 0x80, &session),
     );
     add(m, "honest-then-session".into(), with_steer(0x62, &session));
     add(
@@ -528,18 +546,20 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "honest-then-oversize".into(),
         with_steer(0x0a, &oversize),
     );
-    add(m, "challenged-then-proof".into(), with_steer(0x23, &proof));
+    add(m, "tampered-hello".into(), with_steer(0x23, &[37]));
+    // A scoped key's hello to a master without scoped keys: refused as a wrong key.
+    let scoped = framed(&[scoped_hello()]);
+    add(m, "raw-scoped-hello".into(), with_steer(0x1c, &scoped));
 
     // client_handshake: the same steering; scenario 2 reads max_frame and heartbeat_ms as two
     // little-endian u32 before the session bytes.
-    let challenge = framed(&[MasterHandshake::Challenge {
-        version: PROTOCOL_VERSION,
-        nonce: MASTER_NONCE,
+    let challenge = framed(&[MasterHandshake::LegacyChallenge {
+        version: 3,
+        nonce: [0xa5; 32],
     }]);
     let forged_welcome = framed(&[MasterHandshake::Welcome {
-        mac: [1; 32],
-        max_frame: 4096,
-        heartbeat_ms: 1000,
+        ephemeral: [1; 32],
+        sealed: [2; 24],
     }]);
     let replies_stream = framed(&[
         MasterMessage::Reply {
@@ -556,19 +576,13 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let c = "client_handshake";
     add(
         c,
-        "raw-challenge-welcome".into(),
-        with_steer(0x1c, &[challenge.clone(), forged_welcome.clone()].concat()),
+        "raw-forged-welcome".into(),
+        with_steer(0x1c, &forged_welcome),
     );
     add(
         c,
-        "raw-challenge-v2".into(),
-        with_steer(
-            0x60,
-            &framed(&[MasterHandshake::Challenge {
-                version: 2,
-                nonce: MASTER_NONCE,
-            }]),
-        ),
+        "raw-legacy-challenge".into(),
+        with_steer(0x60, &challenge),
     );
     for (i, why) in rejections().into_iter().enumerate() {
         add(
@@ -582,13 +596,13 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     add(
         c,
-        "raw-welcome-first".into(),
-        with_steer(0x20, &forged_welcome),
+        "hello-then-forged-welcome".into(),
+        with_steer(0x05, &forged_welcome),
     );
     add(
         c,
-        "hello-then-challenge".into(),
-        with_steer(0x05, &challenge),
+        "hello-then-legacy-challenge".into(),
+        with_steer(0x21, &challenge),
     );
     let mut limits = Vec::new();
     limits.put_u32_le(4096);
@@ -601,25 +615,20 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add(
         c,
         "honest-welcome-then-oversize".into(),
-        with_steer(0x6a, &[limits, oversize.to_vec()].concat()),
+        with_steer(0x6a, &[limits.clone(), oversize.to_vec()].concat()),
     );
     add(
         c,
-        "challenged-then-forged-welcome".into(),
-        with_steer(0x23, &forged_welcome),
+        "tampered-welcome".into(),
+        with_steer(0x23, &[limits, vec![41]].concat()),
     );
     add(
         c,
-        "challenged-then-rejected".into(),
+        "hello-then-rejected".into(),
         with_steer(
-            0x83,
+            0x81,
             &framed(&[MasterHandshake::Rejected(Rejection::AuthenticationFailed)]),
         ),
-    );
-    add(
-        c,
-        "challenged-then-challenge".into(),
-        with_steer(0x43, &challenge),
     );
     for (name, bytes) in pickle_seeds() {
         add("python_pickle", name.into(), bytes);

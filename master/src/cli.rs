@@ -10,7 +10,7 @@ use taskmill_broker::store::Fsync;
 use taskmill_broker::{GuardLimits, IpNet, QueueLimits, ServerConfig, MIN_MAX_FRAME};
 use taskmill_cli::{
     parse_bytes, parse_count, parse_duration, parse_listen_addr, parse_master_addr,
-    parse_positive_duration, ConnectArgs, KeyArgs, TlsClientArgs,
+    parse_positive_duration, ClientKeyArgs, ConnectArgs, KeyArgs, TlsClientArgs,
 };
 use taskmill_protocol::codec::MAX_FRAME_CEILING;
 use taskmill_protocol::{AuthKey, TlsServer, DEFAULT_MAX_FRAME};
@@ -78,6 +78,13 @@ pub struct ServeArgs {
     pub server: ServerArgs,
     #[command(flatten, next_help_heading = "Key")]
     pub key: KeyArgs,
+    /// Scoped keys: a file of named keys, each limited to some operations on some queues
+    /// (one a line: `name rights queues key`; see the README, "Scoped keys"). Clients pick
+    /// one with --key-id. Re-read on SIGHUP: keys added or removed apply to new connections.
+    /// With it, TASKMILL_AUTHKEY / --authkey-file (every right, for clients without a key
+    /// id) may be left unset: then every client needs a named key.
+    #[arg(long, env = "TASKMILL_KEYS_FILE", help_heading = "Key")]
+    pub keys_file: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Storage")]
     pub storage: StorageArgs,
     #[command(flatten, next_help_heading = "TLS")]
@@ -148,8 +155,9 @@ pub struct RunArgs {
     /// inputs must lie within ±3037000499.
     #[arg(long, env = "TASKMILL_CODEC", default_value = "bincode", value_parser = taskmill_squares::pickled::parse_codec)]
     pub codec: taskmill_squares::Codec,
+    // --key-id only with --master: this process's own master uses the authkey.
     #[command(flatten, next_help_heading = "Key")]
-    pub key: KeyArgs,
+    pub key: ClientKeyArgs,
     /// TLS for the job's own clients (producer, collector, local workers): needed when this
     /// master serves TLS or --master names one that does.
     #[command(flatten, next_help_heading = "TLS of the job's clients")]
@@ -569,6 +577,7 @@ impl ServerArgs {
             };
         Ok(ServerConfig {
             key,
+            keys: Default::default(),
             handshake_timeout: self.handshake_timeout,
             first_byte_timeout: self.first_byte_timeout.min(self.handshake_timeout),
             max_frame: self.max_frame,

@@ -121,7 +121,8 @@ async fn hostile(kind: usize, source: u8, addr: SocketAddr) {
             if let Ok((conn, _)) = handshake::connect(stream, &key, "hostile").await {
                 drop(conn);
             }
-            // A fresh authenticated connection that then sends an undecodable frame.
+            // A fresh authenticated connection that then sends a frame in clear, which does not
+            // open as a sealed one.
             let Ok(stream) = connect_from([127, 0, 0, source], addr).await else {
                 return;
             };

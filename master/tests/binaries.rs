@@ -73,6 +73,16 @@ fn serve_answers_stats_and_stops_cleanly_on_sigterm() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong authkey"));
 
+    // The key left the environment, /proc's view of it included.
+    let environ = std::fs::read(format!("/proc/{}/environ", master.id())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains("RUST_LOG="), "environ was read: {environ}");
+    assert!(!environ.contains("TASKMILL_AUTHKEY"), "{environ}");
+    assert!(!environ.contains(KEY), "{environ}");
+    // The test key is 22 bytes: accepted, with a warning that says what to do.
+    let log = master.stderr();
+    assert!(log.contains("use 32 or more random bytes"), "{log}");
+
     master.signal(libc::SIGTERM);
     let status = master.wait(Duration::from_secs(15));
     assert!(status.success(), "master exit on SIGTERM: {status:?}");
@@ -108,8 +118,8 @@ fn a_worker_process_drains_on_sigterm_while_connected_to_a_serving_master() {
     assert!(master.wait(Duration::from_secs(15)).success());
 }
 
-#[test]
-fn a_worker_with_the_wrong_key_exits_with_a_clear_error_instead_of_retrying() {
+/// A worker with a wrong key, run with `flags`: its exit status and stderr.
+fn worker_with_the_wrong_key(flags: &[&str]) -> (std::process::ExitStatus, String) {
     let _master = Proc::spawn(Command::new(binary("taskmill-master")).args([
         "serve",
         "--listen",
@@ -118,17 +128,43 @@ fn a_worker_with_the_wrong_key_exits_with_a_clear_error_instead_of_retrying() {
     let addr = _master.listening_addr();
     let mut worker = Command::new(binary("taskmill-worker"))
         .args(["--master", &addr])
+        .args(flags)
         .env("TASKMILL_AUTHKEY", "a-different-key-here")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = worker.stderr.take().unwrap();
     let mut worker = Proc::adopt(worker);
-    // A worker that retried a wrong key would never exit: the bounded wait fails the test.
-    let status = worker.wait(Duration::from_secs(15));
+    // A worker that retried a wrong key forever would never exit: the bounded wait fails.
+    let status = worker.wait(Duration::from_secs(30));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    (status, err)
+}
+
+#[test]
+fn a_worker_asked_to_exit_on_auth_failure_exits_at_once_with_a_clear_error() {
+    let (status, err) = worker_with_the_wrong_key(&["--exit-on-auth-failure"]);
     assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("authentication failed: wrong authkey?"),
+        "{err}"
+    );
+    assert!(!err.contains("retrying"), "{err}");
+}
+
+#[test]
+fn a_worker_with_the_wrong_key_retries_loudly_and_gives_up_after_its_window() {
+    let (status, err) =
+        worker_with_the_wrong_key(&["--auth-failure-window", "1s", "--max-backoff", "100ms"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.matches("before the master proved it holds the key")
+            .count()
+            >= 2,
+        "each failed attempt is an error line: {err}"
+    );
+    assert!(err.contains("giving up"), "{err}");
     assert!(
         err.contains("authentication failed: wrong authkey?"),
         "{err}"

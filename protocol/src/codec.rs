@@ -26,6 +26,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::error::CodecError;
 use crate::frame_bytes::FrameScope;
 use crate::message::{TaskOutcome, TaskReply};
+use crate::seal::{FrameKey, TAG_LEN};
 
 /// Frame cap before the peer has authenticated: the handshake's largest message is well under
 /// 100 bytes, so an unauthenticated peer can never make us buffer more than this.
@@ -100,6 +101,10 @@ pub struct MessageCodec<In, Out> {
     /// keeps that to itself, and its buffer is then empty, so without this a stream that ends
     /// right after a header would look like a clean close.
     mid_frame: bool,
+    /// After a plaintext handshake: the keys that seal what we send and open what we read
+    /// (`seal.rs`). Each frame then carries a tag after its body, beyond the cap.
+    seal: Option<FrameKey>,
+    open: Option<FrameKey>,
     _types: PhantomData<fn(Out) -> In>,
 }
 
@@ -113,8 +118,22 @@ impl<In, Out> MessageCodec<In, Out> {
                 .new_codec(),
             max_frame,
             mid_frame: false,
+            seal: None,
+            open: None,
             _types: PhantomData,
         }
+    }
+
+    /// From now on, frames sent are sealed with `seal` and frames read must open with `open`.
+    pub fn encrypt(&mut self, seal: FrameKey, open: FrameKey) {
+        self.seal = Some(seal);
+        self.open = Some(open);
+        self.set_max_frame(self.max_frame);
+    }
+
+    /// Whether frames are sealed.
+    pub fn is_encrypted(&self) -> bool {
+        self.seal.is_some()
     }
 
     pub fn max_frame(&self) -> usize {
@@ -124,7 +143,8 @@ impl<In, Out> MessageCodec<In, Out> {
     /// Raises or lowers the cap, e.g. from the handshake cap to the session cap.
     pub fn set_max_frame(&mut self, max_frame: usize) {
         let max_frame = clamp_max_frame(max_frame);
-        self.frames.set_max_frame_length(max_frame);
+        let tag = if self.open.is_some() { TAG_LEN } else { 0 };
+        self.frames.set_max_frame_length(max_frame + tag);
         self.max_frame = max_frame;
     }
 
@@ -134,6 +154,8 @@ impl<In, Out> MessageCodec<In, Out> {
             frames: self.frames,
             max_frame: self.max_frame,
             mid_frame: self.mid_frame,
+            seal: self.seal,
+            open: self.open,
             _types: PhantomData,
         }
     }
@@ -146,8 +168,12 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
         let before = src.len();
         match self.frames.decode(src) {
-            Ok(Some(frame)) => {
+            Ok(Some(mut frame)) => {
                 self.mid_frame = false;
+                if let Some(open) = &mut self.open {
+                    let body = open.open(&mut frame).map_err(CodecError::from_seal)?;
+                    frame.truncate(body);
+                }
                 let frame = frame.freeze();
                 let _scope = FrameScope::enter(frame.clone());
                 decode_limited(&frame, self.max_frame).map(Some)
@@ -195,6 +221,20 @@ impl<In, Out: Serialize> Encoder<&Out> for MessageCodec<In, Out> {
                 max: self.max_frame,
             });
         }
+        let len = match &mut self.seal {
+            Some(seal) => {
+                let tag = match seal.seal(&mut dst[start + HEADER_LEN..]) {
+                    Ok(tag) => tag,
+                    Err(err) => {
+                        dst.truncate(start);
+                        return Err(CodecError::from_seal(err));
+                    }
+                };
+                dst.extend_from_slice(&tag);
+                len + TAG_LEN
+            }
+            None => len,
+        };
         dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
@@ -512,6 +552,7 @@ mod tests {
                 completing_clients_total: 1,
                 queues: vec![queue_stats()],
                 storage: None,
+                forbidden_total: 6,
             })),
             Reply::Pong,
             Reply::Error {
@@ -539,22 +580,27 @@ mod tests {
             ClientHandshake::Hello {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
+                ephemeral: [7; 32],
+                tag: [8; 16],
+            },
+            ClientHandshake::LegacyHello {
+                magic: MAGIC,
+                version: 3,
                 nonce: [7; 32],
             },
-            ClientHandshake::Proof { mac: [9; 32] },
+            ClientHandshake::LegacyProof { mac: [9; 32] },
         ] {
             enc.encode(&msg, &mut buf).unwrap();
             assert_eq!(dec.decode(&mut buf).unwrap(), Some(msg));
         }
         for msg in [
-            MasterHandshake::Challenge {
-                version: PROTOCOL_VERSION,
+            MasterHandshake::LegacyChallenge {
+                version: 3,
                 nonce: [1; 32],
             },
             MasterHandshake::Welcome {
-                mac: [2; 32],
-                max_frame: 1 << 20,
-                heartbeat_ms: 5000,
+                ephemeral: [2; 32],
+                sealed: [3; 24],
             },
             MasterHandshake::Rejected(Rejection::NotTaskmill),
             MasterHandshake::Rejected(Rejection::UnsupportedVersion { supported: 1 }),
@@ -839,6 +885,8 @@ mod tests {
         }
         let known: ErrorKind = decode_payload(&encode_payload(&12u32).unwrap()).unwrap();
         assert_eq!(known, ErrorKind::InUse);
+        let known: ErrorKind = decode_payload(&encode_payload(&13u32).unwrap()).unwrap();
+        assert_eq!(known, ErrorKind::Forbidden);
     }
 
     #[test]

@@ -92,6 +92,16 @@ where
         self.framed.codec_mut().set_max_frame(max_frame);
     }
 
+    /// Seals every frame sent from now on and requires every frame read to open (`seal.rs`).
+    pub fn encrypt(&mut self, seal: crate::seal::FrameKey, open: crate::seal::FrameKey) {
+        self.framed.codec_mut().encrypt(seal, open);
+    }
+
+    /// Whether frames are sealed (a plaintext transport after the handshake).
+    pub fn is_encrypted(&self) -> bool {
+        self.framed.codec().is_encrypted()
+    }
+
     /// The same stream and buffers, speaking other message types (handshake → session).
     pub fn retype<In2, Out2>(self) -> Connection<S, In2, Out2> {
         Connection {

@@ -13,11 +13,25 @@ pub enum CodecError {
     Decode(String),
     #[error("could not encode message: {0}")]
     Encode(String),
+    #[error(
+        "a frame failed its integrity check: altered, replayed, reordered or dropped on the \
+         way (the connection is closed; nothing in it was acted on)"
+    )]
+    Tampered,
+    #[error("2^64 frames sent on one connection: reconnect")]
+    CounterExhausted,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
 impl CodecError {
+    pub(crate) fn from_seal(err: crate::seal::SealError) -> Self {
+        match err {
+            crate::seal::SealError::Forged => CodecError::Tampered,
+            crate::seal::SealError::Exhausted => CodecError::CounterExhausted,
+        }
+    }
+
     /// `LengthDelimitedCodec` reports an oversize header as an `io::Error`; give it its own kind.
     pub(crate) fn from_frame_error(err: io::Error, max: usize) -> Self {
         let too_big = err
@@ -36,7 +50,10 @@ impl CodecError {
 /// type; the master's side has [`crate::handshake::HandshakeError`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("authentication failed: wrong authkey? (the master rejected our proof)")]
+    #[error(
+        "authentication failed: wrong authkey? (the master rejected our hello; a relay that \
+         changes the transport on the way, e.g. plaintext to TLS, fails the same way)"
+    )]
     AuthenticationFailed,
     #[error(
         "the peer at {0} did not prove it holds the authkey: wrong authkey on the master, or not our master"

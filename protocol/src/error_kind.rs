@@ -1,7 +1,7 @@
 //! [`ErrorKind`], and its encoding by hand: a kind this client does not know decodes as
-//! [`ErrorKind::Unknown`] (section 0 of docs/protocol.md), and kinds added since take indices
-//! after `Unknown`'s, which serde's derive (whose catch-all must be the last variant) cannot
-//! express.
+//! [`ErrorKind::Unknown`] (section 0 of docs/protocol.md), and kinds added within a protocol
+//! version take indices after those it began with, which serde's derive (whose catch-all must
+//! be the last variant) cannot express.
 
 use std::fmt;
 
@@ -40,6 +40,8 @@ pub enum ErrorKind {
     NotEmpty,
     /// `Delete` of a queue with leased tasks or waiting requests.
     InUse,
+    /// The session's key may not make this request on this queue (scoped keys).
+    Forbidden,
     /// A kind this client does not know, from a newer master of the same protocol version:
     /// new kinds may be added within a version, and older clients read them as this.
     Unknown,
@@ -49,7 +51,7 @@ pub enum ErrorKind {
 }
 
 /// Every kind, at its index on the wire.
-const KINDS: [ErrorKind; 15] = [
+const KINDS: [ErrorKind; 16] = [
     ErrorKind::BadQueueName,
     ErrorKind::TooManyQueues,
     ErrorKind::BadRequest,
@@ -63,11 +65,13 @@ const KINDS: [ErrorKind; 15] = [
     ErrorKind::InProgress,
     ErrorKind::NotEmpty,
     ErrorKind::InUse,
-    ErrorKind::Unknown,
+    ErrorKind::Forbidden,
     ErrorKind::MemoryFull,
+    // Never sent: its index only has to be one no other kind has.
+    ErrorKind::Unknown,
 ];
 
-const NAMES: [&str; 15] = [
+const NAMES: [&str; 16] = [
     "BadQueueName",
     "TooManyQueues",
     "BadRequest",
@@ -81,8 +85,9 @@ const NAMES: [&str; 15] = [
     "InProgress",
     "NotEmpty",
     "InUse",
-    "Unknown",
+    "Forbidden",
     "MemoryFull",
+    "Unknown",
 ];
 
 impl ErrorKind {

@@ -15,6 +15,7 @@ pub fn stats_json(master: &str, stats: &Stats) -> serde_json::Value {
         "connections_total": stats.connections_total,
         "handshake_failures": stats.handshake_failures,
         "probes": stats.probes,
+        "forbidden_total": stats.forbidden_total,
         "completing_clients_total": stats.completing_clients_total,
         "queues": stats.queues.iter().map(queue_json).collect::<Vec<_>>(),
         "storage": stats.storage.as_ref().map(|s| json!({

@@ -8,8 +8,9 @@
 //! - [`codec`]: frames (4-byte big-endian length + bincode), with the frame cap and allocation
 //!   budget. The only file that knows the encoding.
 //! - `frame_bytes`: decoded payloads as views into their frame rather than copies.
-//! - [`auth`]: the authkey and the HMAC-SHA256 proofs.
-//! - [`handshake`]: both sides of the handshake.
+//! - [`auth`]: the authkey and the pre-shared key derived from it.
+//! - [`handshake`]: both sides of the handshake (Noise `NNpsk0`, bound to the transport).
+//! - [`seal`]: sealed frames after a plaintext handshake (AES-256-GCM, counter nonces).
 //! - [`connection`]: a framed stream of whole messages.
 //! - [`error`]: codec errors and the client side's handshake errors.
 //! - `error_kind`: [`ErrorKind`], encoded by hand so kinds added after `Unknown` keep their
@@ -31,6 +32,7 @@ pub mod handshake;
 pub mod json;
 pub mod message;
 pub mod pickle;
+pub mod seal;
 pub mod tls;
 
 pub use auth::{AuthKey, KeyError};

@@ -1,7 +1,8 @@
 //! Every message on the wire, one enum per sender and phase; no encoding and no behaviour.
 //!
 //! Handshake messages hold only fixed-size fields, so an unauthenticated peer cannot make the
-//! decoder allocate. After the handshake, clients send [`ClientMessage`] and the master sends
+//! decoder allocate. Variant order is part of the wire format: versions 1-3's variants keep
+//! their places so that old and new peers can tell each other their versions. After the handshake, clients send [`ClientMessage`] and the master sends
 //! [`MasterMessage`]. `docs/protocol.md` is the prose form of this file.
 
 use bytes::Bytes;
@@ -13,48 +14,85 @@ use crate::frame_bytes;
 /// First four bytes of a client's hello: a cheap "is this even taskmill?" check.
 pub const MAGIC: [u8; 4] = *b"TMIL";
 
-/// The protocol version this crate speaks. Both sides must agree exactly.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// The protocol version this crate speaks. Both sides must agree exactly. Version 4 made the
+/// handshake Noise `NNpsk0` and the session encrypted (see `handshake.rs`).
+pub const PROTOCOL_VERSION: u16 = 4;
 
-/// Random bytes each side contributes so that every handshake's MACs are fresh.
+/// Random bytes each side contributed to versions 1-3's handshake.
 pub type Nonce = [u8; 32];
 
-/// An HMAC-SHA256 tag.
+/// An HMAC-SHA256 tag (versions 1-3's proofs).
 pub type Mac = [u8; 32];
+
+/// An X25519 public key: each side's ephemeral key in the Noise handshake.
+pub type PublicKey = [u8; 32];
+
+/// An AEAD tag (16 bytes): proves the sender holds the key, and that nothing was altered.
+pub type Tag = [u8; 16];
 
 /// Master-assigned identity of one queued item; unique for the master's lifetime.
 pub type TaskId = u64;
 
-/// Sent by the connecting client before it is authenticated.
+/// Sent by the connecting client before it is authenticated. Every variant has a fixed size,
+/// so an unauthenticated peer cannot make the decoder allocate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientHandshake {
-    /// Opens the connection: who we are and a fresh nonce for the master to sign.
-    Hello {
+    /// Versions 1-3's hello, kept so that an older client is told the master's version
+    /// (`Rejected(UnsupportedVersion)`) instead of being cut off.
+    LegacyHello {
         magic: [u8; 4],
         version: u16,
         nonce: Nonce,
     },
-    /// The client's answer to [`MasterHandshake::Challenge`].
-    Proof { mac: Mac },
+    /// Versions 1-3's proof; never valid now.
+    LegacyProof { mac: Mac },
+    /// Opens the connection: who we are, and the first Noise `NNpsk0` message (`psk, e`): the
+    /// client's ephemeral key and an empty payload sealed under a key mixed from the authkey,
+    /// so the tag proves the client holds it, for this transport (see `handshake.rs`).
+    Hello {
+        magic: [u8; 4],
+        version: u16,
+        ephemeral: PublicKey,
+        tag: Tag,
+    },
+    /// `Hello` with a scoped key: `key_id` names the master's key the tag was made with
+    /// (zero-padded, see [`crate::auth::KeyId`]), and it is bound into both proofs.
+    ScopedHello {
+        magic: [u8; 4],
+        version: u16,
+        key_id: [u8; crate::auth::KEY_ID_LEN],
+        ephemeral: PublicKey,
+        tag: Tag,
+    },
 }
+
+/// The Welcome's payload as sealed in the second Noise message: `max_frame` and
+/// `heartbeat_ms`, each a big-endian u32, then the tag.
+pub type SealedWelcome = [u8; 24];
 
 /// Sent by the master while a connection is not yet authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasterHandshake {
-    /// The master's nonce; the client must answer with [`ClientHandshake::Proof`].
-    Challenge { version: u16, nonce: Nonce },
-    /// The client's proof was right. Carries the master's own proof so the client can tell a
-    /// real master from an impostor, and the limits the session will enforce.
-    Welcome {
+    /// Versions 1-3's challenge: a client that receives it talks to an older master.
+    LegacyChallenge { version: u16, nonce: Nonce },
+    /// Versions 1-3's welcome; never valid now.
+    LegacyWelcome {
         mac: Mac,
-        /// Largest frame, in bytes, either side may send from now on.
         max_frame: u32,
-        /// The liveness interval: a side that has sent nothing for this long sends a
-        /// heartbeat, and a peer silent for two intervals is presumed dead.
         heartbeat_ms: u32,
     },
-    /// The handshake failed; the master closes the connection after sending this.
+    /// The handshake failed; the master closes the connection after sending this. Not
+    /// authenticated: anyone on the path can send one, so clients retry rather than obey.
     Rejected(Rejection),
+    /// The client's hello verified. The second Noise message (`e, ee`): the master's ephemeral
+    /// key and, sealed under keys that need both ephemeral secrets and the authkey, the limits
+    /// the session will enforce (largest frame either side may send; the liveness interval,
+    /// after which a silent side sends a heartbeat and a peer silent for two is presumed
+    /// dead). Opening it proves the master holds the key; no field can be altered on the way.
+    Welcome {
+        ephemeral: PublicKey,
+        sealed: SealedWelcome,
+    },
 }
 
 /// Why the master refused a connection during the handshake.
@@ -474,6 +512,8 @@ pub struct Stats {
     pub queues: Vec<QueueStats>,
     /// The durable log, for a master with a data directory.
     pub storage: Option<StorageStats>,
+    /// Requests refused with `Forbidden` since start: a scoped key asked beyond its rights.
+    pub forbidden_total: u64,
 }
 
 /// What a master keeps on disk, and how its log is doing.

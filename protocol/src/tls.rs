@@ -1,6 +1,9 @@
 //! Optional TLS (rustls): loading certificates and keys, and [`Stream`], the one stream type
-//! every connection uses, plain or encrypted. The HMAC handshake runs inside TLS as well: TLS
-//! hides and protects the traffic, the authkey still decides who may use the queues.
+//! every connection uses, plain or encrypted. The authkey handshake runs inside TLS as well,
+//! bound to the TLS session through its exporter (`handshake.rs`): TLS hides and protects the
+//! traffic, the authkey still decides who may use the queues. TLS 1.3 only (its exporter is
+//! sound without further extensions), and both sides require ALPN `taskmill/1`, so a
+//! certificate shared with another service cannot be used to confuse the two protocols.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,16 @@ impl From<rustls::Error> for TlsError {
     fn from(err: rustls::Error) -> Self {
         TlsError::Config(err)
     }
+}
+
+/// The ALPN protocol id both sides require.
+pub const ALPN: &[u8] = b"taskmill/1";
+
+fn no_alpn() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the peer did not negotiate ALPN taskmill/1 (not a taskmill TLS endpoint)",
+    )
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -82,10 +95,11 @@ impl TlsServer {
             path: key.to_owned(),
             cause: e.to_string(),
         })?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
@@ -94,6 +108,9 @@ impl TlsServer {
     /// Runs the TLS handshake on an accepted connection.
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<Stream> {
         let tls = self.acceptor.accept(tcp).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+            return Err(no_alpn());
+        }
         Ok(Stream::ServerTls(Box::new(tls)))
     }
 }
@@ -120,10 +137,11 @@ impl TlsClient {
         for cert in certificates(ca, "CA certificates")? {
             roots.add(cert)?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        config.alpn_protocols = vec![ALPN.to_vec()];
         let server_name = ServerName::try_from(server_name.to_owned())
             .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
         Ok(Self {
@@ -138,6 +156,9 @@ impl TlsClient {
             .connector
             .connect(self.server_name.clone(), tcp)
             .await?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+            return Err(no_alpn());
+        }
         Ok(Stream::ClientTls(Box::new(tls)))
     }
 }
@@ -157,6 +178,32 @@ impl Stream {
             Stream::Plain(s) => s,
             Stream::ClientTls(s) => s.get_ref().0,
             Stream::ServerTls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl crate::handshake::Channel for Stream {
+    /// Under TLS, 32 bytes exported from the session (RFC 9266): a relay that ends our TLS
+    /// session and opens its own sees another value on each side.
+    fn binding(&self) -> io::Result<crate::handshake::Binding> {
+        use crate::handshake::{Binding, TLS_EXPORTER_LABEL};
+        let export = |result: Result<[u8; 32], rustls::Error>| {
+            result
+                .map(Binding::Tls)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        };
+        match self {
+            Stream::Plain(_) => Ok(Binding::Plain),
+            Stream::ClientTls(s) => export(s.get_ref().1.export_keying_material(
+                [0u8; 32],
+                TLS_EXPORTER_LABEL,
+                None,
+            )),
+            Stream::ServerTls(s) => export(s.get_ref().1.export_keying_material(
+                [0u8; 32],
+                TLS_EXPORTER_LABEL,
+                None,
+            )),
         }
     }
 }

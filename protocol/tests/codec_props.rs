@@ -163,6 +163,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         ErrorKind::InProgress,
         ErrorKind::NotEmpty,
         ErrorKind::InUse,
+        ErrorKind::Forbidden,
         ErrorKind::Unknown,
         ErrorKind::MemoryFull,
     ])
@@ -240,7 +241,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         }),
         queue_stats().prop_map(|q| Reply::Queue(Box::new(q))),
         (
-            proptest::array::uniform6(any::<u64>()),
+            proptest::array::uniform7(any::<u64>()),
             vec(queue_stats(), 0..3),
             option::of(storage_stats()),
         )
@@ -253,6 +254,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 completing_clients_total: n[5],
                 queues,
                 storage,
+                forbidden_total: n[6],
             }))),
         Just(Reply::Pong),
         (error_kind(), text()).prop_map(|(kind, message)| Reply::Error { kind, message }),
@@ -286,13 +288,41 @@ fn master_message() -> impl Strategy<Value = MasterMessage> {
 fn client_handshake() -> impl Strategy<Value = ClientHandshake> {
     prop_oneof![
         (any::<[u8; 4]>(), any::<u16>(), any::<[u8; 32]>()).prop_map(|(magic, version, nonce)| {
-            ClientHandshake::Hello {
+            ClientHandshake::LegacyHello {
                 magic,
                 version,
                 nonce,
             }
         }),
-        any::<[u8; 32]>().prop_map(|mac| ClientHandshake::Proof { mac }),
+        any::<[u8; 32]>().prop_map(|mac| ClientHandshake::LegacyProof { mac }),
+        (
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(magic, version, ephemeral, tag)| ClientHandshake::Hello {
+                magic,
+                version,
+                ephemeral,
+                tag,
+            }),
+        (
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(magic, version, key_id, ephemeral, tag)| {
+                ClientHandshake::ScopedHello {
+                    magic,
+                    version,
+                    key_id,
+                    ephemeral,
+                    tag,
+                }
+            }),
     ]
 }
 
@@ -310,15 +340,21 @@ fn rejection() -> impl Strategy<Value = Rejection> {
 fn master_handshake() -> impl Strategy<Value = MasterHandshake> {
     prop_oneof![
         (any::<u16>(), any::<[u8; 32]>())
-            .prop_map(|(version, nonce)| MasterHandshake::Challenge { version, nonce }),
+            .prop_map(|(version, nonce)| MasterHandshake::LegacyChallenge { version, nonce }),
         (any::<[u8; 32]>(), any::<u32>(), any::<u32>()).prop_map(
-            |(mac, max_frame, heartbeat_ms)| MasterHandshake::Welcome {
+            |(mac, max_frame, heartbeat_ms)| MasterHandshake::LegacyWelcome {
                 mac,
                 max_frame,
                 heartbeat_ms,
             }
         ),
         rejection().prop_map(MasterHandshake::Rejected),
+        (any::<[u8; 32]>(), any::<[u8; 16]>(), any::<[u8; 8]>()).prop_map(|(ephemeral, a, b)| {
+            let mut sealed = [0u8; 24];
+            sealed[..16].copy_from_slice(&a);
+            sealed[16..].copy_from_slice(&b);
+            MasterHandshake::Welcome { ephemeral, sealed }
+        }),
     ]
 }
 
@@ -374,6 +410,7 @@ fn every_reply_has_a_strategy(reply: &Reply, kind: ErrorKind) {
         | ErrorKind::InProgress
         | ErrorKind::NotEmpty
         | ErrorKind::InUse
+        | ErrorKind::Forbidden
         | ErrorKind::Unknown
         | ErrorKind::MemoryFull => {}
     }
@@ -407,12 +444,16 @@ fn every_handshake_message_has_a_strategy(
     rejection: Rejection,
 ) {
     match client {
-        ClientHandshake::Hello { .. } | ClientHandshake::Proof { .. } => {}
+        ClientHandshake::LegacyHello { .. }
+        | ClientHandshake::LegacyProof { .. }
+        | ClientHandshake::Hello { .. }
+        | ClientHandshake::ScopedHello { .. } => {}
     }
     match master {
-        MasterHandshake::Challenge { .. }
-        | MasterHandshake::Welcome { .. }
-        | MasterHandshake::Rejected(_) => {}
+        MasterHandshake::LegacyChallenge { .. }
+        | MasterHandshake::LegacyWelcome { .. }
+        | MasterHandshake::Rejected(_)
+        | MasterHandshake::Welcome { .. } => {}
     }
     match rejection {
         Rejection::NotTaskmill

@@ -1,8 +1,9 @@
-//! The byte-level examples and HMAC test vectors printed in docs/protocol.md, checked against
-//! the code so the specification cannot drift from what is on the wire.
+//! The byte-level examples and handshake test vectors printed in docs/protocol.md, checked
+//! against the code so the specification cannot drift from what is on the wire.
 
 use bytes::{Bytes, BytesMut};
-use taskmill_protocol::auth::Role;
+use taskmill_protocol::handshake::{self, Binding, ClientHello, Limits};
+use taskmill_protocol::seal::Side;
 use taskmill_protocol::{
     encode_payload, AuthKey, ClientHandshake, ClientMessage, DeadLetter, Delivery, ErrorKind,
     MasterHandshake, MasterMessage, MessageCodec, Outcome, Rejection, Reply, Request, Task,
@@ -41,42 +42,44 @@ fn hello_frame_matches_section_9() {
     let hello = ClientHandshake::Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
-        nonce: seq_bytes(0),
+        ephemeral: seq_bytes(0),
+        tag: [0xaa; 16],
     };
-    let nonce = hex(&seq_bytes(0));
+    let ephemeral = hex(&seq_bytes(0));
+    let tag = hex(&[0xaa; 16]);
     assert_eq!(
         frame(&hello),
-        format!("00 00 00 26 00 54 4d 49 4c 03 {nonce}")
+        format!("00 00 00 36 02 54 4d 49 4c 04 {ephemeral} {tag}")
     );
 }
 
 #[test]
 fn handshake_message_sizes_match_section_9() {
     let body_len = |s: String| (s.len() + 1) / 3 - 4;
-    let challenge = MasterHandshake::Challenge {
-        version: PROTOCOL_VERSION,
-        nonce: [0; 32],
-    };
-    let challenge = frame(&challenge);
-    assert!(challenge.starts_with("00 00 00 22 00 03 00"), "{challenge}");
-    assert_eq!(body_len(challenge), 34);
-    assert_eq!(
-        body_len(frame(&ClientHandshake::Proof { mac: [0; 32] })),
-        33
-    );
     let welcome = frame(&MasterHandshake::Welcome {
-        mac: [0; 32],
-        max_frame: 1 << 20,
-        heartbeat_ms: 5000,
+        ephemeral: [0; 32],
+        sealed: [0; 24],
     });
-    assert!(welcome.ends_with("fc 00 00 10 00 fb 88 13"), "{welcome}");
-    assert_eq!(body_len(welcome), 41);
+    assert!(welcome.starts_with("00 00 00 39 03 00"), "{welcome}");
+    assert_eq!(body_len(welcome), 57);
+    // Versions 1-3's messages keep their variant numbers: an older client's hello starts
+    // `00 54 4d 49 4c 03`, and a client of this version that gets a challenge (`00`) is
+    // talking to an older master.
+    let legacy = frame(&ClientHandshake::LegacyHello {
+        magic: MAGIC,
+        version: 3,
+        nonce: [0; 32],
+    });
+    assert!(
+        legacy.starts_with("00 00 00 26 00 54 4d 49 4c 03"),
+        "{legacy}"
+    );
     assert!(frame(&MasterHandshake::Rejected(Rejection::AuthenticationFailed)).ends_with("02 02"));
     assert!(
         frame(&MasterHandshake::Rejected(Rejection::UnsupportedVersion {
             supported: PROTOCOL_VERSION
         }))
-        .ends_with("02 01 03")
+        .ends_with("02 01 04")
     );
     assert!(frame(&MasterHandshake::Rejected(Rejection::Overloaded)).ends_with("02 04"));
 }
@@ -119,19 +122,99 @@ fn ping_pong_put_and_shutdown_frames_match_section_9() {
     assert_eq!(frame(&MasterMessage::ShuttingDown), "00 00 00 01 01");
 }
 
+/// Section 4.4's vector: key `"0123456789abcdef"`, client ephemeral private key `40 41 .. 5f`,
+/// master's `60 61 .. 7f`, a plaintext transport, limits 1 MiB and 5000 ms, then the client's
+/// first frame (a ping, id 1) and the master's (its pong).
 #[test]
-fn hmac_test_vectors_match_section_4() {
+fn noise_handshake_and_sealed_frames_match_section_4() {
     let key = AuthKey::new("0123456789abcdef").unwrap();
-    let (c, m) = (seq_bytes(0), seq_bytes(0x20));
-    let compact = |mac: [u8; 32]| hex(&mac).replace(' ', "");
+    let compact = |bytes: &[u8]| hex(bytes).replace(' ', "");
     assert_eq!(
-        compact(key.proof(Role::Client, PROTOCOL_VERSION, &c, &m)),
-        "17467358a9f028b0c37625079526dfc525e572fb7ba0b769f0a914dc53d7a881"
+        compact(&Binding::Plain.prologue()),
+        "7461736b6d696c6c544d494c000400"
+    );
+    let (client, hello) = ClientHello::start(&key, &Binding::Plain, Some(&seq_bytes(0x40)));
+    let ClientHandshake::Hello { ephemeral, tag, .. } = hello else {
+        panic!("a hello");
+    };
+    let limits = Limits {
+        max_frame: 1 << 20,
+        heartbeat_ms: 5000,
+    };
+    let (welcome, master_keys) = handshake::answer(
+        &key,
+        &Binding::Plain,
+        &ephemeral,
+        &tag,
+        limits,
+        Some(&seq_bytes(0x60)),
+    )
+    .expect("the hello verifies");
+    let MasterHandshake::Welcome {
+        ephemeral: m_ephemeral,
+        sealed,
+    } = welcome
+    else {
+        panic!("a welcome");
+    };
+    let (opened, client_keys) = client.finish(&m_ephemeral, &sealed).unwrap();
+    assert_eq!(opened, limits);
+    let vector = [
+        compact(&ephemeral),
+        compact(&tag),
+        compact(&m_ephemeral),
+        compact(&sealed),
+    ];
+    assert_eq!(
+        vector,
+        [
+            "79a631eede1bf9c98f12032cdeadd0e7a079398fc786b88cc846ec89af85a51a".to_string(),
+            "26245de2485558e5c08e55a752a5bccf".into(),
+            "675dd574ed7789310b3d2e7681f3790b466c773b1521fecf36577958371ea52f".into(),
+            "489c7d6a116180844428c5ebe30bcfbcf7d7600422ee3a11".into()
+        ]
+    );
+    let mut ping = MessageCodec::<MasterMessage, ClientMessage>::new(1 << 20);
+    let (seal, open) = client_keys.for_side(Side::Client);
+    ping.encrypt(seal, open);
+    let mut wire = BytesMut::new();
+    ping.encode(
+        &ClientMessage::Request {
+            id: 1,
+            request: Request::Ping,
+        },
+        &mut wire,
+    )
+    .unwrap();
+    let mut pong = MessageCodec::<ClientMessage, MasterMessage>::new(1 << 20);
+    let (seal, open) = master_keys.for_side(Side::Master);
+    pong.encrypt(seal, open);
+    let mut back = BytesMut::new();
+    pong.encode(
+        &MasterMessage::Reply {
+            id: 1,
+            reply: Reply::Pong,
+        },
+        &mut back,
+    )
+    .unwrap();
+    assert_eq!(
+        hex(&wire),
+        "00 00 00 13 f7 b3 6c 73 0c c2 12 4c fb 32 de d8 4d 3d ac 74 27 3c 27"
     );
     assert_eq!(
-        compact(key.proof(Role::Master, PROTOCOL_VERSION, &c, &m)),
-        "9c7c2a6fb5a12ab91c1e0e2c35010aaac03aa2612ae0a25ef2ba7fd313dea52c"
+        hex(&back),
+        "00 00 00 13 5e 5b 3e 17 b4 c5 ef 9b bc 5d 3b 97 f2 89 ed db ef 80 43"
     );
+    // Each side opens the other's frame.
+    assert!(matches!(
+        pong.decode(&mut wire).unwrap(),
+        Some(ClientMessage::Request { id: 1, .. })
+    ));
+    assert!(matches!(
+        ping.decode(&mut back).unwrap(),
+        Some(MasterMessage::Reply { id: 1, .. })
+    ));
 }
 
 #[test]
@@ -285,4 +368,55 @@ fn nack_delete_count_and_an_unknown_error_kind_match_section_9() {
             },
         })
     );
+}
+
+/// Section 4.2's scoped vector: the same keys and ephemerals, key id `"worker-1"` (its
+/// prologue ends `"key-id"` and the id padded to 16 bytes): the tags change, the ephemeral
+/// keys do not. Checked against `python3 scripts/noise-vector.py worker-1`.
+#[test]
+fn a_scoped_hello_binds_its_key_id() {
+    let id = "worker-1".parse().unwrap();
+    let key = AuthKey::new("0123456789abcdef").unwrap().with_id(id);
+    let compact = |bytes: &[u8]| hex(bytes).replace(' ', "");
+    let (client, hello) = ClientHello::start(&key, &Binding::Plain, Some(&seq_bytes(0x40)));
+    let frame = frame(&hello);
+    assert!(
+        frame.starts_with("00 00 00 46 03 54 4d 49 4c 04 77 6f 72 6b 65 72 2d 31 00 00"),
+        "{frame}"
+    );
+    let ClientHandshake::ScopedHello { ephemeral, tag, .. } = hello else {
+        panic!("a scoped hello");
+    };
+    assert_eq!(compact(&tag), "e375dabd6135b1b6ebd8c05c83918fb4");
+    let limits = Limits {
+        max_frame: 1 << 20,
+        heartbeat_ms: 5000,
+    };
+    let answer = |key: &AuthKey| {
+        handshake::answer(
+            key,
+            &Binding::Plain,
+            &ephemeral,
+            &tag,
+            limits,
+            Some(&seq_bytes(0x60)),
+        )
+    };
+    let unscoped = AuthKey::new("0123456789abcdef").unwrap();
+    assert!(answer(&unscoped).is_none(), "the id is bound");
+    let other = unscoped.clone().with_id("worker-2".parse().unwrap());
+    assert!(answer(&other).is_none(), "the id is bound");
+    let (welcome, _) = answer(&key).expect("the hello verifies");
+    let MasterHandshake::Welcome {
+        ephemeral: m_ephemeral,
+        sealed,
+    } = welcome
+    else {
+        panic!("a welcome");
+    };
+    assert_eq!(
+        compact(&sealed),
+        "489c7d6a11618084f09c31fbf94917f2a059cd7b328e1eaf"
+    );
+    assert_eq!(client.finish(&m_ephemeral, &sealed).unwrap().0, limits);
 }

@@ -23,12 +23,11 @@ use taskmill::Client;
 use taskmill_broker::http::HttpConfig;
 use taskmill_broker::store::Memory;
 use taskmill_broker::{Master, ServerConfig};
-use taskmill_protocol::auth::{nonce, Role};
+use taskmill_protocol::auth::nonce;
 use taskmill_protocol::codec::HANDSHAKE_MAX_FRAME;
-use taskmill_protocol::handshake::{self, ClientConnection};
+use taskmill_protocol::handshake::{self, Binding, ClientConnection, Limits};
 use taskmill_protocol::{
     AuthKey, ClientHandshake, ClientMessage, Connection, Delivery, MasterHandshake, Request, Wait,
-    PROTOCOL_VERSION,
 };
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -173,9 +172,10 @@ impl Drop for TestMaster {
     }
 }
 
-/// A fake master on a fresh loopback port that answers one client's handshake, proving
-/// `proof_key` (the wrong key makes an impostor), then hands its end of the connection to the
-/// test: the task's result, which the test may hold open and silent.
+/// A fake master on a fresh loopback port that answers one client's handshake as if it held
+/// `proof_key` (with the wrong key it cannot, and answers with a welcome of random bytes: an
+/// impostor), then hands its end of the connection to the test: the task's result, which the
+/// test may hold open and silent.
 pub async fn fake_master(
     proof_key: AuthKey,
     heartbeat_ms: u32,
@@ -189,25 +189,27 @@ pub async fn fake_master(
         let (stream, _) = listener.accept().await.expect("accept");
         let mut conn =
             Connection::<_, ClientHandshake, MasterHandshake>::new(stream, HANDSHAKE_MAX_FRAME);
-        let Some(ClientHandshake::Hello { nonce: c, .. }) = conn.recv().await.expect("recv") else {
+        let Some(ClientHandshake::Hello { ephemeral, tag, .. }) = conn.recv().await.expect("recv")
+        else {
             panic!("no hello");
         };
-        let m = nonce();
-        conn.send(&MasterHandshake::Challenge {
-            version: PROTOCOL_VERSION,
-            nonce: m,
-        })
-        .await
-        .expect("send the challenge");
-        let _proof = conn.recv().await.expect("recv the proof");
-        let mac = proof_key.proof(Role::Master, PROTOCOL_VERSION, &c, &m);
-        conn.send(&MasterHandshake::Welcome {
-            mac,
+        let limits = Limits {
             max_frame: 1 << 20,
             heartbeat_ms,
-        })
-        .await
-        .expect("send the welcome");
+        };
+        let welcome =
+            match handshake::answer(&proof_key, &Binding::Plain, &ephemeral, &tag, limits, None) {
+                Some((welcome, _keys)) => welcome,
+                None => {
+                    let mut sealed = [0u8; 24];
+                    sealed[..16].copy_from_slice(&nonce()[..16]);
+                    MasterHandshake::Welcome {
+                        ephemeral: nonce(),
+                        sealed,
+                    }
+                }
+            };
+        conn.send(&welcome).await.expect("send the welcome");
         conn
     });
     (addr, task)

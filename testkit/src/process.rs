@@ -143,6 +143,11 @@ impl Proc {
         }
     }
 
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address from the `listening on ADDR` line, on stdout (or on stderr, where a
     /// command whose stdout is for machine output writes it).
     pub fn listening_addr(&self) -> String {
@@ -194,11 +199,6 @@ impl Proc {
             .as_ref()
             .and_then(|log| std::fs::read_to_string(log).ok())
             .unwrap_or_default()
-    }
-
-    /// The child's process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
     }
 
     pub fn signal(&self, signal: i32) {

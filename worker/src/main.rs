@@ -58,6 +58,17 @@ struct Cli {
     /// Longest delay between reconnect attempts.
     #[arg(long, env = "TASKMILL_MAX_BACKOFF", default_value = "5s", value_parser = parse_positive_duration)]
     max_backoff: Duration,
+    /// Exit at the first handshake that fails before the master has proved it holds the key
+    /// (a wrong authkey, a bad protocol version, a certificate not trusted). By default such
+    /// failures are logged as errors and retried, because anyone who answers on the master's
+    /// address (a local user holding the port while the master restarts, a spoofed DNS
+    /// answer) could otherwise stop the worker with one frame.
+    #[arg(long, env = "TASKMILL_EXIT_ON_AUTH_FAILURE")]
+    exit_on_auth_failure: bool,
+    /// Without --exit-on-auth-failure: give up once every connect attempt has failed before
+    /// the master proved itself for this long (e.g. 10m, 1h).
+    #[arg(long, env = "TASKMILL_AUTH_FAILURE_WINDOW", default_value = "1h", value_parser = parse_positive_duration, conflicts_with = "exit_on_auth_failure")]
+    auth_failure_window: Duration,
     /// After SIGINT/SIGTERM, how long to keep trying to hand in finished results before
     /// exiting anyway (their tasks are then redone by other workers).
     #[arg(long, env = "TASKMILL_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -133,6 +144,7 @@ async fn work(cli: Cli) -> anyhow::Result<ExitCode> {
     config.prefetch = cli.prefetch;
     config.idle_exit = cli.idle_exit;
     config.max_backoff = cli.max_backoff;
+    config.handshake_patience = (!cli.exit_on_auth_failure).then_some(cli.auth_failure_window);
     config.drain_timeout = cli.drain_timeout;
     config.client.connect_timeout = cli.connect_timeout;
     config.tasks_queue = cli.queue.clone();

@@ -31,6 +31,8 @@ pub struct Scrape {
     pub handshakes: [u64; 8],
     /// Failure replies held back (the address group in debt).
     pub failures_delayed: u64,
+    /// Requests refused for want of the key's right (scoped keys).
+    pub forbidden: u64,
     pub completing: u64,
     pub queues: Vec<QueueReport>,
     pub storage: Option<StorageStats>,
@@ -234,6 +236,11 @@ impl Scrape {
             "taskmill_handshake_failures_delayed",
             "Failed handshakes whose refusal was held back because their address group had spent its failure budget.",
             [(none(), self.failures_delayed)],
+        )?;
+        f.counter(
+            "taskmill_forbidden_requests",
+            "Requests refused with Forbidden: the session's scoped key lacks the right.",
+            [(none(), self.forbidden)],
         )?;
         f.counter(
             "taskmill_completing_connections",

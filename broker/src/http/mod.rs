@@ -412,6 +412,7 @@ impl Http {
             refused: c.admission.refused.each_ref().map(load),
             handshakes: c.handshakes.each_ref().map(load),
             failures_delayed: load(&c.failures_delayed),
+            forbidden: load(&c.forbidden),
             completing: ctx.broker.completing_total(),
             queues,
             storage: ctx.store.stats(),

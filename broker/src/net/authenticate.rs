@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use taskmill_protocol::auth::KeyId;
 use taskmill_protocol::handshake::{self, Failed, HandshakeError, MasterConnection};
 use taskmill_protocol::Stream;
 use tokio::net::TcpStream;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::guard::Ticket;
+use super::keys::Grants;
 use super::listener::Admitted;
 use crate::master::{Context, Handshake};
 
@@ -26,7 +28,7 @@ pub(super) async fn authenticate(
     stream: TcpStream,
     peer: SocketAddr,
     admitted: Admitted,
-) -> Option<(MasterConnection<Stream>, OwnedSemaphorePermit)> {
+) -> Option<(MasterConnection<Stream>, Arc<Grants>, OwnedSemaphorePermit)> {
     let Admitted { permit, ticket } = admitted;
     let phases = &ctx.phases;
     taskmill_protocol::tune_socket(&stream);
@@ -48,8 +50,17 @@ pub(super) async fn authenticate(
             }
             None => Stream::Plain(stream),
         };
-        let (key, beat) = (&config.key, config.heartbeat_interval);
-        handshake::accept_deferred(stream, key, config.max_frame, beat)
+        // A plain hello is made with the authkey, which may do anything; a scoped one with a
+        // named key, which may do what the keys file grants it.
+        let keys = |id: Option<&KeyId>| match id {
+            None => vec![(config.key.clone(), Arc::new(Grants::all()))],
+            Some(id) => ctx
+                .keys
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .lookup(id),
+        };
+        handshake::accept_scoped(stream, keys, config.max_frame, config.heartbeat_interval)
             .await
             .map_err(|failed| Early::Failed(Box::new(failed)))
     });
@@ -65,10 +76,10 @@ pub(super) async fn authenticate(
         () = phases.drain.cancelled() => return None,
     };
     let early = match outcome {
-        Ok(Ok(conn)) => {
+        Ok(Ok((conn, grants))) => {
             // The handshake slot is for unauthenticated connections only.
             ticket.spare();
-            return Some((conn, permit));
+            return Some((conn, grants, permit));
         }
         Ok(Err(early)) => early,
         Err(_) => Early::TimedOut,

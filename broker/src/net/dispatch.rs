@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use taskmill_protocol::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::keys::Grants;
 use crate::broker::{Broker, Origin, Progress, PutWaiting, QueueError, SessionId, Step};
 use crate::config::MAX_ITEMS;
 use crate::master::{Context, Phases};
@@ -36,10 +38,21 @@ pub(crate) struct Caller<'a> {
     /// What ends waiting requests: the master's drain and stop, or the session's own end,
     /// whichever is first.
     pub phases: &'a Phases,
+    /// What the session's key may do.
+    pub grants: &'a Grants,
 }
 
 /// Carries out one request: the reply now, or a future that yields it once its wait ends.
 pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Reply, Waiting> {
+    // The one permission check: nothing below runs for a request the key may not make.
+    if let Err(refused) = caller.grants.check(&request) {
+        caller
+            .ctx
+            .counters
+            .forbidden
+            .fetch_add(1, Ordering::Relaxed);
+        return Step::Ready(refused);
+    }
     if let Err(reply) = check_items(&request) {
         return Step::Ready(reply);
     }

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::authenticate::authenticate;
 use super::dispatch::{self, error_reply, Caller, Waiting};
 use super::durable::Gate;
+use super::keys::Grants;
 use super::listener::{Admitted, Protocol};
 use super::peers::Heard;
 use crate::broker::{SessionId, Step};
@@ -79,7 +80,7 @@ enum SessionError {
 
 async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: Admitted) {
     let phases = ctx.phases.clone();
-    let Some((conn, _permit)) = authenticate(&ctx, stream, peer, admitted).await else {
+    let Some((conn, grants, _permit)) = authenticate(&ctx, stream, peer, admitted).await else {
         return;
     };
     ctx.counters.handshake(Handshake::Authenticated);
@@ -99,6 +100,7 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
         heard,
         waiting_bytes: Arc::default(),
         next_stats: now,
+        grants,
     };
     let result = session.serve().await;
     let requeued = ctx.broker.close_session(id);
@@ -115,6 +117,8 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
 
 struct Session<'a> {
     conn: MasterConnection<Stream>,
+    /// What this session's key may do, as it was when the session authenticated.
+    grants: Arc<Grants>,
     ctx: &'a Context,
     id: SessionId,
     phases: Phases,
@@ -239,6 +243,7 @@ impl Session<'_> {
                             session: self.id,
                             max_frame: self.conn.max_frame(),
                             phases: &self.ends,
+                            grants: &self.grants,
                         };
                         match dispatch::handle(&caller, id, request) {
                             Step::Ready(reply) => Some(reply),

@@ -31,6 +31,11 @@ pub struct WorkerConfig {
     pub max_retry_delay: Duration,
     /// Cap on the delay between reconnect attempts.
     pub max_backoff: Duration,
+    /// How long to keep retrying when every connect attempt fails before the master has
+    /// proved it holds the key (an impostor on the master's address, a wrong key, a bad
+    /// version); `None` gives up at the first such failure. See
+    /// [`crate::Reconnecting::persist_before_welcome`].
+    pub handshake_patience: Option<Duration>,
     /// After a shutdown signal, how long the worker may still spend handing in the results
     /// it holds; what is left then is redone by other workers.
     pub drain_timeout: Duration,
@@ -41,6 +46,11 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The default [`WorkerConfig::handshake_patience`]: long enough to outlast whoever
+    /// holds the master's port during a restart, short enough that a wrong key ends the
+    /// worker within the hour.
+    pub const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(3600);
+
     /// Defaults for everything but the address and key: the `tasks` and `results` queues (a
     /// task whose put named a reply queue has its outcome go there instead).
     pub fn new(master: impl Into<String>, key: AuthKey) -> Self {
@@ -55,6 +65,7 @@ impl WorkerConfig {
             retry_delay: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(60),
             max_backoff: Duration::from_secs(5),
+            handshake_patience: Some(Self::HANDSHAKE_PATIENCE),
             drain_timeout: Duration::from_secs(10),
             client: ClientOptions::default(),
             tasks_queue: TASKS_QUEUE.to_owned(),

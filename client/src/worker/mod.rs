@@ -122,6 +122,9 @@ impl<H: Handler> Worker<H> {
             &config.client,
             config.max_backoff,
         );
+        if let Some(window) = config.handshake_patience {
+            link = link.persist_before_welcome(window);
+        }
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());

@@ -15,6 +15,12 @@ use crate::cli::RunArgs;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     args.check().map_err(usage)?;
+    if args.key.key_id.is_some() && args.master.is_none() {
+        return Err(usage(anyhow!(
+            "--key-id names a key of a master elsewhere: it needs --master (this process's own \
+             master uses the authkey, with every right)"
+        )));
+    }
     let key = match args.key.load() {
         Ok(key) => key,
         // Nobody else needs the key when every worker runs in this process.
