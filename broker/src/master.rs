@@ -105,6 +105,8 @@ pub(crate) struct Context {
     pub guard: Guard,
     /// Rate limit for warnings that an attacker could trigger at will.
     pub log_limit: LogLimit,
+    /// The same for `Forbidden` refusals, so neither kind of warning hides the other.
+    pub forbidden_log: LogLimit,
     pub phases: Phases,
     /// Every session and refusal task, so the stop can wait for them.
     pub tracker: TaskTracker,
@@ -139,6 +141,7 @@ impl Master {
                 broker,
                 counters: Counters::default(),
                 log_limit: LogLimit::default(),
+                forbidden_log: LogLimit::default(),
                 phases: Phases::default(),
                 tracker: TaskTracker::new(),
                 started,
