@@ -319,6 +319,7 @@ async fn a_key_rotates_on_sighup_while_a_job_runs() {
     let mut new = within("connect", Client::connect(&addr, &named(NEW, "work")))
         .await
         .unwrap();
+    refused(&mut new, put("tasks")).await;
 
     // The session opened with the old key finishes its tasks; the new key does the rest.
     let done = |tasks: &[taskmill_protocol::Task]| {
@@ -349,6 +350,10 @@ async fn a_key_rotates_on_sighup_while_a_job_runs() {
     let stderr = master.stderr();
     assert!(stderr.contains("keys not reloaded"), "{stderr}");
     assert!(stderr.contains("is readable by other users"), "{stderr}");
+    let refusal = stderr
+        .lines()
+        .find(|l| l.contains("request refused: this key may not put"));
+    assert!(refusal.is_some_and(|l| l.contains("work")), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

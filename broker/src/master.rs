@@ -130,6 +130,8 @@ pub(crate) struct Context {
     /// Failure replies being held back at once (see [`crate::net::guard`]); past this a failed
     /// handshake is closed without one, so delays cannot pile up connections.
     pub delayed_replies: Arc<tokio::sync::Semaphore>,
+    /// The same for `Forbidden` refusals, so neither kind of warning hides the other.
+    pub forbidden_log: LogLimit,
     pub phases: Phases,
     /// Every session and refusal task, so the stop can wait for them.
     pub tracker: TaskTracker,
@@ -174,6 +176,7 @@ impl Master {
                 broker,
                 counters: Counters::default(),
                 log_limit: LogLimit::default(),
+                forbidden_log: LogLimit::default(),
                 phases: Phases::default(),
                 tracker: TaskTracker::new(),
                 started,

@@ -46,11 +46,22 @@ pub(crate) struct Caller<'a> {
 pub(crate) fn handle(caller: &Caller<'_>, id: u64, request: Request) -> Step<Reply, Waiting> {
     // The one permission check: nothing below runs for a request the key may not make.
     if let Err(refused) = caller.grants.check(&request) {
-        caller
-            .ctx
-            .counters
-            .forbidden
-            .fetch_add(1, Ordering::Relaxed);
+        let ctx = caller.ctx;
+        ctx.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+        if let Reply::Error { message, .. } = &refused {
+            let key = caller
+                .grants
+                .name()
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            let session = caller.session;
+            // A client can make these at will: rate-limited like handshake failures.
+            if ctx.forbidden_log.allow() {
+                tracing::warn!(session, key, "request refused: {message}");
+            } else {
+                tracing::debug!(session, key, "request refused: {message}");
+            }
+        }
         return Step::Ready(refused);
     }
     if let Err(reply) = check_items(&request) {

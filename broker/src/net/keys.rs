@@ -87,6 +87,8 @@ pub struct Grants {
     ops: u16,
     /// Exact names, or prefixes ending in `*`.
     queues: Vec<String>,
+    /// The key's name, for logs; `None` for the default key.
+    name: Option<KeyId>,
 }
 
 impl Grants {
@@ -95,6 +97,7 @@ impl Grants {
         Self {
             ops: u16::MAX,
             queues: vec!["*".into()],
+            name: None,
         }
     }
 
@@ -129,7 +132,16 @@ impl Grants {
                 "queue pattern {bad:?}: use a name, or a prefix ending in `*`"
             ));
         }
-        Ok(Self { ops, queues })
+        Ok(Self {
+            ops,
+            queues,
+            name: None,
+        })
+    }
+
+    /// The name of the key these rights belong to; `None` for the default key.
+    pub fn name(&self) -> Option<&KeyId> {
+        self.name.as_ref()
     }
 
     fn may(&self, op: Op) -> bool {
@@ -209,7 +221,8 @@ pub struct Keyring {
 
 impl Keyring {
     /// Adds `key` under `id` with `grants`, beside any key already under that id.
-    pub fn add(&mut self, id: KeyId, key: AuthKey, grants: Grants) {
+    pub fn add(&mut self, id: KeyId, key: AuthKey, mut grants: Grants) {
+        grants.name = Some(id);
         let entry = (key.with_id(id), Arc::new(grants));
         self.keys.entry(id).or_default().push(entry);
     }

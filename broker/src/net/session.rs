@@ -86,7 +86,8 @@ async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>, admitted: A
     ctx.counters.handshake(Handshake::Authenticated);
     ctx.counters.clients.fetch_add(1, Ordering::Relaxed);
     let id = ctx.broker.open_session();
-    debug!(%peer, session = id, "client authenticated");
+    let key = grants.name().map(|k| k.to_string()).unwrap_or_default();
+    debug!(%peer, session = id, key, "client authenticated");
     let now = Instant::now();
     let heard = ctx.peers.open(id, peer);
     let mut session = Session {
