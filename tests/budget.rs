@@ -76,6 +76,10 @@ async fn waiting_puts_are_held_within_the_connections_byte_budget() {
     other.request(Request::Ping).await.unwrap();
     let memory = &stats_json(http).await["memory"];
     assert_eq!(memory["waiting_bytes"], 3 * 40_160);
+    // The wire's Stats carries the same totals.
+    let wire = master.client().await.stats().await.unwrap().memory;
+    assert_eq!(wire.waiting_bytes, 3 * 40_160);
+    assert_eq!(wire.limit_bytes, Some(taskmill_broker::DEFAULT_MAX_MEMORY));
 
     // Closing a connection lets go of what its requests held.
     drop(client);

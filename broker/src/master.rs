@@ -316,10 +316,10 @@ impl Context {
         self.stats_of(queues, completing)
     }
 
-    /// The memory budget's totals, as the stats JSON gives them.
-    pub fn memory_json(&self) -> taskmill_protocol::json::MemoryJson {
+    /// The memory budget and what it is charged.
+    pub fn memory_stats(&self) -> taskmill_protocol::MemoryStats {
         let usage = self.broker.memory().usage();
-        taskmill_protocol::json::MemoryJson {
+        taskmill_protocol::MemoryStats {
             held_bytes: usage.held,
             waiting_bytes: usage.waiting,
             limit_bytes: Some(usage.budget).filter(|&b| b != u64::MAX),
@@ -376,6 +376,7 @@ impl Context {
             queues,
             storage: self.store.stats(),
             forbidden_total: counters.forbidden.load(Ordering::Relaxed),
+            memory: self.memory_stats(),
         }
     }
 }

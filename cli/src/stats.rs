@@ -45,6 +45,16 @@ pub fn render_table(master: &str, stats: &Stats) -> String {
             stats.forbidden_total
         );
     }
+    let m = &stats.memory;
+    let limit = m.limit_bytes.map_or_else(
+        || "no limit".to_owned(),
+        |l| format!("{l} bytes (--max-memory)"),
+    );
+    let _ = writeln!(
+        out,
+        "memory: {} bytes held by items, {} by waiting requests, of {limit}",
+        m.held_bytes, m.waiting_bytes,
+    );
     out.push_str(&queue_table(&stats.queues));
     if stats.queues.is_empty() {
         out.push_str("(no queues yet)\n");
@@ -137,6 +147,11 @@ mod tests {
             completing_clients_total: 1,
             storage: None,
             forbidden_total: 3,
+            memory: taskmill_protocol::MemoryStats {
+                held_bytes: 1 << 20,
+                waiting_bytes: 0,
+                limit_bytes: Some(1 << 30),
+            },
             queues: vec![QueueStats {
                 name: "tasks".into(),
                 len: 3,
@@ -167,6 +182,8 @@ mod tests {
         assert_eq!(json["queues"][0]["capacity"], serde_json::Value::Null);
         assert_eq!(json["handshake_failures"], 1);
         assert_eq!(json["forbidden_total"], 3);
+        assert_eq!(json["memory"]["held_bytes"], 1 << 20);
+        assert_eq!(json["memory"]["limit_bytes"], 1 << 30);
         assert_eq!(json["queues"][0]["dead_total"], 1);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use taskmill_protocol::{
     encode_payload, ClientHandshake, ClientMessage, DeadLetter, Delivery, ErrorKind,
-    MasterHandshake, MasterMessage, MessageCodec, Outcome, QueueStats, Rejection, Reply, Request,
+    MasterHandshake, MasterMessage, MemoryStats, MessageCodec, Outcome, QueueStats, Rejection, Reply, Request,
     Stats, Task, Wait, DEFAULT_MAX_FRAME, MAGIC, PROTOCOL_VERSION,
 };
 use taskmill_squares::{SquareResult, SquareTask};
@@ -307,6 +307,11 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 queues: vec![queue_stats()],
                 storage: None,
                 forbidden_total: 6,
+                memory: MemoryStats {
+                    held_bytes: 7,
+                    waiting_bytes: 8,
+                    limit_bytes: Some(9),
+                },
             })),
         ),
         ("pong", Reply::Pong),

@@ -553,6 +553,11 @@ mod tests {
                 queues: vec![queue_stats()],
                 storage: None,
                 forbidden_total: 6,
+                memory: crate::message::MemoryStats {
+                    held_bytes: 7,
+                    waiting_bytes: 8,
+                    limit_bytes: Some(9),
+                },
             })),
             Reply::Pong,
             Reply::Error {

@@ -31,31 +31,12 @@ pub fn stats_json(master: &str, stats: &Stats) -> serde_json::Value {
             "recovery_ms": s.recovery_ms,
             "fsync_interval_ms": s.fsync_interval_ms,
         })),
-        // Not in the wire's `Stats` of this protocol version: filled by `/api/stats`, which
-        // reads it in the master itself (see [`with_memory`]); null from `stats --json`.
-        "memory": null,
+        "memory": {
+            "held_bytes": stats.memory.held_bytes,
+            "waiting_bytes": stats.memory.waiting_bytes,
+            "limit_bytes": stats.memory.limit_bytes,
+        },
     })
-}
-
-/// The master's memory budget and what it is charged, for [`stats_json`]'s `memory`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryJson {
-    /// Charged for the items the queues hold: queued, leased, delayed, dead letters.
-    pub held_bytes: u64,
-    /// Charged for requests waiting for room.
-    pub waiting_bytes: u64,
-    /// `--max-memory`; `None` for no limit.
-    pub limit_bytes: Option<u64>,
-}
-
-/// `doc` (a [`stats_json`] document) with its `memory` filled in.
-pub fn with_memory(mut doc: serde_json::Value, memory: MemoryJson) -> serde_json::Value {
-    doc["memory"] = json!({
-        "held_bytes": memory.held_bytes,
-        "waiting_bytes": memory.waiting_bytes,
-        "limit_bytes": memory.limit_bytes,
-    });
-    doc
 }
 
 /// One queue, for scripts (an element of [`stats_json`]'s `queues`).

@@ -514,6 +514,19 @@ pub struct Stats {
     pub storage: Option<StorageStats>,
     /// Requests refused with `Forbidden` since start: a scoped key asked beyond its rights.
     pub forbidden_total: u64,
+    /// The memory budget and what it is charged.
+    pub memory: MemoryStats,
+}
+
+/// The master's memory budget (`--max-memory`) and what it is charged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    /// Charged for the items the queues hold: queued, leased, delayed, dead letters.
+    pub held_bytes: u64,
+    /// Charged for requests waiting for room.
+    pub waiting_bytes: u64,
+    /// The budget; `None` for no limit.
+    pub limit_bytes: Option<u64>,
 }
 
 /// What a master keeps on disk, and how its log is doing.

@@ -12,8 +12,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use taskmill_protocol::codec::{HANDSHAKE_MAX_FRAME, MAX_FRAME_CEILING};
 use taskmill_protocol::{
     decode_payload, encode_payload, ClientHandshake, ClientMessage, CodecError, DeadLetter,
-    Delivery, ErrorKind, MasterHandshake, MasterMessage, MessageCodec, Outcome, QueueStats,
-    Rejection, Reply, Request, Stats, StorageStats, Task, Wait, DEFAULT_MAX_FRAME,
+    Delivery, ErrorKind, MasterHandshake, MasterMessage, MemoryStats, MessageCodec, Outcome,
+    QueueStats, Rejection, Reply, Request, Stats, StorageStats, Task, Wait, DEFAULT_MAX_FRAME,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -241,7 +241,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         }),
         queue_stats().prop_map(|q| Reply::Queue(Box::new(q))),
         (
-            proptest::array::uniform7(any::<u64>()),
+            proptest::array::uniform10(any::<u64>()),
             vec(queue_stats(), 0..3),
             option::of(storage_stats()),
         )
@@ -255,6 +255,11 @@ fn reply() -> impl Strategy<Value = Reply> {
                 queues,
                 storage,
                 forbidden_total: n[6],
+                memory: MemoryStats {
+                    held_bytes: n[7],
+                    waiting_bytes: n[8],
+                    limit_bytes: (n[9] % 2 == 0).then_some(n[9]),
+                },
             }))),
         Just(Reply::Pong),
         (error_kind(), text()).prop_map(|(kind, message)| Reply::Error { kind, message }),

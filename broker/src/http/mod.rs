@@ -342,11 +342,7 @@ impl Http {
             "/api/stats" => {
                 let queues = self.read(ctx).0.iter().map(|q| q.stats.clone()).collect();
                 let stats = ctx.stats_of(queues, ctx.broker.completing_total());
-                let doc = stats_json(&master_addr(ctx), &stats);
-                json(&taskmill_protocol::json::with_memory(
-                    doc,
-                    ctx.memory_json(),
-                ))
+                json(&stats_json(&master_addr(ctx), &stats))
             }
             "/api/dashboard" => json(&self.dashboard(ctx, since(req.uri().query()))),
             _ => text(
