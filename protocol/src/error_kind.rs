@@ -91,6 +91,9 @@ const NAMES: [&str; 16] = [
 ];
 
 impl ErrorKind {
+    /// Every kind, in wire order.
+    pub const ALL: [ErrorKind; 16] = KINDS;
+
     /// The index this kind has on the wire.
     pub fn index(self) -> u32 {
         KINDS

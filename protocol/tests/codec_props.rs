@@ -149,24 +149,7 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn error_kind() -> impl Strategy<Value = ErrorKind> {
-    prop::sample::select(vec![
-        ErrorKind::BadQueueName,
-        ErrorKind::TooManyQueues,
-        ErrorKind::BadRequest,
-        ErrorKind::TooManyWaiting,
-        ErrorKind::NoSuchQueue,
-        ErrorKind::PayloadTooLarge,
-        ErrorKind::ReplyTooLarge,
-        ErrorKind::ShuttingDown,
-        ErrorKind::StorageFull,
-        ErrorKind::StorageFailed,
-        ErrorKind::InProgress,
-        ErrorKind::NotEmpty,
-        ErrorKind::InUse,
-        ErrorKind::Forbidden,
-        ErrorKind::Unknown,
-        ErrorKind::MemoryFull,
-    ])
+    prop::sample::select(ErrorKind::ALL.to_vec())
 }
 
 fn storage_stats() -> impl Strategy<Value = StorageStats> {
